@@ -1,0 +1,116 @@
+package bus
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/internal/envelope"
+)
+
+// Bodies stores and fetches message bodies: inline in the envelope message
+// up to envelope.InlineMax, in the mail-bodies Object Store above that.
+// Bodies shared by several envelopes (the router split a message per
+// destination) are reference-counted in the mta-refs bucket, and the object
+// is deleted when the last envelope needing it is done.
+type Bodies struct {
+	js   jetstream.JetStream
+	obs  jetstream.ObjectStore
+	refs jetstream.KeyValue
+}
+
+// OpenBodies binds to the buckets made by EnsureStream.
+func OpenBodies(ctx context.Context, js jetstream.JetStream) (*Bodies, error) {
+	obs, err := js.ObjectStore(ctx, BucketBodies)
+	if err != nil {
+		return nil, fmt.Errorf("bus: open object store %s: %w", BucketBodies, err)
+	}
+	refs, err := js.KeyValue(ctx, BucketRefs)
+	if err != nil {
+		return nil, fmt.Errorf("bus: open kv %s: %w", BucketRefs, err)
+	}
+	return &Bodies{js: js, obs: obs, refs: refs}, nil
+}
+
+// Put stores a large body under qid, streaming from r.
+func (b *Bodies) Put(ctx context.Context, qid string, r io.Reader) (int64, error) {
+	info, err := b.obs.Put(ctx, jetstream.ObjectMeta{Name: qid}, r)
+	if err != nil {
+		if isStoreFull(err) {
+			return 0, fmt.Errorf("%w: %v", ErrStoreFull, err)
+		}
+		return 0, fmt.Errorf("bus: put body %s: %w", qid, err)
+	}
+	return int64(info.Size), nil
+}
+
+// Open returns a reader of the body of the envelope carried by a message
+// with payload data.
+func (b *Bodies) Open(ctx context.Context, env *envelope.Envelope, data []byte) (io.ReadCloser, error) {
+	if env.Body != envelope.BodyObject {
+		return io.NopCloser(bytes.NewReader(data)), nil
+	}
+	r, err := b.obs.Get(ctx, env.QueueID)
+	if err != nil {
+		return nil, fmt.Errorf("bus: get body %s: %w", env.QueueID, err)
+	}
+	return r, nil
+}
+
+// Delete removes a stored body (best effort: the bucket TTL is the backstop).
+func (b *Bodies) Delete(ctx context.Context, qid string) error {
+	if err := b.obs.Delete(ctx, qid); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return fmt.Errorf("bus: delete body %s: %w", qid, err)
+	}
+	return nil
+}
+
+func refKey(qid string) string { return "refs." + qid }
+
+// Share records that n envelopes now refer to the body of qid. It is called
+// before they are published; on redelivery the existing count is kept.
+func (b *Bodies) Share(ctx context.Context, qid string, n int) error {
+	if n <= 1 {
+		return nil
+	}
+	_, err := b.refs.Create(ctx, refKey(qid), []byte(strconv.Itoa(n)))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("bus: share body %s: %w", qid, err)
+	}
+	return nil
+}
+
+// Release is called after an envelope with an Object Store body reached its
+// final disposition (and was acked). The body is deleted when no other
+// envelope refers to it.
+func (b *Bodies) Release(ctx context.Context, env *envelope.Envelope) error {
+	if env.Body != envelope.BodyObject {
+		return nil
+	}
+	for range 50 {
+		e, err := b.refs.Get(ctx, refKey(env.QueueID))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return b.Delete(ctx, env.QueueID)
+		}
+		if err != nil {
+			return fmt.Errorf("bus: release body %s: %w", env.QueueID, err)
+		}
+		n, _ := strconv.Atoi(string(e.Value()))
+		if n <= 1 {
+			if err := b.Delete(ctx, env.QueueID); err != nil {
+				return err
+			}
+			_ = b.refs.Delete(ctx, refKey(env.QueueID))
+			return nil
+		}
+		if _, err := b.refs.Update(ctx, refKey(env.QueueID), []byte(strconv.Itoa(n-1)), e.Revision()); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("bus: release body %s: too much contention", env.QueueID)
+}

@@ -1,0 +1,86 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// EmbeddedOptions configure the in-process nats-server of `mailroot all`.
+type EmbeddedOptions struct {
+	// StoreDir is where JetStream keeps its files.
+	StoreDir string
+	// Listen, when not empty, is a host:port for NATS clients (other
+	// Mailroot processes, tools). Empty means no network listener at all.
+	Listen string
+	// SyncAlways fsyncs every write before the PubAck, so a 250 survives a
+	// power cut. On by default in Mailroot.
+	SyncAlways bool
+	// MaxStore caps JetStream file storage in bytes (0 = server default);
+	// publishes past it fail and ingress answers 452 4.3.1.
+	MaxStore int64
+}
+
+// StartEmbedded starts a JetStream-enabled nats-server in this process and
+// waits until it accepts connections.
+func StartEmbedded(o EmbeddedOptions, log *slog.Logger) (*server.Server, error) {
+	opts := &server.Options{
+		ServerName:         "mailroot",
+		JetStream:          true,
+		StoreDir:           o.StoreDir,
+		SyncAlways:         o.SyncAlways,
+		JetStreamMaxStore:  o.MaxStore,
+		NoSigs:             true,
+		DontListen:         o.Listen == "",
+		MaxPayload:         2 << 20,
+		JetStreamMaxMemory: 256 << 20,
+	}
+	if o.Listen != "" {
+		host, port, err := net.SplitHostPort(o.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("bus: embedded listen %q: %w", o.Listen, err)
+		}
+		opts.Host = host
+		if opts.Port, err = strconv.Atoi(port); err != nil {
+			return nil, fmt.Errorf("bus: embedded listen %q: %w", o.Listen, err)
+		}
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("bus: embedded server: %w", err)
+	}
+	ns.SetLoggerV2(slogAdapter{log.With("svc", "nats")}, false, false, false)
+	ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("bus: embedded server not ready after 30s")
+	}
+	return ns, nil
+}
+
+// ConnectInProcess connects to an embedded server without a socket.
+func ConnectInProcess(ns *server.Server, name string) (*nats.Conn, error) {
+	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.Name(name), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, fmt.Errorf("bus: in-process connect: %w", err)
+	}
+	return nc, nil
+}
+
+// slogAdapter lets nats-server log through slog.
+type slogAdapter struct{ l *slog.Logger }
+
+func (a slogAdapter) Noticef(f string, v ...any) { a.l.Info(fmt.Sprintf(f, v...)) }
+func (a slogAdapter) Warnf(f string, v ...any)   { a.l.Warn(fmt.Sprintf(f, v...)) }
+func (a slogAdapter) Fatalf(f string, v ...any)  { a.l.Error(fmt.Sprintf(f, v...)) }
+func (a slogAdapter) Errorf(f string, v ...any)  { a.l.Error(fmt.Sprintf(f, v...)) }
+func (a slogAdapter) Debugf(f string, v ...any)  { a.l.Debug(fmt.Sprintf(f, v...)) }
+func (a slogAdapter) Tracef(f string, v ...any) {
+	a.l.Log(nil, slog.LevelDebug-4, fmt.Sprintf(f, v...))
+}

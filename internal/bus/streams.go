@@ -1,0 +1,122 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Names of the JetStream objects Mailroot owns.
+const (
+	StreamMail   = "MAIL"
+	BucketBodies = "mail-bodies"
+	BucketRefs   = "mta-refs"
+)
+
+// Durable consumer names.
+const (
+	ConsumerRouter   = "router"
+	ConsumerDelivery = "delivery"
+	ConsumerDrop     = "drop"
+	ConsumerBadmail  = "badmail"
+)
+
+// MaxDeliver is the consumers' redelivery limit. Workers move a message to
+// mail.bad themselves at MaxDeliver-1 deliveries: on a WorkQueue stream a
+// message that reaches MaxDeliver would stay in the stream, unseen.
+const MaxDeliver = 10
+
+// Layout says how the stream and buckets are replicated and kept.
+type Layout struct {
+	// Replicas is 1 for an embedded or single server, 3 for a cluster.
+	Replicas int
+	// BodyTTL is the garbage backstop of the mail-bodies bucket: the
+	// longest queue life plus two days.
+	BodyTTL time.Duration
+}
+
+// StreamConfig returns the MAIL stream definition: a WorkQueue on mail.>
+// with no limits at all (the server must never drop mail), a 10 minute
+// dedup window and message schedules for retries.
+func StreamConfig(replicas int) jetstream.StreamConfig {
+	if replicas < 1 {
+		replicas = 1
+	}
+	return jetstream.StreamConfig{
+		Name:              StreamMail,
+		Description:       "Mailroot queue: every accepted message until it is delivered, bounced or in Badmail",
+		Subjects:          []string{SubjAll},
+		Retention:         jetstream.WorkQueuePolicy,
+		Storage:           jetstream.FileStorage,
+		Replicas:          replicas,
+		Discard:           jetstream.DiscardOld,
+		MaxMsgs:           -1,
+		MaxBytes:          -1,
+		MaxAge:            0,
+		MaxMsgSize:        1 << 20,
+		Duplicates:        10 * time.Minute,
+		AllowMsgSchedules: true,
+		AllowDirect:       true,
+	}
+}
+
+// consumerConfigs are the durable pull consumers of the MAIL stream.
+var consumerConfigs = map[string]jetstream.ConsumerConfig{
+	ConsumerRouter:   {Durable: ConsumerRouter, FilterSubject: SubjIn, AckWait: time.Minute, MaxAckPending: 1000},
+	ConsumerDelivery: {Durable: ConsumerDelivery, FilterSubject: SubjOutAll, AckWait: 2 * time.Minute, MaxAckPending: 2000},
+	ConsumerDrop:     {Durable: ConsumerDrop, FilterSubject: SubjDrop, AckWait: time.Minute, MaxAckPending: 200},
+	ConsumerBadmail:  {Durable: ConsumerBadmail, FilterSubject: SubjBad, AckWait: time.Minute, MaxAckPending: 200},
+}
+
+// EnsureStream creates or updates the MAIL stream and the mail-bodies and
+// mta-refs buckets. It is idempotent; every process calls it at start.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, l Layout) error {
+	if l.BodyTTL <= 0 {
+		l.BodyTTL = 7 * 24 * time.Hour
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(l.Replicas)); err != nil {
+		return fmt.Errorf("bus: create stream %s: %w", StreamMail, err)
+	}
+	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      BucketBodies,
+		Description: "bodies of queued mail larger than 64 KiB, by queue id",
+		TTL:         l.BodyTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(l.Replicas, 1),
+	}); err != nil {
+		return fmt.Errorf("bus: create object store %s: %w", BucketBodies, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketRefs,
+		Description: "reference counts of Object Store bodies shared by split envelopes",
+		TTL:         l.BodyTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(l.Replicas, 1),
+	}); err != nil {
+		return fmt.Errorf("bus: create kv %s: %w", BucketRefs, err)
+	}
+	return nil
+}
+
+// EnsureConsumer creates or updates the named durable consumer and returns it.
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, name string, replicas int) (jetstream.Consumer, error) {
+	cfg, ok := consumerConfigs[name]
+	if !ok {
+		return nil, fmt.Errorf("bus: unknown consumer %q", name)
+	}
+	cfg.AckPolicy = jetstream.AckExplicitPolicy
+	cfg.DeliverPolicy = jetstream.DeliverAllPolicy
+	cfg.MaxDeliver = MaxDeliver
+	cfg.Replicas = max(replicas, 1)
+	c, err := js.CreateOrUpdateConsumer(ctx, StreamMail, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("bus: create consumer %s: %w", name, err)
+	}
+	return c, nil
+}
+
+// ErrStreamMissing is returned when the MAIL stream does not exist.
+var ErrStreamMissing = errors.New("bus: stream missing")

@@ -1,0 +1,354 @@
+// Package config reads Mailroot's one TOML configuration file. Defaults are
+// in code (Default), every key is documented in the README, and Load
+// rejects unknown keys and bad values with an error naming the key.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/mailroot/mailroot/internal/envelope"
+)
+
+// Duration is a time.Duration written as a Go duration string ("15m").
+type Duration time.Duration
+
+// UnmarshalText parses "15m", "48h", "2s".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("not a duration like \"15m\": %q", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText renders the duration as a string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Config is the whole configuration. Each service takes the part it needs.
+type Config struct {
+	// Hostname is this server's name in the banner, EHLO and Received.
+	Hostname string `toml:"hostname"`
+	// DataDir holds Pickup/, Drop/, Badmail/ and nats/.
+	DataDir string `toml:"data_dir"`
+	// LocalDomains receive mail into Drop/<domain>/.
+	LocalDomains []string `toml:"local_domains"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `toml:"log_level"`
+	// LogFormat is text or json.
+	LogFormat string `toml:"log_format"`
+
+	Ingress  Ingress  `toml:"ingress"`
+	Router   Router   `toml:"router"`
+	Delivery Delivery `toml:"delivery"`
+	Pickup   Pickup   `toml:"pickup"`
+	NATS     NATS     `toml:"nats"`
+}
+
+// Ingress configures the SMTP server.
+type Ingress struct {
+	// Listen are the host:port addresses to accept SMTP on.
+	Listen []string `toml:"listen"`
+	// RelayNetworks may relay to any domain (CIDRs).
+	RelayNetworks []string `toml:"relay_networks"`
+	// MaxMessageSize is the largest message accepted, in bytes.
+	MaxMessageSize int64 `toml:"max_message_size"`
+	// MaxRecipients per message; more get 452 4.5.3.
+	MaxRecipients int `toml:"max_recipients"`
+	// Timeout is the idle time allowed between commands.
+	Timeout Duration `toml:"timeout"`
+	// MaxConnections in total; more get 421 4.7.0.
+	MaxConnections int `toml:"max_connections"`
+}
+
+// Router configures the router.
+type Router struct {
+	// MaxHopCount is the number of Received: headers past which mail is
+	// treated as looping.
+	MaxHopCount int `toml:"max_hop_count"`
+}
+
+// Delivery configures remote delivery and the Drop writer.
+type Delivery struct {
+	// Concurrency is the number of SMTP transactions in flight per process.
+	Concurrency int `toml:"concurrency"`
+	// SmartHost, when set ("host:port" or "[ip]:port"), receives all remote mail.
+	SmartHost string `toml:"smart_host"`
+	// DNSServer ("ip:port") answers MX/A/AAAA queries; empty = /etc/resolv.conf.
+	DNSServer string `toml:"dns_server"`
+	// Port is the remote SMTP port.
+	Port int `toml:"port"`
+	// Retry is the retry ladder; the last step repeats.
+	Retry []Duration `toml:"retry"`
+	// Expire is how long a message may stay queued before it bounces.
+	Expire Duration `toml:"expire"`
+	// ConnectTimeout bounds dialling one MX.
+	ConnectTimeout Duration `toml:"connect_timeout"`
+	// CommandTimeout bounds each SMTP command/reply with a remote.
+	CommandTimeout Duration `toml:"command_timeout"`
+}
+
+// Pickup configures the pickup directory watcher.
+type Pickup struct {
+	// Interval between scans of Pickup/.
+	Interval Duration `toml:"interval"`
+	// StableFor is how long a file's size and mtime must be unchanged
+	// before a file written in place (not renamed in) is taken.
+	StableFor Duration `toml:"stable_for"`
+}
+
+// NATS configures the connection to NATS, or the embedded server of `all`.
+type NATS struct {
+	// URL of the NATS servers (comma-separated); empty = embedded (all only).
+	URL string `toml:"url"`
+	// Listen exposes the embedded server on host:port (empty = no listener).
+	Listen string `toml:"listen"`
+	// Sync is "always" (fsync before every PubAck, the default) or a
+	// duration for the embedded server's sync interval.
+	Sync string `toml:"sync"`
+	// Replicas of the MAIL stream and buckets: 1, or 3 on a cluster.
+	Replicas int `toml:"replicas"`
+	// MaxStore caps the embedded server's JetStream file store in bytes.
+	MaxStore int64 `toml:"max_store"`
+	// User, Password, Token and CredsFile authenticate to NATS.
+	User      string `toml:"user"`
+	Password  string `toml:"password"`
+	Token     string `toml:"token"`
+	CredsFile string `toml:"creds_file"`
+	// CAFile, CertFile and KeyFile configure TLS to NATS.
+	CAFile   string `toml:"ca_file"`
+	CertFile string `toml:"cert_file"`
+	KeyFile  string `toml:"key_file"`
+}
+
+// Default returns the configuration used when no file is given.
+func Default() Config {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "localhost"
+	}
+	return Config{
+		Hostname:     host,
+		DataDir:      "mailroot-data",
+		LocalDomains: []string{"localhost"},
+		LogLevel:     "info",
+		LogFormat:    "text",
+		Ingress: Ingress{
+			Listen:         []string{"127.0.0.1:2525"},
+			RelayNetworks:  []string{"127.0.0.0/8", "::1/128"},
+			MaxMessageSize: 10 << 20,
+			MaxRecipients:  100,
+			Timeout:        Duration(10 * time.Minute),
+			MaxConnections: 1000,
+		},
+		Router: Router{MaxHopCount: 15},
+		Delivery: Delivery{
+			Concurrency:    100,
+			Port:           25,
+			Retry:          []Duration{Duration(15 * time.Minute), Duration(30 * time.Minute), Duration(60 * time.Minute), Duration(240 * time.Minute)},
+			Expire:         Duration(48 * time.Hour),
+			ConnectTimeout: Duration(30 * time.Second),
+			CommandTimeout: Duration(5 * time.Minute),
+		},
+		Pickup: Pickup{Interval: Duration(time.Second), StableFor: Duration(2 * time.Second)},
+		NATS:   NATS{Sync: "always", Replicas: 1},
+	}
+}
+
+// KeyError is a configuration error about one key; main exits with status 2.
+type KeyError struct {
+	Key string
+	Msg string
+}
+
+func (e *KeyError) Error() string { return fmt.Sprintf("config: %s: %s", e.Key, e.Msg) }
+
+// Load reads path (if not empty) over the defaults and validates the result.
+func Load(path string) (Config, error) {
+	c := Default()
+	if path != "" {
+		md, err := toml.DecodeFile(path, &c)
+		if err != nil {
+			var perr toml.ParseError
+			if errors.As(err, &perr) {
+				return c, &KeyError{Key: keyOf(perr), Msg: perr.Message}
+			}
+			return c, fmt.Errorf("config: %w", err)
+		}
+		if und := md.Undecoded(); len(und) > 0 {
+			return c, &KeyError{Key: und[0].String(), Msg: "unknown key"}
+		}
+	}
+	return c, c.Validate()
+}
+
+func keyOf(e toml.ParseError) string {
+	if e.LastKey != "" {
+		return e.LastKey
+	}
+	return fmt.Sprintf("line %d", e.Position.Line)
+}
+
+// Validate checks every value and normalises domains.
+func (c *Config) Validate() error {
+	if strings.TrimSpace(c.Hostname) == "" || strings.ContainsAny(c.Hostname, " \t\r\n") {
+		return &KeyError{"hostname", "must be a host name"}
+	}
+	if c.DataDir == "" {
+		return &KeyError{"data_dir", "must not be empty"}
+	}
+	for i, d := range c.LocalDomains {
+		n := envelope.NormalizeDomain(d)
+		if n == "" || strings.ContainsAny(n, " @/\\") {
+			return &KeyError{"local_domains", fmt.Sprintf("%q is not a domain", d)}
+		}
+		c.LocalDomains[i] = n
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return &KeyError{"log_level", "must be debug, info, warn or error"}
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		return &KeyError{"log_format", "must be text or json"}
+	}
+	for _, l := range c.Ingress.Listen {
+		if _, _, err := net.SplitHostPort(l); err != nil {
+			return &KeyError{"ingress.listen", fmt.Sprintf("%q is not host:port", l)}
+		}
+	}
+	if _, err := c.Ingress.RelayPrefixes(); err != nil {
+		return &KeyError{"ingress.relay_networks", err.Error()}
+	}
+	if c.Ingress.MaxMessageSize <= 0 {
+		return &KeyError{"ingress.max_message_size", "must be greater than 0"}
+	}
+	if c.Ingress.MaxRecipients <= 0 {
+		return &KeyError{"ingress.max_recipients", "must be greater than 0"}
+	}
+	if c.Ingress.Timeout <= 0 {
+		return &KeyError{"ingress.timeout", "must be greater than 0"}
+	}
+	if c.Ingress.MaxConnections <= 0 {
+		return &KeyError{"ingress.max_connections", "must be greater than 0"}
+	}
+	if c.Router.MaxHopCount <= 0 {
+		return &KeyError{"router.max_hop_count", "must be greater than 0"}
+	}
+	if c.Delivery.Concurrency <= 0 {
+		return &KeyError{"delivery.concurrency", "must be greater than 0"}
+	}
+	if c.Delivery.SmartHost != "" {
+		if _, _, err := net.SplitHostPort(c.Delivery.SmartHost); err != nil {
+			return &KeyError{"delivery.smart_host", fmt.Sprintf("%q is not host:port or [ip]:port", c.Delivery.SmartHost)}
+		}
+	}
+	if c.Delivery.DNSServer != "" {
+		if _, _, err := net.SplitHostPort(c.Delivery.DNSServer); err != nil {
+			return &KeyError{"delivery.dns_server", fmt.Sprintf("%q is not ip:port", c.Delivery.DNSServer)}
+		}
+	}
+	if c.Delivery.Port <= 0 || c.Delivery.Port > 65535 {
+		return &KeyError{"delivery.port", "must be a TCP port"}
+	}
+	if len(c.Delivery.Retry) == 0 {
+		return &KeyError{"delivery.retry", "needs at least one step"}
+	}
+	for _, r := range c.Delivery.Retry {
+		if r < Duration(time.Second) {
+			return &KeyError{"delivery.retry", "steps must be at least 1s (schedules have second resolution)"}
+		}
+	}
+	if c.Delivery.Expire <= 0 {
+		return &KeyError{"delivery.expire", "must be greater than 0"}
+	}
+	if c.Delivery.ConnectTimeout <= 0 {
+		return &KeyError{"delivery.connect_timeout", "must be greater than 0"}
+	}
+	if c.Delivery.CommandTimeout <= 0 {
+		return &KeyError{"delivery.command_timeout", "must be greater than 0"}
+	}
+	if c.Pickup.Interval <= 0 {
+		return &KeyError{"pickup.interval", "must be greater than 0"}
+	}
+	if c.Pickup.StableFor < 0 {
+		return &KeyError{"pickup.stable_for", "must not be negative"}
+	}
+	if c.NATS.Sync != "always" {
+		if _, err := time.ParseDuration(c.NATS.Sync); err != nil {
+			return &KeyError{"nats.sync", `must be "always" or a duration like "2m"`}
+		}
+	}
+	if c.NATS.Replicas != 1 && c.NATS.Replicas != 3 && c.NATS.Replicas != 5 {
+		return &KeyError{"nats.replicas", "must be 1, 3 or 5"}
+	}
+	if c.NATS.MaxStore < 0 {
+		return &KeyError{"nats.max_store", "must not be negative"}
+	}
+	if c.NATS.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.NATS.Listen); err != nil {
+			return &KeyError{"nats.listen", fmt.Sprintf("%q is not host:port", c.NATS.Listen)}
+		}
+	}
+	return nil
+}
+
+// RelayPrefixes parses RelayNetworks.
+func (i Ingress) RelayPrefixes() ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(i.RelayNetworks))
+	for _, n := range i.RelayNetworks {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			a, aerr := netip.ParseAddr(n)
+			if aerr != nil {
+				return nil, fmt.Errorf("%q is not a CIDR", n)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// IsLocal reports whether domain (any case, trailing dot) is a local domain.
+func (c Config) IsLocal(domain string) bool {
+	d := envelope.NormalizeDomain(domain)
+	for _, l := range c.LocalDomains {
+		if l == d {
+			return true
+		}
+	}
+	return false
+}
+
+// Directories under DataDir.
+func (c Config) PickupDir() string  { return filepath.Join(c.DataDir, "Pickup") }
+func (c Config) DropDir() string    { return filepath.Join(c.DataDir, "Drop") }
+func (c Config) BadmailDir() string { return filepath.Join(c.DataDir, "Badmail") }
+func (c Config) NATSDir() string    { return filepath.Join(c.DataDir, "nats") }
+
+// RetryDelay returns the wait before attempt number n+1 after n failed
+// attempts (n >= 1): the ladder's n-th step, the last one repeating.
+func (d Delivery) RetryDelay(n int) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	if n > len(d.Retry) {
+		n = len(d.Retry)
+	}
+	return d.Retry[n-1].D()
+}

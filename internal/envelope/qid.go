@@ -1,0 +1,31 @@
+package envelope
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"time"
+)
+
+// crockford is the ULID alphabet (Crockford's base32).
+const crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+// NewQueueID returns a ULID: 48 bits of milliseconds and 80 random bits in
+// 26 characters of Crockford base32. Queue ids sort by arrival time and are
+// safe in subjects, file names and headers.
+func NewQueueID() string { return queueIDAt(time.Now()) }
+
+func queueIDAt(t time.Time) string {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(t.UnixMilli())<<16)
+	_, _ = rand.Read(b[6:])
+	hi := binary.BigEndian.Uint64(b[:8])
+	lo := binary.BigEndian.Uint64(b[8:])
+	var out [26]byte
+	// 128 bits in 26 base32 digits: the first digit holds the top 3 bits.
+	for i := 25; i >= 0; i-- {
+		out[i] = crockford[lo&31]
+		lo = lo>>5 | hi<<59
+		hi >>= 5
+	}
+	return string(out[:])
+}

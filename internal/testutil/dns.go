@@ -1,0 +1,88 @@
+package testutil
+
+import (
+	"net"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// DNS is a real authoritative DNS server on 127.0.0.1 answering from a zone
+// map. Names not in the map get NXDOMAIN.
+type DNS struct {
+	Addr string // "127.0.0.1:port", UDP and TCP
+
+	mu      sync.Mutex
+	records map[string][]dns.RR // by lower-case FQDN
+	queries int
+}
+
+// StartDNS serves the records given in zone-file syntax, e.g.
+// "example.test. MX 10 mx.example.test." or "mx.example.test. A 127.0.0.1".
+func StartDNS(t testing.TB, zone ...string) *DNS {
+	t.Helper()
+	d := &DNS{records: map[string][]dns.RR{}}
+	for _, z := range zone {
+		d.Add(t, z)
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("dns listen: %v", err)
+	}
+	d.Addr = pc.LocalAddr().String()
+	l, err := net.Listen("tcp", d.Addr)
+	if err != nil {
+		t.Fatalf("dns listen tcp: %v", err)
+	}
+	udp := &dns.Server{PacketConn: pc, Handler: d}
+	tcp := &dns.Server{Listener: l, Handler: d}
+	go func() { _ = udp.ActivateAndServe() }()
+	go func() { _ = tcp.ActivateAndServe() }()
+	t.Cleanup(func() { _ = udp.Shutdown(); _ = tcp.Shutdown() })
+	return d
+}
+
+// Add adds one record in zone-file syntax.
+func (d *DNS) Add(t testing.TB, record string) {
+	t.Helper()
+	rr, err := dns.NewRR(record)
+	if err != nil {
+		t.Fatalf("dns record %q: %v", record, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	name := strings.ToLower(rr.Header().Name)
+	d.records[name] = append(d.records[name], rr)
+}
+
+// Queries is the number of questions answered.
+func (d *DNS) Queries() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.queries
+}
+
+// ServeDNS answers from the map.
+func (d *DNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(r)
+	m.Authoritative = true
+	d.mu.Lock()
+	d.queries++
+	for _, q := range r.Question {
+		rrs, ok := d.records[strings.ToLower(q.Name)]
+		if !ok {
+			m.Rcode = dns.RcodeNameError
+			continue
+		}
+		for _, rr := range rrs {
+			if rr.Header().Rrtype == q.Qtype {
+				m.Answer = append(m.Answer, dns.Copy(rr))
+			}
+		}
+	}
+	d.mu.Unlock()
+	_ = w.WriteMsg(m)
+}

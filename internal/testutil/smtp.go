@@ -1,0 +1,161 @@
+package testutil
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Mail is one message received by a Sink.
+type Mail struct {
+	From string
+	To   []string
+	Data []byte
+	// MailOpts and RcptOpts are the ESMTP parameters the client sent.
+	MailOpts smtp.MailOptions
+	RcptOpts []smtp.RcptOptions
+	Helo     string
+}
+
+// Sink is a go-smtp server on 127.0.0.1 that records what it receives. Its
+// replies can be programmed per recipient and per DATA.
+type Sink struct {
+	Addr string // "127.0.0.1:port"
+	Port int
+
+	mu    sync.Mutex
+	mails []Mail
+	// RcptFunc, if set, decides each RCPT (nil error = accept).
+	RcptFunc func(to string) error
+	// DataFunc, if set, decides the DATA reply after the data was read
+	// (nil error = 250). It is called with the 1-based transaction number.
+	DataFunc func(n int, m *Mail) error
+	txns     int
+	conns    int
+}
+
+// StartSink starts a recording SMTP server, closed in t.Cleanup.
+func StartSink(t testing.TB) *Sink {
+	t.Helper()
+	return StartSinkOn(t, "127.0.0.1:0")
+}
+
+// StartSinkOn starts a recording SMTP server on addr.
+func StartSinkOn(t testing.TB, addr string) *Sink {
+	t.Helper()
+	s := &Sink{}
+	srv := smtp.NewServer(s)
+	srv.Domain = "sink.test"
+	srv.MaxMessageBytes = 100 << 20
+	srv.EnableDSN = true
+	srv.EnableSMTPUTF8 = true
+	srv.ReadTimeout = 30 * time.Second
+	srv.WriteTimeout = 30 * time.Second
+	srv.ErrorLog = nopLogger{}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("sink listen: %v", err)
+	}
+	s.Addr = l.Addr().String()
+	s.Port = l.Addr().(*net.TCPAddr).Port
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return s
+}
+
+type nopLogger struct{}
+
+func (nopLogger) Printf(string, ...any) {}
+func (nopLogger) Println(...any)       {}
+
+// Mails returns a copy of what was received.
+func (s *Sink) Mails() []Mail {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Mail(nil), s.mails...)
+}
+
+// Count is the number of messages received.
+func (s *Sink) Count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.mails)
+}
+
+// Transactions is the number of DATA commands seen, accepted or not.
+func (s *Sink) Transactions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.txns
+}
+
+// NewSession implements smtp.Backend.
+func (s *Sink) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	s.mu.Lock()
+	s.conns++
+	s.mu.Unlock()
+	return &sinkSession{s: s, helo: c.Hostname()}, nil
+}
+
+type sinkSession struct {
+	s    *Sink
+	helo string
+	m    Mail
+}
+
+func (ss *sinkSession) Mail(from string, opts *smtp.MailOptions) error {
+	ss.m = Mail{From: from, Helo: ss.helo}
+	if opts != nil {
+		ss.m.MailOpts = *opts
+	}
+	return nil
+}
+
+func (ss *sinkSession) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if f := ss.s.RcptFunc; f != nil {
+		if err := f(to); err != nil {
+			return err
+		}
+	}
+	ss.m.To = append(ss.m.To, to)
+	if opts != nil {
+		ss.m.RcptOpts = append(ss.m.RcptOpts, *opts)
+	} else {
+		ss.m.RcptOpts = append(ss.m.RcptOpts, smtp.RcptOptions{})
+	}
+	return nil
+}
+
+func (ss *sinkSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	ss.m.Data = b
+	ss.s.mu.Lock()
+	ss.s.txns++
+	n := ss.s.txns
+	f := ss.s.DataFunc
+	ss.s.mu.Unlock()
+	if f != nil {
+		if err := f(n, &ss.m); err != nil {
+			var se *smtp.SMTPError
+			if !errors.As(err, &se) {
+				panic("testutil: DataFunc must return *smtp.SMTPError")
+			}
+			return err
+		}
+	}
+	ss.s.mu.Lock()
+	ss.s.mails = append(ss.s.mails, ss.m)
+	ss.s.mu.Unlock()
+	return nil
+}
+
+func (ss *sinkSession) Reset()        { ss.m = Mail{Helo: ss.helo} }
+func (ss *sinkSession) Logout() error { return nil }
