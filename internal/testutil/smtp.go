@@ -71,7 +71,7 @@ func StartSinkOn(t testing.TB, addr string) *Sink {
 type nopLogger struct{}
 
 func (nopLogger) Printf(string, ...any) {}
-func (nopLogger) Println(...any)       {}
+func (nopLogger) Println(...any)        {}
 
 // Mails returns a copy of what was received.
 func (s *Sink) Mails() []Mail {

@@ -54,6 +54,13 @@ func StartNATS(t testing.TB) *NATS {
 // StartNATSDir is StartNATS on a given store directory (for restart tests).
 func StartNATSDir(t testing.TB, dir string) *NATS {
 	t.Helper()
+	return StartNATSWith(t, dir, nil)
+}
+
+// StartNATSWith is StartNATSDir with a hook to change the server options
+// (e.g. JetStreamMaxStore for store-full tests).
+func StartNATSWith(t testing.TB, dir string, edit func(*server.Options)) *NATS {
+	t.Helper()
 	opts := &server.Options{
 		Host:      "127.0.0.1",
 		Port:      -1,
@@ -61,6 +68,9 @@ func StartNATSDir(t testing.TB, dir string) *NATS {
 		StoreDir:  dir,
 		NoLog:     true,
 		NoSigs:    true,
+	}
+	if edit != nil {
+		edit(opts)
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {

@@ -1,0 +1,166 @@
+// Package router is the second stage of the pipeline (DESIGN.md §4,
+// "Router"): it consumes mail.in, checks the message, splits its recipients
+// per destination domain and publishes one envelope per domain — local
+// domains to mail.drop, others to mail.out.<tok> — with Nats-Msg-Id
+// "<qid>.<tok>", and acks the input only after every part was stored. A
+// crash in between is harmless: the redelivered input republishes the same
+// ids, which JetStream deduplicates.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/envelope"
+)
+
+// Service is the router.
+type Service struct {
+	cfg    config.Config
+	log    *slog.Logger
+	js     jetstream.JetStream
+	bodies *bus.Bodies
+	// Slots is the number of messages routed at once.
+	Slots int
+}
+
+// New returns a router.
+func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service, error) {
+	return &Service{cfg: cfg, log: log.With("svc", "router"), js: js, Slots: 64}, nil
+}
+
+// Run routes until ctx is done.
+func (s *Service) Run(ctx context.Context) error {
+	cons, err := bus.Setup(ctx, s.js, s.cfg, bus.ConsumerRouter)
+	if err != nil {
+		return err
+	}
+	if s.bodies, err = bus.OpenBodies(ctx, s.js); err != nil {
+		return err
+	}
+	w := &bus.Worker{JS: s.js, Consumer: cons[bus.ConsumerRouter], Slots: s.Slots, Log: s.log}
+	return w.Run(ctx, s.route)
+}
+
+// errReject marks input that can never be routed: it goes to Badmail.
+var errReject = errors.New("router: rejected")
+
+// part is the envelope for one destination.
+type part struct {
+	subject string
+	env     *envelope.Envelope
+}
+
+func (s *Service) route(ctx context.Context, m jetstream.Msg) {
+	env, parts, err := s.plan(m.Headers(), m.Data())
+	if err != nil {
+		qid := m.Headers().Get(envelope.HdrQueueID)
+		if merr := bus.MoveToBad(ctx, s.js, m, err.Error()); merr != nil {
+			s.log.Error("move to badmail failed", "qid", qid, "err", merr)
+			_ = m.NakWithDelay(10 * time.Second)
+			return
+		}
+		s.log.Warn("rejected to badmail", "qid", qid, "reason", err.Error())
+		return
+	}
+	if env.Body == envelope.BodyObject {
+		if err := s.bodies.Share(ctx, env.QueueID, len(parts)); err != nil {
+			s.log.Error("share body failed", "qid", env.QueueID, "err", err)
+			_ = m.NakWithDelay(5 * time.Second)
+			return
+		}
+	}
+	for _, p := range parts {
+		msg, err := p.env.Msg(p.subject, m.Data())
+		if err == nil {
+			_, err = bus.Publish(ctx, s.js, msg, p.env.MsgID)
+		}
+		if err != nil {
+			s.log.Error("publish failed, will retry", "qid", env.QueueID, "subject", p.subject, "err", err)
+			_ = m.NakWithDelay(5 * time.Second)
+			return
+		}
+	}
+	if err := m.DoubleAck(ctx); err != nil {
+		// The parts are stored; a redelivery republishes the same ids.
+		s.log.Warn("ack failed", "qid", env.QueueID, "err", err)
+		return
+	}
+	for _, p := range parts {
+		s.log.Info("routed", "qid", env.QueueID, "to", p.subject, "rcpts", len(p.env.Rcpts))
+	}
+}
+
+// plan validates an incoming message and splits it per destination.
+func (s *Service) plan(h map[string][]string, data []byte) (*envelope.Envelope, []part, error) {
+	env, err := envelope.Decode(h)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", errReject, err)
+	}
+	switch env.Body {
+	case envelope.BodyInline:
+		if len(data) == 0 {
+			return nil, nil, fmt.Errorf("%w: empty message body", errReject)
+		}
+		if int64(len(data)) > s.cfg.Ingress.MaxMessageSize+64<<10 {
+			return nil, nil, fmt.Errorf("%w: message of %d bytes exceeds the maximum size %d", errReject, len(data), s.cfg.Ingress.MaxMessageSize)
+		}
+		if hops := envelope.CountReceived(data); hops > env.Hops {
+			env.Hops = hops
+		}
+	case envelope.BodyObject:
+		if len(data) != 0 {
+			return nil, nil, fmt.Errorf("%w: Mta-Body obj with a non-empty payload", errReject)
+		}
+	}
+	if env.Hops > s.cfg.Router.MaxHopCount {
+		return nil, nil, fmt.Errorf("%w: 5.4.6 routing loop detected: message has %d Received: headers, more than the maximum hop count %d", errReject, env.Hops, s.cfg.Router.MaxHopCount)
+	}
+	if env.ReceivedAt.IsZero() {
+		env.ReceivedAt = time.Now()
+	}
+	if env.ExpiresAt.IsZero() {
+		env.ExpiresAt = env.ReceivedAt.Add(s.cfg.Delivery.Expire.D())
+	}
+	byDomain := map[string][]envelope.Rcpt{}
+	seen := map[string]bool{}
+	for _, r := range env.Rcpts {
+		d := envelope.Domain(r.Addr)
+		if d == "" {
+			return nil, nil, fmt.Errorf("%w: recipient %q has no domain", errReject, r.Addr)
+		}
+		key := r.Addr // exact duplicates are delivered once
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		byDomain[d] = append(byDomain[d], r)
+	}
+	domains := make([]string, 0, len(byDomain))
+	for d := range byDomain {
+		domains = append(domains, d)
+	}
+	sort.Strings(domains)
+	parts := make([]part, 0, len(domains))
+	for _, d := range domains {
+		p := env.Clone()
+		p.Rcpts = byDomain[d]
+		p.Domain = d
+		tok := bus.Token(d)
+		p.MsgID = env.QueueID + "." + tok
+		subject := bus.Out(tok)
+		if s.cfg.IsLocal(d) {
+			subject = bus.SubjDrop
+		}
+		parts = append(parts, part{subject: subject, env: p})
+	}
+	return env, parts, nil
+}
