@@ -75,7 +75,7 @@ func TestSplitPerDomain(t *testing.T) {
 	body := "Subject: split\r\n\r\nbody\r\n"
 	publishIn(t, js, env, body)
 	want := map[string][]string{
-		bus.SubjDrop:         {"a@Local.Test"},
+		bus.SubjDrop:        {"a@Local.Test"},
 		bus.Out("one_test"): {"b@one.test", "d@one.test"},
 		bus.Out("two_test"): {"c@two.test"},
 	}

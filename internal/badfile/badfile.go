@@ -145,12 +145,16 @@ func Write(dir string, e Entry) (Result, error) {
 					// adopted our .BAD, which has the same content): leave
 					// both alone, and write the entry under the next name.
 					if k, kerr := readKey(bdr); kerr == nil && k == key {
-						return Result{Name: name, Existed: true}, nil
+						// Our own report from an earlier try whose .BAD
+						// was removed by hand: the pair is whole again.
+						return Result{Name: name}, SyncDir(dir)
 					}
-					if tmpBAD, sum, err = writeTemp(dir, ExtBAD, reopen(bad)); err != nil {
+					if tmpBAD, err = copyTemp(dir, bad); tmpBAD != "" {
+						temps = append(temps, tmpBAD)
+					}
+					if err != nil {
 						return Result{}, err
 					}
-					temps = append(temps, tmpBAD)
 					continue
 				}
 				return Result{}, err
@@ -207,18 +211,16 @@ func Write(dir string, e Entry) (Result, error) {
 	return Result{}, fmt.Errorf("badfile: no free name for %s after %d tries", e.Name, maxCandidates)
 }
 
-// reopen returns a reader of path's content, or of an error.
-func reopen(path string) io.Reader {
-	b, err := os.ReadFile(path)
+// copyTemp copies the file at path into a new temp file in dir.
+func copyTemp(dir, path string) (string, error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return errReader{err}
+		return "", fmt.Errorf("badfile: reopen %s: %w", path, err)
 	}
-	return bytes.NewReader(b)
+	defer f.Close()
+	tmp, _, err := writeTemp(dir, ExtBAD, f)
+	return tmp, err
 }
-
-type errReader struct{ err error }
-
-func (r errReader) Read([]byte) (int, error) { return 0, r.err }
 
 // candidate returns the i-th name tried for e.
 func candidate(e Entry, i int) string {

@@ -85,6 +85,41 @@ func (b *Bodies) Share(ctx context.Context, qid string, n int) error {
 	return nil
 }
 
+// Retain records that n more envelopes now refer to the body of env, on
+// top of the reference env itself holds. Delivery calls it before
+// publishing several successors of one envelope (a retry schedule and
+// Badmail copies), each of which calls Release when done. Inline bodies need
+// nothing. A retry after a crash may count twice; that only delays deletion
+// until the bucket TTL.
+func (b *Bodies) Retain(ctx context.Context, env *envelope.Envelope, n int) error {
+	if env.Body != envelope.BodyObject || n <= 0 {
+		return nil
+	}
+	key := refKey(env.QueueID)
+	for range 50 {
+		e, err := b.refs.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			// No entry: env holds the only reference.
+			_, err = b.refs.Create(ctx, key, []byte(strconv.Itoa(1+n)))
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, jetstream.ErrKeyExists) {
+				return fmt.Errorf("bus: retain body %s: %w", env.QueueID, err)
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("bus: retain body %s: %w", env.QueueID, err)
+		}
+		cur, _ := strconv.Atoi(string(e.Value()))
+		if _, err := b.refs.Update(ctx, key, []byte(strconv.Itoa(max(cur, 1)+n)), e.Revision()); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("bus: retain body %s: too much contention", env.QueueID)
+}
+
 // Release is called after an envelope with an Object Store body reached its
 // final disposition (and was acked). The body is deleted when no other
 // envelope refers to it.
