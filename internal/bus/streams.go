@@ -68,7 +68,10 @@ var consumerConfigs = map[string]jetstream.ConsumerConfig{
 	ConsumerRouter:   {Durable: ConsumerRouter, FilterSubject: SubjIn, AckWait: time.Minute, MaxAckPending: 1000},
 	ConsumerDelivery: {Durable: ConsumerDelivery, FilterSubject: SubjOutAll, AckWait: 2 * time.Minute, MaxAckPending: 2000},
 	ConsumerDrop:     {Durable: ConsumerDrop, FilterSubject: SubjDrop, AckWait: time.Minute, MaxAckPending: 200},
-	ConsumerBadmail:  {Durable: ConsumerBadmail, FilterSubject: SubjBad, AckWait: time.Minute, MaxAckPending: 200},
+	// Badmail is the end of the line: there is no dead-letter queue to move
+	// its messages to, so it retries for ever (MaxDeliver -1, DESIGN §2 /
+	// nats-notes §3.3) instead of letting them sit unseen at MaxDeliver.
+	ConsumerBadmail: {Durable: ConsumerBadmail, FilterSubject: SubjBad, AckWait: time.Minute, MaxAckPending: 200, MaxDeliver: -1},
 }
 
 // EnsureStream creates or updates the MAIL stream and the mail-bodies and
@@ -109,7 +112,9 @@ func EnsureConsumer(ctx context.Context, js jetstream.JetStream, name string, re
 	}
 	cfg.AckPolicy = jetstream.AckExplicitPolicy
 	cfg.DeliverPolicy = jetstream.DeliverAllPolicy
-	cfg.MaxDeliver = MaxDeliver
+	if cfg.MaxDeliver == 0 {
+		cfg.MaxDeliver = MaxDeliver
+	}
 	cfg.Replicas = max(replicas, 1)
 	c, err := js.CreateOrUpdateConsumer(ctx, StreamMail, cfg)
 	if err != nil {

@@ -36,6 +36,11 @@ type Worker struct {
 	// Grace is how long in-flight handlers may finish after ctx is done
 	// before their context is cancelled (default 10 s).
 	Grace time.Duration
+	// NoPoison turns the poison check off: the handler sees every delivery,
+	// however often it was redelivered. The badmail worker sets it, because
+	// moving a mail.bad message "to mail.bad" would only loop (its consumer
+	// has no MaxDeliver instead, see EnsureConsumer).
+	NoPoison bool
 }
 
 // Run works the consumer until ctx is done, then stops pulling, lets
@@ -101,7 +106,7 @@ func (w *Worker) Run(ctx context.Context, h Handler) error {
 
 func (w *Worker) handle(ctx context.Context, m jetstream.Msg, h Handler) {
 	md, err := m.Metadata()
-	if err == nil && md.NumDelivered >= MaxDeliver-1 {
+	if err == nil && !w.NoPoison && md.NumDelivered >= MaxDeliver-1 {
 		w.poison(ctx, m, fmt.Sprintf("delivery attempted %d times by workers that crashed or failed (poison message)", md.NumDelivered))
 		return
 	}

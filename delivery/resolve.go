@@ -1,0 +1,230 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/mailroot/mailroot/internal/envelope"
+)
+
+// target is one host to try, in order: an MX host, the domain itself
+// (implicit MX), an address literal or the smart host.
+type target struct {
+	// host is the name used for TLS SNI, the self check and reports; for
+	// address literals it is the IP.
+	host string
+	// port is the TCP port to connect to.
+	port int
+	// addrs are the host's addresses when already known; nil means they are
+	// looked up when the host's turn comes.
+	addrs []netip.Addr
+}
+
+// errNXDomain and errNoData are the two negative DNS answers.
+var (
+	errNXDomain = errors.New("delivery: dns: no such domain")
+	errNoData   = errors.New("delivery: dns: no records of that type")
+)
+
+// resolver asks one DNS server, over UDP with TCP fallback on truncation.
+type resolver struct {
+	server  string
+	timeout time.Duration
+}
+
+// lookup returns the answers of type qtype for name, errNXDomain, errNoData,
+// or another (temporary) error.
+func (r *resolver) lookup(ctx context.Context, name string, qtype uint16) ([]dns.RR, error) {
+	if r.server == "" {
+		return nil, errors.New("no DNS server configured")
+	}
+	q := new(dns.Msg)
+	q.SetQuestion(dns.Fqdn(name), qtype)
+	q.SetEdns0(1232, false)
+	qn := dns.TypeToString[qtype]
+	var resp *dns.Msg
+	for _, network := range []string{"udp", "tcp"} {
+		c := &dns.Client{Net: network, Timeout: r.timeout}
+		qctx, cancel := context.WithTimeout(ctx, r.timeout)
+		m, _, err := c.ExchangeContext(qctx, q, r.server)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("lookup %s %s: %w", qn, name, err)
+		}
+		resp = m
+		if !m.Truncated {
+			break
+		}
+	}
+	switch resp.Rcode {
+	case dns.RcodeSuccess:
+	case dns.RcodeNameError:
+		return nil, errNXDomain
+	default:
+		return nil, fmt.Errorf("lookup %s %s: %s", qn, name, dns.RcodeToString[resp.Rcode])
+	}
+	var out []dns.RR
+	for _, rr := range resp.Answer {
+		if rr.Header().Rrtype == qtype {
+			out = append(out, rr)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errNoData
+	}
+	return out, nil
+}
+
+// addrs looks up A then AAAA records of host. It returns errNXDomain when
+// the name does not exist, errNoData when it has no address, or a
+// temporary error when neither lookup gave an answer.
+func (r *resolver) addrs(ctx context.Context, host string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	var errs [2]error
+	for i, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
+		rrs, err := r.lookup(ctx, host, qt)
+		errs[i] = err
+		for _, rr := range rrs {
+			var ip net.IP
+			switch v := rr.(type) {
+			case *dns.A:
+				ip = v.A
+			case *dns.AAAA:
+				ip = v.AAAA
+			}
+			if a, ok := netip.AddrFromSlice(ip); ok {
+				out = append(out, a.Unmap())
+			}
+		}
+	}
+	switch {
+	case len(out) > 0:
+		return out, nil
+	case errors.Is(errs[0], errNXDomain) && errors.Is(errs[1], errNXDomain):
+		return nil, errNXDomain
+	case isNegative(errs[0]) && isNegative(errs[1]):
+		return nil, errNoData
+	case !isNegative(errs[0]):
+		return nil, errs[0]
+	default:
+		return nil, errs[1]
+	}
+}
+
+func isNegative(err error) bool { return errors.Is(err, errNXDomain) || errors.Is(err, errNoData) }
+
+// resolve returns the hosts to try for env in order, or the *Error that
+// ends the attempt for every recipient.
+func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error) {
+	if sh := s.cfg.Delivery.SmartHost; sh != "" {
+		host, p, err := net.SplitHostPort(sh)
+		port, perr := strconv.Atoi(p)
+		if err != nil || perr != nil {
+			return nil, permErr("5.3.5", "", "smart host %q is not host:port", sh)
+		}
+		t := target{host: host, port: port}
+		if ip, err := netip.ParseAddr(host); err == nil {
+			t.addrs = []netip.Addr{ip.Unmap()}
+		}
+		return []target{t}, nil
+	}
+	if strings.HasPrefix(domain, "[") {
+		ip, ok := parseLiteral(domain)
+		if !ok {
+			return nil, permErr("5.1.2", "", "bad address literal %s", domain)
+		}
+		return []target{{host: ip.String(), port: s.cfg.Delivery.Port, addrs: []netip.Addr{ip}}}, nil
+	}
+	if domain == "" {
+		return nil, permErr("5.1.2", "", "no destination domain")
+	}
+
+	rrs, err := s.dns.lookup(ctx, domain, dns.TypeMX)
+	switch {
+	case errors.Is(err, errNXDomain), errors.Is(err, errNoData):
+		// No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
+		addrs, aerr := s.dns.addrs(ctx, domain)
+		switch {
+		case aerr == nil:
+			return []target{{host: domain, port: s.cfg.Delivery.Port, addrs: addrs}}, nil
+		case errors.Is(err, errNXDomain) && errors.Is(aerr, errNXDomain):
+			return nil, permErr("5.1.2", "", "domain %s does not exist", domain)
+		case isNegative(aerr):
+			return nil, permErr("5.1.2", "", "domain %s has no MX or address records", domain)
+		default:
+			return nil, tempErr("4.4.3", "", aerr, "dns: %v", aerr)
+		}
+	case err != nil:
+		return nil, tempErr("4.4.3", "", err, "dns: %v", err)
+	}
+
+	mxs := make([]*dns.MX, 0, len(rrs))
+	for _, rr := range rrs {
+		mxs = append(mxs, rr.(*dns.MX))
+	}
+	// RFC 7505: a single "0 ." record says the domain takes no mail; a "."
+	// among real MX records is ignored.
+	if len(mxs) == 1 && mxs[0].Mx == "." {
+		return nil, permErr("5.1.10", "", "domain %s does not accept mail (null MX)", domain)
+	}
+	mxs = slices.DeleteFunc(mxs, func(mx *dns.MX) bool { return mx.Mx == "." })
+	rand.Shuffle(len(mxs), func(i, j int) { mxs[i], mxs[j] = mxs[j], mxs[i] })
+	slices.SortStableFunc(mxs, func(a, b *dns.MX) int { return int(a.Preference) - int(b.Preference) })
+
+	// RFC 5321 §5.1: if we are one of the MX hosts, only more preferred
+	// hosts may be tried; if none is left the mail would loop.
+	me := strings.TrimSuffix(strings.ToLower(s.cfg.Hostname), ".")
+	var out []target
+	for _, mx := range mxs {
+		host := strings.TrimSuffix(strings.ToLower(mx.Mx), ".")
+		if host == me {
+			if len(out) == 0 {
+				return nil, permErr("5.4.6", "", "mail for %s loops back to myself: MX host %s is this server", domain, host)
+			}
+			break
+		}
+		out = append(out, target{host: host, port: s.cfg.Delivery.Port})
+	}
+	return out, nil
+}
+
+// parseLiteral parses "[192.0.2.1]" or "[IPv6:2001:db8::1]".
+func parseLiteral(d string) (netip.Addr, bool) {
+	lit := strings.TrimSuffix(strings.TrimPrefix(d, "["), "]")
+	if rest, ok := strings.CutPrefix(strings.ToLower(lit), "ipv6:"); ok {
+		ip, err := netip.ParseAddr(rest)
+		return ip, err == nil && ip.Is6()
+	}
+	ip, err := netip.ParseAddr(lit)
+	return ip, err == nil && ip.Is4()
+}
+
+// remoteName renders "host[ip]" for reports, or "[ip]" for literals.
+func remoteName(host string, ip netip.Addr) string {
+	if host == ip.String() {
+		return "[" + host + "]"
+	}
+	return host + "[" + ip.String() + "]"
+}
+
+// systemDNS returns the first nameserver of /etc/resolv.conf.
+func systemDNS() (string, error) {
+	cc, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+	if err != nil {
+		return "", fmt.Errorf("delivery: read /etc/resolv.conf: %w", err)
+	}
+	if len(cc.Servers) == 0 {
+		return "", errors.New("delivery: no nameserver in /etc/resolv.conf")
+	}
+	return net.JoinHostPort(cc.Servers[0], cc.Port), nil
+}

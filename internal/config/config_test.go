@@ -1,0 +1,96 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func write(t *testing.T, s string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "mailroot.toml")
+	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDefaultsAreValid(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Ingress.Listen[0] != "127.0.0.1:2525" || c.LocalDomains[0] != "localhost" || c.NATS.Sync != "always" {
+		t.Errorf("defaults %+v", c)
+	}
+}
+
+// The sample file documents every key with its default: it must load and
+// equal the defaults (except the host name it sets).
+func TestSampleFileMatchesDefaults(t *testing.T) {
+	c, err := Load(filepath.Join("..", "..", "deploy", "mailroot.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Default()
+	d.Hostname = c.Hostname
+	if c.Hostname != "mail.example.test" {
+		t.Errorf("hostname %q", c.Hostname)
+	}
+	if got, want := strings.ReplaceAll(sprint(c), " ", ""), strings.ReplaceAll(sprint(d), " ", ""); got != want {
+		t.Errorf("sample file differs from defaults:\n%s\n%s", got, want)
+	}
+}
+
+func sprint(c Config) string { return fmt.Sprintf("%+v", c) }
+
+func TestErrorsNameTheKey(t *testing.T) {
+	tests := []struct{ file, key string }{
+		{"bogus = 1\n", "bogus"},
+		{"[ingress]\nlisten_on = [\"x\"]\n", "ingress.listen_on"},
+		{"[delivery]\nretry = [\"soon\"]\n", "delivery.retry"},
+		{"[delivery]\nretry = [\"100ms\"]\n", "delivery.retry"},
+		{"[delivery]\nport = 0\n", "delivery.port"},
+		{"[delivery]\nsmart_host = \"nocolon\"\n", "delivery.smart_host"},
+		{"[ingress]\nrelay_networks = [\"10.0.0.0/33\"]\n", "ingress.relay_networks"},
+		{"[ingress]\nmax_message_size = \"big\"\n", "ingress.max_message_size"},
+		{"[nats]\nsync = \"sometimes\"\n", "nats.sync"},
+		{"log_level = \"loud\"\n", "log_level"},
+		{"local_domains = [\"a b\"]\n", "local_domains"},
+	}
+	for _, tt := range tests {
+		_, err := Load(write(t, tt.file))
+		if err == nil || !strings.Contains(err.Error(), tt.key) {
+			t.Errorf("%q: %v, want an error naming %s", tt.file, err, tt.key)
+		}
+	}
+	var ke *KeyError
+	if _, err := Load(write(t, "bogus = 1\n")); !errors.As(err, &ke) || ke.Key != "bogus" {
+		t.Errorf("unknown key error %v is not a KeyError for bogus", err)
+	}
+}
+
+func TestValuesApply(t *testing.T) {
+	c, err := Load(write(t, `
+hostname = "mx.test"
+local_domains = ["Example.TEST."]
+[delivery]
+retry = ["1s", "2s"]
+expire = "10s"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.IsLocal("example.test") || !c.IsLocal("EXAMPLE.test.") || c.IsLocal("other.test") {
+		t.Errorf("local domains %v", c.LocalDomains)
+	}
+	for n, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 7: 2 * time.Second} {
+		if got := c.Delivery.RetryDelay(n); got != want {
+			t.Errorf("RetryDelay(%d) = %v, want %v", n, got, want)
+		}
+	}
+}
