@@ -103,9 +103,15 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 func (s *Service) Run(ctx context.Context) error {
 	cons, err := bus.Setup(ctx, s.js, s.cfg, bus.ConsumerBadmail)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return fmt.Errorf("badmail: %w", err)
 	}
 	if s.bodies, err = bus.OpenBodies(ctx, s.js); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("badmail: %w", err)
 	}
 	if st, err := s.js.Stream(ctx, bus.StreamMail); err == nil {

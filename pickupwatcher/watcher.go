@@ -1,0 +1,525 @@
+package pickupwatcher
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/internal/badfile"
+	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/envelope"
+)
+
+// WorkDir is the name of the claim folder inside Pickup/.
+const WorkDir = ".work"
+
+// Source is the envelope Source (and ClientIP) of picked-up mail.
+const Source = "pickup"
+
+// MsgIDPrefix starts the Nats-Msg-Id of picked-up mail: "pickup.<qid>".
+const MsgIDPrefix = "pickup."
+
+// envelopeAllowance is how much larger than the message size limit a file
+// may be, for its X-Sender/X-Receiver lines and CR/LF normalisation,
+// before it is refused without being read.
+const envelopeAllowance = 64 << 10
+
+// DefaultOrphanAge is how long a file may sit in .work/ before a watcher
+// that did not claim it takes it over (its claimer died and did not come
+// back).
+const DefaultOrphanAge = 5 * time.Minute
+
+// ErrNoJetStream is returned by New without a JetStream context.
+var ErrNoJetStream = errors.New("pickupwatcher: no JetStream context")
+
+// Service watches the Pickup directory.
+type Service struct {
+	// OrphanAge is how long a file left in .work/ by another watcher waits
+	// before this one handles it (DefaultOrphanAge when zero).
+	OrphanAge time.Duration
+
+	cfg       config.Config
+	log       *slog.Logger
+	js        jetstream.JetStream
+	dir, work string
+	badDir    string
+	domain    string // default domain for addresses without one
+	bodies    *bus.Bodies
+	kick      chan struct{}
+	now       func() time.Time
+
+	// State of the scan loop (one goroutine).
+	stable    map[string]observation // Pickup/ files not yet stable
+	workSeen  map[string]time.Time   // .work/ files and when first seen
+	pending   map[string]bool        // .work/ files this watcher must retry
+	sent      map[string]bool        // qids queued whose file could not be deleted
+	warned    map[string]bool        // file names already warned about
+	dirWarned map[string]bool        // directories already warned about
+}
+
+// observation is what a scan saw of a file.
+type observation struct {
+	size  int64
+	mtime time.Time
+	since time.Time // when this size and mtime were first seen
+}
+
+// New returns a watcher of cfg.PickupDir(), creating it and its work
+// folder (mode 0o750).
+func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service, error) {
+	if js == nil {
+		return nil, ErrNoJetStream
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Service{
+		cfg:       cfg,
+		log:       log.With("svc", "pickupwatcher"),
+		js:        js,
+		dir:       cfg.PickupDir(),
+		work:      filepath.Join(cfg.PickupDir(), WorkDir),
+		badDir:    cfg.BadmailDir(),
+		domain:    cfg.Hostname,
+		kick:      make(chan struct{}, 1),
+		now:       time.Now,
+		stable:    map[string]observation{},
+		workSeen:  map[string]time.Time{},
+		pending:   map[string]bool{},
+		sent:      map[string]bool{},
+		warned:    map[string]bool{},
+		dirWarned: map[string]bool{},
+	}
+	if len(cfg.LocalDomains) > 0 {
+		s.domain = cfg.LocalDomains[0]
+	}
+	if err := os.MkdirAll(s.work, 0o750); err != nil {
+		return nil, fmt.Errorf("pickupwatcher: create %s: %w", s.work, err)
+	}
+	return s, nil
+}
+
+// Kick asks for a scan now rather than at the next tick. An event source
+// (fsnotify, an admin request) calls it; it never blocks.
+func (s *Service) Kick() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run scans the Pickup directory every pickup.interval until ctx is done.
+// The first scan also handles everything left in .work/ by a previous
+// run. The file in hand when ctx ends is finished first.
+func (s *Service) Run(ctx context.Context) error {
+	if err := os.MkdirAll(s.work, 0o750); err != nil {
+		return fmt.Errorf("pickupwatcher: create %s: %w", s.work, err)
+	}
+	if _, err := bus.Setup(ctx, s.js, s.cfg); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
+		return fmt.Errorf("pickupwatcher: %w", err)
+	}
+	var err error
+	if s.bodies, err = bus.OpenBodies(ctx, s.js); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("pickupwatcher: %w", err)
+	}
+	interval := s.cfg.Pickup.Interval.D()
+	if interval <= 0 {
+		interval = time.Second
+	}
+	s.log.Info("pickup started", "dir", s.dir, "interval", interval, "stable_for", s.cfg.Pickup.StableFor.D())
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for first := true; ; first = false {
+		s.scan(ctx, first)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-s.kick:
+		}
+	}
+}
+
+// scan makes one pass over .work/ and Pickup/.
+func (s *Service) scan(ctx context.Context, recovering bool) {
+	// .work/ may have been removed by hand since the last scan; without it
+	// every claim would fail as if another watcher had taken the file.
+	if err := os.MkdirAll(s.work, 0o750); err != nil {
+		if !s.dirWarned[s.work] {
+			s.log.Error("cannot create work folder", "dir", s.work, "err", err)
+			s.dirWarned[s.work] = true
+		}
+		return
+	}
+	now := s.now()
+	orphanAge := s.OrphanAge
+	if orphanAge <= 0 {
+		orphanAge = DefaultOrphanAge
+	}
+	// .work/: crash recovery at start, our own retries, and files whose
+	// claimer died.
+	present := map[string]bool{}
+	for _, name := range s.list(s.work) {
+		present[name] = true
+		first, ok := s.workSeen[name]
+		if !ok {
+			s.workSeen[name], first = now, now
+		}
+		if recovering || s.pending[name] || now.Sub(first) >= orphanAge {
+			if ctx.Err() != nil {
+				return
+			}
+			s.process(ctx, name)
+		}
+	}
+	for name := range s.workSeen {
+		if !present[name] {
+			delete(s.workSeen, name)
+			delete(s.pending, name)
+		}
+	}
+
+	// Pickup/: new files.
+	clear(present)
+	for _, name := range s.list(s.dir) {
+		present[name] = true
+		info, err := os.Lstat(filepath.Join(s.dir, name))
+		if err != nil {
+			continue // gone already
+		}
+		if !s.isStable(name, info, now) {
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if s.claim(name) {
+			s.process(ctx, name)
+		}
+	}
+	for name := range s.stable {
+		if !present[name] {
+			delete(s.stable, name)
+		}
+	}
+	for name := range s.warned {
+		if !present[name] && s.workSeen[name].IsZero() {
+			delete(s.warned, name)
+		}
+	}
+}
+
+// list returns the candidate names in dir: regular files not starting
+// with ".". Anything else is logged once and left alone.
+func (s *Service) list(dir string) []string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if !s.dirWarned[dir] {
+			s.log.Error("cannot read directory", "dir", dir, "err", err)
+			s.dirWarned[dir] = true
+		}
+		return nil
+	}
+	delete(s.dirWarned, dir)
+	names := make([]string, 0, len(entries))
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") {
+			continue
+		}
+		if !e.Type().IsRegular() {
+			if !s.warned[name] {
+				s.log.Warn("not a regular file, left alone", "file", filepath.Join(dir, name), "type", e.Type().String())
+				s.warned[name] = true
+			}
+			continue
+		}
+		names = append(names, name)
+	}
+	return names
+}
+
+// isStable reports whether a file in Pickup/ is complete: its size and
+// mtime have not changed for StableFor. A file renamed in is usually
+// stable at once (its mtime is older than that); a file written in place
+// becomes stable once its writer has been quiet for StableFor. When the
+// mtime lies in the future (clock skew on a network file system), the
+// watcher's own observations count instead.
+func (s *Service) isStable(name string, info fs.FileInfo, now time.Time) bool {
+	o, seen := s.stable[name]
+	if !seen || o.size != info.Size() || !o.mtime.Equal(info.ModTime()) {
+		o = observation{size: info.Size(), mtime: info.ModTime(), since: now}
+		s.stable[name] = o
+		if seen {
+			return false // it changed since the last scan: still being written
+		}
+	}
+	need := s.cfg.Pickup.StableFor.D()
+	return need <= 0 || now.Sub(o.mtime) >= need || now.Sub(o.since) >= need
+}
+
+// claim moves Pickup/name into .work/ and reports whether this watcher
+// now owns it.
+func (s *Service) claim(name string) bool {
+	src, dst := filepath.Join(s.dir, name), filepath.Join(s.work, name)
+	err := badfile.MoveNoReplace(src, dst)
+	switch {
+	case err == nil:
+		delete(s.stable, name)
+		return true
+	case errors.Is(err, fs.ErrNotExist):
+		return false // another watcher took it
+	case errors.Is(err, fs.ErrExist):
+		a, aerr := os.Lstat(src)
+		b, berr := os.Lstat(dst)
+		if aerr == nil && berr == nil && os.SameFile(a, b) {
+			// Claimed by another watcher that has not unlinked it yet, or
+			// by one that died in between: .work/ is where it is handled.
+			_ = os.Remove(src)
+			return false
+		}
+		if !s.warned[name] {
+			s.log.Warn("a file of the same name is still in .work, waiting for it", "file", name)
+			s.warned[name] = true
+		}
+		return false
+	default:
+		s.log.Error("cannot claim file", "file", src, "err", err)
+		return false
+	}
+}
+
+// process queues (or badmails) the claimed file .work/name and deletes it.
+// On a temporary failure it stays in .work/ and is retried next scan.
+func (s *Service) process(ctx context.Context, name string) {
+	// Finish the file in hand even when ctx ends meanwhile.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bus.PublishTimeout+30*time.Second)
+	defer cancel()
+	path := filepath.Join(s.work, name)
+	f, err := os.Open(path)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			s.log.Error("cannot open claimed file", "file", path, "err", err)
+			s.pending[name] = true
+		}
+		return
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		s.log.Error("cannot stat claimed file", "file", path, "err", err)
+		s.pending[name] = true
+		return
+	}
+	limit := s.cfg.Ingress.MaxMessageSize
+	var data []byte
+	var perr error
+	if limit > 0 && info.Size() > limit+envelopeAllowance {
+		perr = fmt.Errorf("%w: the file is %d bytes, over the limit of %d bytes", ErrTooBig, info.Size(), limit)
+	} else {
+		r := io.Reader(f)
+		if limit > 0 {
+			r = io.LimitReader(f, limit+envelopeAllowance+1)
+		}
+		if data, err = io.ReadAll(r); err != nil {
+			s.log.Error("cannot read claimed file", "file", path, "err", err)
+			s.pending[name] = true
+			return
+		}
+		if limit > 0 && int64(len(data)) > limit+envelopeAllowance {
+			perr = fmt.Errorf("%w: the file grew past %d bytes, over the limit of %d bytes", ErrTooBig, len(data), limit)
+			data = nil
+		}
+	}
+	qid := fileQID(name, info, data)
+	log := s.log.With("qid", qid, "file", name)
+	if s.sent[qid] {
+		s.remove(log, name, path, qid)
+		return
+	}
+	now := s.now()
+	var p *Parsed
+	if perr == nil {
+		p, perr = Parse(data, Options{
+			DefaultDomain: s.domain,
+			Hostname:      s.cfg.Hostname,
+			QueueID:       qid,
+			Now:           now,
+			MaxSize:       limit,
+		})
+	}
+	dup := false
+	if perr == nil {
+		var err error
+		dup, err = s.publish(ctx, qid, p, now)
+		if errors.Is(err, envelope.ErrMalformed) {
+			perr = err
+		} else if err != nil {
+			log.Warn("publish failed, will retry", "err", err)
+			s.pending[name] = true
+			return
+		}
+	}
+	if perr != nil {
+		if err := s.badmail(path, name, qid, info, perr); err != nil {
+			log.Error("write badmail failed, will retry", "dir", s.badDir, "reason", perr.Error(), "err", err)
+			s.pending[name] = true
+			return
+		}
+		s.remove(log, name, path, qid)
+		return
+	}
+	s.sent[qid] = true
+	s.remove(log, name, path, qid)
+	if dup {
+		// Queued before a crash, or by another watcher at the same time.
+		log.Info("pickup file was already queued", "from", p.From, "rcpts", len(p.Rcpts))
+		return
+	}
+	log.Info("picked up", "from", p.From, "rcpts", len(p.Rcpts), "size", len(p.Message))
+}
+
+// remove deletes a handled file from .work/. If that fails it is retried
+// next scan, without handling the file again.
+func (s *Service) remove(log *slog.Logger, name, path, qid string) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		log.Error("cannot delete handled file, will retry", "err", err)
+		s.pending[name] = true
+		return
+	}
+	delete(s.sent, qid)
+	delete(s.pending, name)
+	delete(s.workSeen, name)
+}
+
+// publish queues the parsed file on mail.in and waits for the PubAck.
+// dup reports that JetStream already had it (same Nats-Msg-Id).
+func (s *Service) publish(ctx context.Context, qid string, p *Parsed, now time.Time) (dup bool, err error) {
+	env := &envelope.Envelope{
+		QueueID:    qid,
+		MsgID:      MsgIDPrefix + qid,
+		From:       p.From,
+		ReceivedAt: now,
+		ExpiresAt:  now.Add(s.cfg.Delivery.Expire.D()),
+		Source:     Source,
+		ClientIP:   Source,
+		Hops:       p.Hops,
+		SMTPUTF8:   p.SMTPUTF8,
+		Body:       envelope.BodyInline,
+		BodySize:   int64(len(p.Message)),
+	}
+	if p.EightBit {
+		env.BodyType = "8BITMIME"
+	}
+	for _, r := range p.Rcpts {
+		env.Rcpts = append(env.Rcpts, envelope.Rcpt{Addr: r})
+	}
+	data := p.Message
+	if len(data) > envelope.InlineMax {
+		env.Body = envelope.BodyObject
+		if err := s.putBody(ctx, qid, data); err != nil {
+			return false, err
+		}
+		data = nil
+	}
+	msg, err := env.Msg(bus.SubjIn, data)
+	if err != nil {
+		return false, err
+	}
+	ack, err := bus.Publish(ctx, s.js, msg, env.MsgID)
+	if err != nil {
+		return false, err
+	}
+	return ack.Duplicate, nil
+}
+
+// putBody stores a large body unless an earlier try already did: a body
+// the router may be reading must not be replaced under it.
+func (s *Service) putBody(ctx context.Context, qid string, data []byte) error {
+	r, err := s.bodies.Open(ctx, &envelope.Envelope{QueueID: qid, Body: envelope.BodyObject}, nil)
+	if err == nil {
+		r.Close()
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return err
+	}
+	_, err = s.bodies.Put(ctx, qid, bytes.NewReader(data))
+	return err
+}
+
+// badmail writes the claimed file as it is into Badmail with the reason.
+func (s *Service) badmail(path, name, qid string, info fs.FileInfo, reason error) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var b strings.Builder
+	b.WriteString("Mailroot Badmail report\n\n")
+	fmt.Fprintf(&b, "The Pickup directory could not take this file:\n  %s\n\n", reason.Error())
+	row := func(k, v string) { fmt.Fprintf(&b, "%-17s %s\n", k+":", v) }
+	row("Time", s.now().UTC().Format(time.RFC3339))
+	row("Reason", reason.Error())
+	row("Original file", fmt.Sprintf("%q", name))
+	row("Pickup dir", s.dir)
+	row("File size", fmt.Sprintf("%d bytes", info.Size()))
+	row("File modified", info.ModTime().UTC().Format(time.RFC3339Nano))
+	row("Queue ID", qid)
+	row("Host", s.cfg.Hostname)
+	res, err := badfile.Write(s.badDir, badfile.Entry{
+		Name:   qid,
+		Alt:    "pickup",
+		Key:    "pickup " + qid,
+		Data:   f,
+		Report: b.String(),
+	})
+	if err != nil {
+		return err
+	}
+	s.log.Warn("pickup file rejected", "qid", qid, "file", name, "reason", reason.Error(), "badmail", res.Name+badfile.ExtBAD)
+	return nil
+}
+
+// qidEncoding renders queue ids: upper-case base32, valid in subjects,
+// file names and headers.
+var qidEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// fileQID derives the queue id of a claimed file from what identifies it
+// across a crash: name, size, mtime, inode and the bytes read. The same
+// file handled twice gets the same id, so its publish is deduplicated.
+func fileQID(name string, info fs.FileInfo, data []byte) string {
+	h := sha256.New()
+	var n [8]byte
+	h.Write([]byte(name))
+	h.Write([]byte{0})
+	binary.BigEndian.PutUint64(n[:], uint64(info.Size()))
+	h.Write(n[:])
+	binary.BigEndian.PutUint64(n[:], uint64(info.ModTime().UnixNano()))
+	h.Write(n[:])
+	binary.BigEndian.PutUint64(n[:], inode(info))
+	h.Write(n[:])
+	sum := sha256.Sum256(data)
+	h.Write(sum[:])
+	return qidEncoding.EncodeToString(h.Sum(nil))[:26]
+}
