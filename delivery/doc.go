@@ -22,6 +22,11 @@
 //     next step of the retry ladder. The original is acked only after the
 //     schedule's PubAck.
 //
+// Object Store bodies are shared by reference: every envelope published as
+// a successor of the one being settled (retry schedule, Badmail copies)
+// holds a reference (bus.Bodies.Retain), and the body is released only when
+// an envelope is settled without a successor.
+//
 // The Drop writer works the consumer "drop" (mail.drop). It writes each
 // message byte-exact to Drop/<domain>/<qid>.eml through a temporary file,
 // fsync and rename, and acks only after that.

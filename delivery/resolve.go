@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-
-	"github.com/mailroot/mailroot/internal/envelope"
 )
 
 // target is one host to try, in order: an MX host, the domain itself
@@ -52,19 +50,16 @@ func (r *resolver) lookup(ctx context.Context, name string, qtype uint16) ([]dns
 	q.SetQuestion(dns.Fqdn(name), qtype)
 	q.SetEdns0(1232, false)
 	qn := dns.TypeToString[qtype]
-	var resp *dns.Msg
-	for _, network := range []string{"udp", "tcp"} {
-		c := &dns.Client{Net: network, Timeout: r.timeout}
-		qctx, cancel := context.WithTimeout(ctx, r.timeout)
-		m, _, err := c.ExchangeContext(qctx, q, r.server)
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("lookup %s %s: %w", qn, name, err)
-		}
-		resp = m
-		if !m.Truncated {
-			break
-		}
+	resp, err := r.exchange(ctx, q, "udp")
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+		resp, err = r.exchange(ctx, q, "udp") // one more try: UDP loses packets
+	}
+	if err == nil && resp.Truncated {
+		resp, err = r.exchange(ctx, q, "tcp")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lookup %s %s: %w", qn, name, err)
 	}
 	switch resp.Rcode {
 	case dns.RcodeSuccess:
@@ -83,6 +78,15 @@ func (r *resolver) lookup(ctx context.Context, name string, qtype uint16) ([]dns
 		return nil, errNoData
 	}
 	return out, nil
+}
+
+// exchange sends q over network with the resolver's timeout.
+func (r *resolver) exchange(ctx context.Context, q *dns.Msg, network string) (*dns.Msg, error) {
+	c := &dns.Client{Net: network, Timeout: r.timeout}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	m, _, err := c.ExchangeContext(ctx, q, r.server)
+	return m, err
 }
 
 // addrs looks up A then AAAA records of host. It returns errNXDomain when
@@ -123,7 +127,7 @@ func (r *resolver) addrs(ctx context.Context, host string) ([]netip.Addr, error)
 
 func isNegative(err error) bool { return errors.Is(err, errNXDomain) || errors.Is(err, errNoData) }
 
-// resolve returns the hosts to try for env in order, or the *Error that
+// resolve returns the hosts to try for domain in order, or the *Error that
 // ends the attempt for every recipient.
 func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error) {
 	if sh := s.cfg.Delivery.SmartHost; sh != "" {

@@ -63,6 +63,9 @@ func (s *Service) deliver(ctx context.Context, env *envelope.Envelope, domain st
 	}
 	connects := 0
 	for _, t := range targets {
+		if connects >= maxConnects || ctx.Err() != nil {
+			break
+		}
 		addrs := t.addrs
 		if addrs == nil {
 			var err error

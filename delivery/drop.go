@@ -1,0 +1,110 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/internal/envelope"
+)
+
+// handleDrop writes a message of mail.drop to Drop/<domain>/<qid>.eml and
+// acks it once the file is durable.
+func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
+	env, err := envelope.Decode(m.Headers())
+	if err != nil {
+		s.toBad(ctx, m, "drop: undecodable envelope")
+		return
+	}
+	domain := envelope.NormalizeDomain(env.Domain)
+	if domain == "" {
+		domain = envelope.Domain(env.Rcpts[0].Addr)
+	}
+	log := s.log.With("part", "drop", "qid", env.QueueID, "domain", domain)
+	if !safeDirName(domain) {
+		s.toBad(ctx, m, fmt.Sprintf("drop: domain %q cannot be a directory name", domain))
+		return
+	}
+	dir := filepath.Join(s.cfg.DropDir(), domain)
+	path := filepath.Join(dir, env.QueueID+".eml")
+	body, err := s.bodies.Open(ctx, env, m.Data())
+	if err != nil {
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			s.toBad(ctx, m, "drop: message body lost: "+err.Error())
+			return
+		}
+		log.Error("drop: open body failed", "err", err)
+		_ = m.NakWithDelay(s.DropRetryDelay)
+		return
+	}
+	err = writeFileAtomic(dir, env.QueueID+".eml", body)
+	_ = body.Close()
+	if err != nil {
+		log.Error("drop: write failed, will retry", "path", path, "err", err)
+		_ = m.NakWithDelay(s.DropRetryDelay)
+		return
+	}
+	if err := m.DoubleAck(ctx); err != nil {
+		// Redelivery rewrites the same file: harmless.
+		log.Warn("drop: ack failed", "err", err)
+		return
+	}
+	log.Info("dropped", "path", path, "rcpts", describe(env.Rcpts))
+	if err := s.bodies.Release(ctx, env); err != nil {
+		log.Warn("drop: release body failed", "err", err)
+	}
+}
+
+// safeDirName reports whether a domain can be used as one directory name
+// under Drop/ without escaping it.
+func safeDirName(d string) bool {
+	return d != "" && !strings.HasPrefix(d, ".") && !strings.ContainsAny(d, "/\\\x00") && filepath.IsLocal(d)
+}
+
+// writeFileAtomic writes r to dir/name so that readers see either no file
+// or the whole file: a hidden temporary file in the same directory,
+// fsynced, renamed over name, then the directory fsynced. On error nothing
+// is left behind.
+func writeFileAtomic(dir, name string, r io.Reader) (err error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+name+".*.tmp")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+		}
+	}()
+	if _, err = io.Copy(f, r); err != nil {
+		return err
+	}
+	if err = f.Chmod(0o640); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
