@@ -27,12 +27,22 @@ func StartDNS(t testing.TB, zone ...string) *DNS {
 	for _, z := range zone {
 		d.Add(t, z)
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("dns listen: %v", err)
+	// UDP and TCP share the port number; the random UDP port may be taken
+	// for TCP by someone else, so try a few pairs.
+	var pc net.PacketConn
+	var l net.Listener
+	var err error
+	for range 20 {
+		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("dns listen: %v", err)
+		}
+		d.Addr = pc.LocalAddr().String()
+		if l, err = net.Listen("tcp", d.Addr); err == nil {
+			break
+		}
+		_ = pc.Close()
 	}
-	d.Addr = pc.LocalAddr().String()
-	l, err := net.Listen("tcp", d.Addr)
 	if err != nil {
 		t.Fatalf("dns listen tcp: %v", err)
 	}
