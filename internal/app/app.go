@@ -1,0 +1,232 @@
+// Package app wires Mailroot's actors together: one or all of them against
+// a NATS connection, or — for `mailroot all` — against a nats-server
+// embedded in the process. It is what root main.go calls and what the
+// end-to-end tests start.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/badmail"
+	"github.com/mailroot/mailroot/delivery"
+	"github.com/mailroot/mailroot/ingress"
+	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/pickupwatcher"
+	"github.com/mailroot/mailroot/router"
+)
+
+// Actor names, in stop order: the front doors close first, so no new work
+// enters while the inner stages finish theirs.
+const (
+	Ingress       = "ingress"
+	Pickupwatcher = "pickupwatcher"
+	Router        = "router"
+	Delivery      = "delivery"
+	Badmail       = "badmail"
+)
+
+// Actors lists every actor in stop order.
+var Actors = []string{Ingress, Pickupwatcher, Router, Delivery, Badmail}
+
+// runner is what every actor's Service is.
+type runner interface {
+	Run(ctx context.Context) error
+}
+
+// Node is a set of running actors, and the embedded server if it owns one.
+type Node struct {
+	// Server is the embedded nats-server (nil when connected to an external one).
+	Server *server.Server
+	// Conn is the NATS connection the actors share.
+	Conn *nats.Conn
+	// JS is the JetStream context on Conn.
+	JS jetstream.JetStream
+	// Ingress is the SMTP server, when started.
+	Ingress *ingress.Service
+
+	log     *slog.Logger
+	order   []string
+	cancels map[string]context.CancelFunc
+	dones   map[string]chan error
+	errc    chan error
+	once    sync.Once
+}
+
+// StartEmbedded starts an embedded nats-server in cfg.NATSDir() and the
+// given actors (all when none are named) connected in-process.
+func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, actors ...string) (*Node, error) {
+	eo := bus.EmbeddedOptions{StoreDir: cfg.NATSDir(), Listen: cfg.NATS.Listen, SyncAlways: cfg.NATS.Sync == "always", MaxStore: cfg.NATS.MaxStore}
+	ns, err := bus.StartEmbedded(eo, log)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.NATS.Sync != "always" {
+		log.Warn("nats.sync is not \"always\": an OS crash or power cut can lose mail that got its 250", "sync", cfg.NATS.Sync)
+	}
+	nc, err := bus.ConnectInProcess(ns, "mailroot-all")
+	if err != nil {
+		ns.Shutdown()
+		return nil, err
+	}
+	n, err := start(ctx, cfg, log, nc, actors)
+	if err != nil {
+		nc.Close()
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil, err
+	}
+	n.Server = ns
+	return n, nil
+}
+
+// Connect connects to the NATS servers in cfg.NATS and starts the given actors.
+func Connect(ctx context.Context, cfg config.Config, log *slog.Logger, actors ...string) (*Node, error) {
+	name := "mailroot"
+	if len(actors) == 1 {
+		name += "-" + actors[0]
+	}
+	nc, err := bus.Connect(ctx, bus.ConnectOptions{
+		URL: cfg.NATS.URL, Name: name,
+		User: cfg.NATS.User, Password: cfg.NATS.Password, Token: cfg.NATS.Token, CredsFile: cfg.NATS.CredsFile,
+		CAFile: cfg.NATS.CAFile, CertFile: cfg.NATS.CertFile, KeyFile: cfg.NATS.KeyFile,
+	}, log)
+	if err != nil {
+		return nil, err
+	}
+	n, err := start(ctx, cfg, log, nc, actors)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Conn, actors []string) (*Node, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("app: jetstream: %w", err)
+	}
+	if err := bus.CheckServer(ctx, nc, js); err != nil {
+		return nil, err
+	}
+	if _, err := bus.Setup(ctx, js, cfg); err != nil {
+		return nil, err
+	}
+	if len(actors) == 0 {
+		actors = Actors
+	}
+	n := &Node{Conn: nc, JS: js, log: log, cancels: map[string]context.CancelFunc{}, dones: map[string]chan error{}, errc: make(chan error, len(Actors))}
+	services := map[string]runner{}
+	for _, a := range Actors {
+		if !contains(actors, a) {
+			continue
+		}
+		var r runner
+		var err error
+		switch a {
+		case Ingress:
+			var s *ingress.Service
+			s, err = ingress.New(cfg, log, js)
+			n.Ingress, r = s, s
+		case Router:
+			r, err = router.New(cfg, log, js)
+		case Delivery:
+			r, err = delivery.New(cfg, log, js)
+		case Badmail:
+			r, err = badmail.New(cfg, log, js)
+		case Pickupwatcher:
+			r, err = pickupwatcher.New(cfg, log, js)
+		}
+		if err != nil {
+			return nil, err
+		}
+		services[a] = r
+		n.order = append(n.order, a)
+	}
+	for _, a := range actors {
+		if _, ok := services[a]; !ok {
+			return nil, fmt.Errorf("app: unknown actor %q", a)
+		}
+	}
+	for _, a := range n.order {
+		actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan error, 1)
+		n.cancels[a], n.dones[a] = cancel, done
+		go func() {
+			err := services[a].Run(actx)
+			if err != nil && actx.Err() == nil {
+				n.errc <- fmt.Errorf("%s: %w", a, err)
+			}
+			done <- err
+		}()
+	}
+	log.Info("started", "actors", n.order)
+	return n, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Err reports the first actor that failed on its own.
+func (n *Node) Err() <-chan error { return n.errc }
+
+// Stop stops the actors in order (each finishes or hands back its
+// in-flight work), drains the connection and shuts the embedded server down.
+func (n *Node) Stop() {
+	n.once.Do(func() {
+		for _, a := range n.order {
+			n.cancels[a]()
+			select {
+			case <-n.dones[a]:
+			case <-time.After(45 * time.Second):
+				n.log.Error("actor did not stop in time", "actor", a)
+			}
+		}
+		if err := n.Conn.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			n.log.Warn("drain", "err", err)
+		}
+		for i := 0; i < 100 && !n.Conn.IsClosed(); i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+		n.Conn.Close()
+		if n.Server != nil {
+			n.Server.Shutdown()
+			n.Server.WaitForShutdown()
+		}
+		n.log.Info("stopped")
+	})
+}
+
+// Kill stops everything at once without finishing in-flight work, as
+// close as a test can get to a crash inside one process.
+func (n *Node) Kill() {
+	n.once.Do(func() {
+		n.Conn.Close()
+		for _, a := range n.order {
+			n.cancels[a]()
+		}
+		for _, a := range n.order {
+			<-n.dones[a]
+		}
+		if n.Server != nil {
+			n.Server.Shutdown()
+			n.Server.WaitForShutdown()
+		}
+	})
+}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailroot/mailroot/internal/testutil"
+)
+
+// buildBinary builds mailroot once per test run.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "mailroot")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func TestConfigErrorsExit2(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := buildBinary(t)
+	cfg := filepath.Join(t.TempDir(), "bad.toml")
+	if err := os.WriteFile(cfg, []byte("[delivery]\nconcurency = 5\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"all", "-config", cfg}, {"router"}, {"frobnicate"}} {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), "MAILROOT_NATS_URL=")
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errorsAs(err, &ee) || ee.ExitCode() != 2 {
+			t.Errorf("mailroot %v: %v, want exit status 2\n%s", args, err, out)
+		}
+		if args[0] == "all" && !bytes.Contains(out, []byte("delivery.concurency")) {
+			t.Errorf("error does not name the key:\n%s", out)
+		}
+	}
+}
+
+func errorsAs(err error, target **exec.ExitError) bool {
+	e, ok := err.(*exec.ExitError)
+	if ok {
+		*target = e
+	}
+	return ok
+}
+
+// The actors as separate OS processes against one nats-server: mail sent
+// over SMTP to the ingress process reaches the remote MX through the
+// router and delivery processes, and local mail reaches Drop/.
+func TestSeparateProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	n := testutil.StartNATS(t)
+	sink := testutil.StartSink(t)
+	dns := testutil.StartDNS(t, "remote.test. MX 10 mx.remote.test.", "mx.remote.test. A 127.0.0.1")
+	dir := t.TempDir()
+	smtpPort := freePort(t)
+	cfgPath := filepath.Join(dir, "mailroot.toml")
+	cfg := fmt.Sprintf(`hostname = "mailroot.test"
+data_dir = %q
+local_domains = ["local.test"]
+[ingress]
+listen = ["127.0.0.1:%d"]
+[delivery]
+port = %d
+dns_server = %q
+retry = ["1s"]
+[pickup]
+interval = "100ms"
+`, filepath.Join(dir, "data"), smtpPort, sink.Port, dns.Addr)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var logs []*bytes.Buffer
+	for _, actor := range []string{"router", "delivery", "badmail", "pickupwatcher", "ingress"} {
+		cmd := exec.Command(bin, actor, "-config", cfgPath, "-nats", n.URL())
+		buf := &bytes.Buffer{}
+		cmd.Stdout, cmd.Stderr = buf, buf
+		logs = append(logs, buf)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				_ = cmd.Process.Kill()
+				<-done
+				t.Errorf("%s did not stop on SIGTERM", actor)
+			}
+			if t.Failed() {
+				t.Logf("%s output:\n%s", actor, buf.String())
+			}
+		})
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
+	var c *smtp.Client
+	testutil.WaitFor(t, 30*time.Second, "ingress process listening", func() bool {
+		var err error
+		c, err = smtp.Dial(addr)
+		return err == nil
+	})
+	defer c.Close()
+	body := "Subject: across processes\r\n\r\nhello\r\n"
+	if err := c.SendMail("s@local.test", []string{"r@remote.test", "u@local.test"}, strings.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 30*time.Second, "delivery to the remote MX", func() bool { return sink.Count() == 1 })
+	if m := sink.Mails()[0]; m.From != "s@local.test" || m.To[0] != "r@remote.test" || !bytes.HasSuffix(m.Data, []byte(body)) {
+		t.Errorf("remote got from %q to %v:\n%s", m.From, m.To, m.Data)
+	}
+	testutil.WaitFor(t, 30*time.Second, "drop file", func() bool {
+		entries, _ := os.ReadDir(filepath.Join(dir, "data", "Drop", "local.test"))
+		return len(entries) == 1 && strings.HasSuffix(entries[0].Name(), ".eml")
+	})
+}
