@@ -50,7 +50,7 @@ func (w *world) addMX(t *testing.T, domain string, n int) *testutil.Sink {
 	return s
 }
 
-func testConfig(t *testing.T, w *world, dataDir string) config.Config {
+func testConfig(t testing.TB, w *world, dataDir string) config.Config {
 	t.Helper()
 	cfg := config.Default()
 	cfg.Hostname = "mailroot.test"
