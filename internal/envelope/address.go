@@ -55,19 +55,8 @@ func CheckAddress(addr string) error {
 // Split splits addr at its last '@' outside quotes into local part and
 // domain. The domain is returned as given.
 func Split(addr string) (local, domain string, err error) {
-	quoted := false
-	at := -1
-	for i := 0; i < len(addr); i++ {
-		switch c := addr[i]; {
-		case c == '\\' && quoted:
-			i++
-		case c == '"':
-			quoted = !quoted
-		case c == '@' && !quoted:
-			at = i
-		}
-	}
-	if quoted {
+	at, balanced := scanUnquoted(addr, 0, '@', false)
+	if !balanced {
 		return "", "", fmt.Errorf("%w: %q has an unterminated quote", ErrBadAddress, addr)
 	}
 	if at < 0 {
@@ -98,4 +87,26 @@ func NormalizeDomain(d string) string {
 		return a
 	}
 	return d
+}
+
+// scanUnquoted returns the index of target in s[start:] outside a quoted
+// string (backslash escapes honoured inside quotes): the first one when
+// first is set, else the last one; -1 if none. balanced reports whether the
+// quotes were closed by the end of the scan.
+func scanUnquoted(s string, start int, target byte, first bool) (idx int, balanced bool) {
+	idx, quoted := -1, false
+	for i := start; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\' && quoted:
+			i++
+		case c == '"':
+			quoted = !quoted
+		case c == target && !quoted:
+			idx = i
+			if first {
+				return idx, true
+			}
+		}
+	}
+	return idx, !quoted
 }

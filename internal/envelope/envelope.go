@@ -408,20 +408,7 @@ func parseRcpt(v string) (Rcpt, error) {
 		return r, fmt.Errorf("%w: %s %q does not start with <", ErrMalformed, HdrRcpt, v)
 	}
 	// Find the closing bracket outside a quoted local part.
-	end, quoted := -1, false
-	for i := 1; i < len(v); i++ {
-		switch c := v[i]; {
-		case c == '\\' && quoted:
-			i++
-		case c == '"':
-			quoted = !quoted
-		case c == '>' && !quoted:
-			end = i
-		}
-		if end >= 0 {
-			break
-		}
-	}
+	end, _ := scanUnquoted(v, 1, '>', true)
 	if end < 0 {
 		return r, fmt.Errorf("%w: %s %q has no closing >", ErrMalformed, HdrRcpt, v)
 	}
