@@ -45,6 +45,11 @@ type Config struct {
 	DataDir string `toml:"data_dir"`
 	// LocalDomains receive mail into Drop/<domain>/.
 	LocalDomains []string `toml:"local_domains"`
+	// DefaultDomain is stamped on sender addresses without a domain, and
+	// alias domains are rewritten to it. Empty: the first local domain.
+	DefaultDomain string `toml:"default_domain"`
+	// Domains holds per-domain settings ([[domain]] blocks).
+	Domains []Domain `toml:"domain"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `toml:"log_level"`
 	// LogFormat is text or json.
@@ -55,6 +60,31 @@ type Config struct {
 	Delivery Delivery `toml:"delivery"`
 	Pickup   Pickup   `toml:"pickup"`
 	NATS     NATS     `toml:"nats"`
+}
+
+// Domain types.
+const (
+	DomainLocal  = "local"  // mail is written to the domain's Drop directory
+	DomainAlias  = "alias"  // addresses are rewritten to the default domain
+	DomainRemote = "remote" // settings for delivery to a remote domain
+)
+
+// Domain is one [[domain]] block: a local domain with its own Drop
+// directory, an alias of the default domain, or settings for a remote
+// domain.
+type Domain struct {
+	// Name is the domain (normalised to a lower-case A-label).
+	Name string `toml:"name"`
+	// Type is local, alias or remote.
+	Type string `toml:"type"`
+	// DropDir (local) overrides Drop/<name>/.
+	DropDir string `toml:"drop_dir"`
+	// SmartHost (remote) sends this domain's mail to host:port.
+	SmartHost string `toml:"smart_host"`
+	// RequireTLS (remote) refuses to deliver without STARTTLS.
+	RequireTLS bool `toml:"require_tls"`
+	// Hold (remote) keeps the domain's mail queued until ETRN/ATRN.
+	Hold bool `toml:"hold"`
 }
 
 // Ingress configures the SMTP server.
@@ -216,6 +246,43 @@ func (c *Config) Validate() error {
 		}
 		c.LocalDomains[i] = n
 	}
+	for i := range c.Domains {
+		d := &c.Domains[i]
+		key := fmt.Sprintf("domain[%d]", i)
+		d.Name = envelope.NormalizeDomain(d.Name)
+		if d.Name == "" || strings.ContainsAny(d.Name, " @/\\") {
+			return &KeyError{key + ".name", fmt.Sprintf("%q is not a domain", d.Name)}
+		}
+		switch d.Type {
+		case DomainLocal, DomainAlias, DomainRemote:
+		case "":
+			d.Type = DomainLocal
+		default:
+			return &KeyError{key + ".type", "must be local, alias or remote"}
+		}
+		if d.DropDir != "" && d.Type != DomainLocal {
+			return &KeyError{key + ".drop_dir", "only for type = \"local\""}
+		}
+		if (d.SmartHost != "" || d.RequireTLS || d.Hold) && d.Type != DomainRemote {
+			return &KeyError{key, "smart_host, require_tls and hold are only for type = \"remote\""}
+		}
+		if d.SmartHost != "" {
+			if _, _, err := net.SplitHostPort(d.SmartHost); err != nil {
+				return &KeyError{key + ".smart_host", fmt.Sprintf("%q is not host:port or [ip]:port", d.SmartHost)}
+			}
+		}
+		for j := range i {
+			if c.Domains[j].Name == d.Name {
+				return &KeyError{key + ".name", fmt.Sprintf("%q is configured twice", d.Name)}
+			}
+		}
+	}
+	if c.DefaultDomain != "" {
+		c.DefaultDomain = envelope.NormalizeDomain(c.DefaultDomain)
+		if !c.IsLocal(c.DefaultDomain) {
+			return &KeyError{"default_domain", fmt.Sprintf("%q is not a local domain", c.DefaultDomain)}
+		}
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -324,7 +391,8 @@ func (i Ingress) RelayPrefixes() ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// IsLocal reports whether domain (any case, trailing dot) is a local domain.
+// IsLocal reports whether domain (any case, trailing dot) is a local
+// domain: listed in local_domains or a [[domain]] of type local.
 func (c Config) IsLocal(domain string) bool {
 	d := envelope.NormalizeDomain(domain)
 	for _, l := range c.LocalDomains {
@@ -332,7 +400,45 @@ func (c Config) IsLocal(domain string) bool {
 			return true
 		}
 	}
-	return false
+	dom, ok := c.Domain(d)
+	return ok && dom.Type == DomainLocal
+}
+
+// Domain returns the [[domain]] block for domain, if there is one.
+func (c Config) Domain(domain string) (Domain, bool) {
+	d := envelope.NormalizeDomain(domain)
+	for _, dom := range c.Domains {
+		if dom.Name == d {
+			return dom, true
+		}
+	}
+	return Domain{}, false
+}
+
+// DefaultDomainName returns the default domain: default_domain, else the first
+// local domain, else the host name.
+func (c Config) DefaultDomainName() string {
+	switch {
+	case c.DefaultDomain != "":
+		return c.DefaultDomain
+	case len(c.LocalDomains) > 0:
+		return c.LocalDomains[0]
+	}
+	for _, d := range c.Domains {
+		if d.Type == DomainLocal {
+			return d.Name
+		}
+	}
+	return c.Hostname
+}
+
+// DropDirFor is the Drop directory of a local domain.
+func (c Config) DropDirFor(domain string) string {
+	d := envelope.NormalizeDomain(domain)
+	if dom, ok := c.Domain(d); ok && dom.DropDir != "" {
+		return dom.DropDir
+	}
+	return filepath.Join(c.DropDir(), d)
 }
 
 // Directories under DataDir.

@@ -94,3 +94,46 @@ expire = "10s"
 		}
 	}
 }
+
+func TestDomains(t *testing.T) {
+	c, err := Load(write(t, `
+local_domains = ["a.test"]
+default_domain = "a.test"
+[[domain]]
+name = "B.test"
+drop_dir = "/srv/b-mail"
+[[domain]]
+name = "alias.test"
+type = "alias"
+[[domain]]
+name = "partner.test"
+type = "remote"
+smart_host = "[192.0.2.7]:25"
+hold = true
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.IsLocal("b.test") || c.IsLocal("alias.test") || c.IsLocal("partner.test") {
+		t.Errorf("IsLocal wrong for [[domain]] blocks")
+	}
+	if c.DropDirFor("B.TEST") != "/srv/b-mail" || c.DropDirFor("a.test") != filepath.Join(c.DropDir(), "a.test") {
+		t.Errorf("drop dirs %q %q", c.DropDirFor("b.test"), c.DropDirFor("a.test"))
+	}
+	if d, ok := c.Domain("partner.test"); !ok || !d.Hold || d.SmartHost != "[192.0.2.7]:25" {
+		t.Errorf("remote domain %+v", d)
+	}
+	if c.DefaultDomainName() != "a.test" {
+		t.Errorf("default domain %q", c.DefaultDomainName())
+	}
+	for _, bad := range []struct{ file, key string }{
+		{"[[domain]]\nname = \"x.test\"\ntype = \"weird\"\n", "domain[0].type"},
+		{"[[domain]]\nname = \"x.test\"\nhold = true\n", "domain[0]"},
+		{"[[domain]]\nname = \"x.test\"\n[[domain]]\nname = \"X.test\"\n", "domain[1].name"},
+		{"default_domain = \"elsewhere.test\"\n", "default_domain"},
+	} {
+		if _, err := Load(write(t, bad.file)); err == nil || !strings.Contains(err.Error(), bad.key) {
+			t.Errorf("%q: %v, want error naming %s", bad.file, err, bad.key)
+		}
+	}
+}
