@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -19,79 +20,127 @@ import (
 	"github.com/mailroot/mailroot/internal/config"
 )
 
-var commands = []struct {
+// command is one subcommand. Commands other than the actors live in their
+// own cmd_*.go files and add themselves with register.
+type command struct {
 	name, help string
-}{
-	{"all", "embedded nats-server and every actor in one process (the default)"},
-	{app.Ingress, "SMTP server: accepts mail and queues it on mail.in"},
-	{app.Router, "routes mail.in to mail.out.<domain>, mail.drop"},
-	{app.Delivery, "delivers mail.out.* over SMTP and writes mail.drop into Drop/"},
-	{app.Badmail, "writes mail.bad into Badmail/"},
-	{app.Pickupwatcher, "turns files dropped into Pickup/ into mail"},
+	// run gets the arguments after the command name and returns the exit
+	// status.
+	run func(args []string) int
 }
 
+var commands = []command{
+	{"all", "embedded nats-server and every actor in one process (the default)", actorCommand("all")},
+	{app.Ingress, "SMTP server: accepts mail and queues it on mail.in", actorCommand(app.Ingress)},
+	{app.Router, "routes mail.in to mail.out.<domain>, mail.drop", actorCommand(app.Router)},
+	{app.Delivery, "delivers mail.out.* over SMTP and writes mail.drop into Drop/", actorCommand(app.Delivery)},
+	{app.Badmail, "writes mail.bad into Badmail/", actorCommand(app.Badmail)},
+	{app.Pickupwatcher, "turns files dropped into Pickup/ into mail", actorCommand(app.Pickupwatcher)},
+}
+
+// register adds a command; called from init in cmd_*.go files.
+func register(c command) { commands = append(commands, c) }
+
 func usage(w io.Writer) {
-	fmt.Fprintf(w, "usage: mailroot <command> [-config FILE] [-data DIR] [-nats URL]\n\ncommands:\n")
+	fmt.Fprintf(w, "usage: mailroot <command> [-config FILE] [-data DIR] [-nats URL] [options]\n\ncommands:\n")
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-14s %s\n", c.name, c.help)
 	}
 }
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args))
 }
 
-func run(args []string) int {
-	cmd := "all"
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+// run dispatches on the command name. Invoked as "sendmail" (a symlink),
+// argv[0] names the command.
+func run(argv []string) int {
+	cmd, args := "all", argv[1:]
+	if base := filepath.Base(argv[0]); base != "mailroot" && findCommand(base) != nil {
+		cmd = base
+	} else if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
-	}
-	known := false
-	for _, c := range commands {
-		known = known || c.name == cmd
 	}
 	if cmd == "help" {
 		usage(os.Stdout)
 		return 0
 	}
-	if !known {
+	c := findCommand(cmd)
+	if c == nil {
 		fmt.Fprintf(os.Stderr, "mailroot: unknown command %q\n", cmd)
 		usage(os.Stderr)
 		return 2
 	}
-	fs := flag.NewFlagSet("mailroot "+cmd, flag.ContinueOnError)
-	cfgPath := fs.String("config", os.Getenv("MAILROOT_CONFIG"), "configuration file (TOML)")
-	dataDir := fs.String("data", "", "data directory (overrides data_dir)")
-	natsURL := fs.String("nats", "", "NATS server URL(s), comma-separated (overrides nats.url)")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	cfg, err := config.Load(*cfgPath)
-	if err == nil {
-		applyEnv(&cfg)
-		if *dataDir != "" {
-			cfg.DataDir = *dataDir
-		}
-		if *natsURL != "" {
-			cfg.NATS.URL = *natsURL
-		}
-		err = cfg.Validate()
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "mailroot: %v\n", err)
-		return 2
-	}
-	log := newLogger(cfg)
-	if cmd != "all" && cfg.NATS.URL == "" {
-		fmt.Fprintf(os.Stderr, "mailroot: %s needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL (only `all` embeds one)\n", cmd)
-		return 2
-	}
+	return c.run(args)
+}
 
+func findCommand(name string) *command {
+	for i := range commands {
+		if commands[i].name == name {
+			return &commands[i]
+		}
+	}
+	return nil
+}
+
+// commonFlags are the flags every command takes.
+type commonFlags struct {
+	config, data, nats *string
+}
+
+func addCommonFlags(fs *flag.FlagSet) commonFlags {
+	return commonFlags{
+		config: fs.String("config", os.Getenv("MAILROOT_CONFIG"), "configuration file (TOML)"),
+		data:   fs.String("data", "", "data directory (overrides data_dir)"),
+		nats:   fs.String("nats", "", "NATS server URL(s), comma-separated (overrides nats.url)"),
+	}
+}
+
+// load reads the configuration: file, then environment, then flags.
+func (f commonFlags) load() (config.Config, error) {
+	cfg, err := config.Load(*f.config)
+	if err != nil {
+		return cfg, err
+	}
+	applyEnv(&cfg)
+	if *f.data != "" {
+		cfg.DataDir = *f.data
+	}
+	if *f.nats != "" {
+		cfg.NATS.URL = *f.nats
+	}
+	return cfg, cfg.Validate()
+}
+
+// actorCommand runs one actor, or all of them.
+func actorCommand(cmd string) func(args []string) int {
+	return func(args []string) int {
+		fs := flag.NewFlagSet("mailroot "+cmd, flag.ContinueOnError)
+		cf := addCommonFlags(fs)
+		if err := fs.Parse(args); err != nil {
+			return 2
+		}
+		cfg, err := cf.load()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "mailroot: %v\n", err)
+			return 2
+		}
+		log := newLogger(cfg)
+		if cmd != "all" && cfg.NATS.URL == "" {
+			fmt.Fprintf(os.Stderr, "mailroot: %s needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL (only `all` embeds one)\n", cmd)
+			return 2
+		}
+		return runActors(cmd, cfg, log)
+	}
+}
+
+func runActors(cmd string, cfg config.Config, log *slog.Logger) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log.Info("starting", "command", cmd, "hostname", cfg.Hostname, "data_dir", cfg.DataDir, "nats", redact(cfg.NATS.URL))
 
 	var node *app.Node
+	var err error
 	switch {
 	case cmd == "all" && cfg.NATS.URL == "":
 		node, err = app.StartEmbedded(ctx, cfg, log)
