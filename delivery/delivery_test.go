@@ -817,6 +817,7 @@ func TestOpportunisticTLS(t *testing.T) {
 
 func TestDropWritesExactBytes(t *testing.T) {
 	h := newHarness(t)
+	h.cfg.Drop.EnvelopeLines = false
 	h.start(nil)
 	for _, body := range [][]byte{sampleBody, []byte("Subject: no final newline\r\n\r\nabc")} {
 		env := newEnv("", "User@Local.Test")
@@ -851,6 +852,7 @@ func TestDropWriteErrorKeepsMessage(t *testing.T) {
 	if err := os.WriteFile(obstacle, []byte("in the way"), 0o640); err != nil {
 		t.Fatal(err)
 	}
+	h.cfg.Drop.EnvelopeLines = false
 	h.start(func(s *Service) { s.DropRetryDelay = 200 * time.Millisecond })
 	env := newEnv("blocked.test", "x@blocked.test")
 	h.publish(bus.SubjDrop, env, sampleBody)

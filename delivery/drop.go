@@ -14,8 +14,12 @@ import (
 	"github.com/mailroot/mailroot/internal/envelope"
 )
 
-// handleDrop writes a message of mail.drop to Drop/<domain>/<qid>.eml and
-// acks it once the file is durable.
+// handleDrop writes a message of mail.drop to the domain's Drop directory
+// (Drop/<domain>/ unless the domain's drop_dir says otherwise) as
+// <qid>.eml and acks it once the file is durable. The file is the message
+// byte for byte — no blank line or newline is added (an IIS known issue) —
+// preceded, when drop.envelope_lines is on, by "x-sender:" and one
+// "x-receiver:" line per envelope recipient as IIS wrote them.
 func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 	env, err := envelope.Decode(m.Headers())
 	if err != nil {
@@ -31,7 +35,7 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 		s.toBad(ctx, m, fmt.Sprintf("drop: domain %q cannot be a directory name", domain))
 		return
 	}
-	dir := filepath.Join(s.cfg.DropDir(), domain)
+	dir := s.cfg.DropDirFor(domain)
 	path := filepath.Join(dir, env.QueueID+".eml")
 	body, err := s.bodies.Open(ctx, env, m.Data())
 	if err != nil {
@@ -43,7 +47,11 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 		_ = m.NakWithDelay(s.DropRetryDelay)
 		return
 	}
-	err = writeFileAtomic(dir, env.QueueID+".eml", body)
+	var r io.Reader = body
+	if s.cfg.Drop.EnvelopeLines {
+		r = io.MultiReader(strings.NewReader(envelopeLines(env)), body)
+	}
+	err = writeFileAtomic(dir, env.QueueID+".eml", r)
 	_ = body.Close()
 	if err != nil {
 		log.Error("drop: write failed, will retry", "path", path, "err", err)
@@ -59,6 +67,21 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 	if err := s.bodies.Release(ctx, env); err != nil {
 		log.Warn("drop: release body failed", "err", err)
 	}
+}
+
+// envelopeLines renders the IIS envelope lines: the sender ("<>" for the
+// null sender) and each recipient, CRLF-terminated.
+func envelopeLines(env *envelope.Envelope) string {
+	var b strings.Builder
+	from := env.From
+	if from == "" {
+		from = "<>"
+	}
+	b.WriteString("x-sender: " + from + "\r\n")
+	for _, r := range env.Rcpts {
+		b.WriteString("x-receiver: " + r.Addr + "\r\n")
+	}
+	return b.String()
 }
 
 // safeDirName reports whether a domain can be used as one directory name

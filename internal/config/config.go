@@ -59,6 +59,7 @@ type Config struct {
 	Router   Router   `toml:"router"`
 	Delivery Delivery `toml:"delivery"`
 	Pickup   Pickup   `toml:"pickup"`
+	Drop     Drop     `toml:"drop"`
 	NATS     NATS     `toml:"nats"`
 }
 
@@ -139,6 +140,14 @@ type Pickup struct {
 	StableFor Duration `toml:"stable_for"`
 }
 
+// Drop configures how local mail is written to Drop directories.
+type Drop struct {
+	// EnvelopeLines writes "x-sender:" and "x-receiver:" lines (IIS format)
+	// at the top of each file, so programs reading the directory know the
+	// envelope recipients, Bcc included.
+	EnvelopeLines bool `toml:"envelope_lines"`
+}
+
 // NATS configures the connection to NATS, or the embedded server of `all`.
 type NATS struct {
 	// URL of the NATS servers (comma-separated); empty = embedded (all only).
@@ -193,6 +202,7 @@ func Default() Config {
 			CommandTimeout: Duration(5 * time.Minute),
 		},
 		Pickup: Pickup{Interval: Duration(time.Second), StableFor: Duration(2 * time.Second)},
+		Drop:   Drop{EnvelopeLines: true},
 		NATS:   NATS{Sync: "always", Replicas: 1},
 	}
 }
