@@ -15,6 +15,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/bus"
@@ -101,6 +102,7 @@ func (s *Service) route(ctx context.Context, m jetstream.Msg) {
 
 // plan validates an incoming message and splits it per destination.
 func (s *Service) plan(h map[string][]string, data []byte) (*envelope.Envelope, []part, error) {
+	h = directDefaults(h)
 	env, err := envelope.Decode(h)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", errReject, err)
@@ -163,4 +165,22 @@ func (s *Service) plan(h map[string][]string, data []byte) (*envelope.Envelope, 
 		parts = append(parts, part{subject: subject, env: p})
 	}
 	return env, parts, nil
+}
+
+// directDefaults completes what an application publishing straight onto
+// mail.in may leave out (README, "Publishing mail onto NATS"): the queue
+// id is derived from its Nats-Msg-Id, and the source is "nats".
+func directDefaults(h nats.Header) nats.Header {
+	if h.Get(envelope.HdrQueueID) != "" || h.Get(envelope.HdrMsgID) == "" {
+		return h
+	}
+	c := make(nats.Header, len(h)+2)
+	for k, v := range h {
+		c[k] = v
+	}
+	c.Set(envelope.HdrQueueID, envelope.QueueIDFor(h.Get(envelope.HdrMsgID)))
+	if c.Get(envelope.HdrSource) == "" {
+		c.Set(envelope.HdrSource, "nats")
+	}
+	return c
 }

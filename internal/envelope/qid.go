@@ -2,6 +2,8 @@ package envelope
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
 	"encoding/binary"
 	"time"
 )
@@ -28,4 +30,11 @@ func queueIDAt(t time.Time) string {
 		hi >>= 5
 	}
 	return string(out[:])
+}
+
+// QueueIDFor derives a queue id from an idempotency key (a publisher's
+// Nats-Msg-Id), so that the same key always names the same message.
+func QueueIDFor(key string) string {
+	sum := sha256.Sum256([]byte("mailroot-qid\x00" + key))
+	return "K" + base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:])[:25]
 }
