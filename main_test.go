@@ -143,4 +143,19 @@ interval = "100ms"
 		entries, _ := os.ReadDir(filepath.Join(dir, "data", "Drop", "local.test"))
 		return len(entries) == 1 && strings.HasSuffix(entries[0].Name(), ".eml")
 	})
+
+	// Installed as /usr/sbin/sendmail (a symlink), the binary is sendmail.
+	link := filepath.Join(dir, "sendmail")
+	if err := os.Symlink(bin, link); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(link, "-t", "-config", cfgPath, "-nats", n.URL())
+	cmd.Stdin = strings.NewReader("To: cron@local.test\nSubject: from cron\n\noutput\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sendmail via symlink: %v\n%s", err, out)
+	}
+	testutil.WaitFor(t, 30*time.Second, "drop file from sendmail", func() bool {
+		entries, _ := os.ReadDir(filepath.Join(dir, "data", "Drop", "local.test"))
+		return len(entries) == 2
+	})
 }

@@ -52,6 +52,24 @@ type Options struct {
 	// lines and Bcc: are removed and before Mailroot adds its headers;
 	// 0 means no limit.
 	MaxSize int64
+
+	// The fields below serve other local submitters (mailroot sendmail);
+	// the pickup directory leaves them empty.
+
+	// Via names the source in the Received: header ("from <Via>"),
+	// default "pickup"; Protocol its "with" clause, default "local-file".
+	Via, Protocol string
+	// Sender, when not empty, is the envelope sender ("<>" for the null
+	// sender) instead of X-Sender or From:.
+	Sender string
+	// Rcpts, when not empty, are envelope recipients given outside the
+	// message. They are the only recipients unless HeaderRcpts is set,
+	// which adds those of To:, Cc: and Bcc: (sendmail -t).
+	Rcpts       []string
+	HeaderRcpts bool
+	// AddFrom, when not empty, is the From: header value added to a
+	// message that has none.
+	AddFrom string
 }
 
 // Parsed is a pickup file turned into an envelope and a message.
@@ -167,6 +185,17 @@ func Parse(data []byte, o Options) (*Parsed, error) {
 
 	// Envelope sender.
 	switch {
+	case o.Sender == "<>":
+		p.From = ""
+	case o.Sender != "":
+		addrs, err := addressList(o.Sender, o.DefaultDomain, "sender", 0)
+		if err != nil {
+			return nil, err
+		}
+		if len(addrs) != 1 {
+			return nil, fmt.Errorf("%w: sender %q must be exactly one address", ErrBadAddress, clip(o.Sender))
+		}
+		p.From = addrs[0]
 	case len(xSender) == 1:
 		v := xSender[0].value
 		if v == "<>" {
@@ -206,7 +235,17 @@ func Parse(data []byte, o Options) (*Parsed, error) {
 			}
 		}
 	}
-	if p.FromXHeaders {
+	for _, r := range o.Rcpts {
+		addrs, err := addressList(r, o.DefaultDomain, "recipient", 0)
+		if err != nil {
+			return nil, err
+		}
+		add(addrs)
+	}
+	switch {
+	case len(o.Rcpts) > 0 && !o.HeaderRcpts:
+		// The recipients were given: the headers are only text.
+	case p.FromXHeaders:
 		for _, f := range xRcpts {
 			addrs, err := addressList(f.value, o.DefaultDomain, "X-Receiver", f.line)
 			if err != nil {
@@ -214,7 +253,7 @@ func Parse(data []byte, o Options) (*Parsed, error) {
 			}
 			add(addrs)
 		}
-	} else {
+	default:
 		for _, group := range [][]field{to, cc, bcc} {
 			for _, f := range group {
 				addrs, err := addressList(f.value, o.DefaultDomain, f.name+":", f.line)
@@ -260,13 +299,23 @@ func Parse(data []byte, o Options) (*Parsed, error) {
 	date := now.Format(time.RFC1123Z)
 	var b bytes.Buffer
 	b.Grow(size + 256)
-	fmt.Fprintf(&b, "Received: from pickup by %s (Mailroot)\r\n\twith local-file id %s;\r\n\t%s\r\n", host, o.QueueID, date)
+	via, proto := o.Via, o.Protocol
+	if via == "" {
+		via = "pickup"
+	}
+	if proto == "" {
+		proto = "local-file"
+	}
+	fmt.Fprintf(&b, "Received: from %s by %s (Mailroot)\r\n\twith %s id %s;\r\n\t%s\r\n", via, host, proto, o.QueueID, date)
 	p.Hops = 1
 	for _, f := range kept {
 		if strings.EqualFold(f.name, "received") {
 			p.Hops++
 		}
 		b.Write(f.raw)
+	}
+	if len(from) == 0 && o.AddFrom != "" {
+		fmt.Fprintf(&b, "From: %s\r\n", o.AddFrom)
 	}
 	if !hasDate {
 		fmt.Fprintf(&b, "Date: %s\r\n", date)
