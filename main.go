@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -153,6 +154,8 @@ func runActors(cmd string, cfg config.Config, log *slog.Logger) int {
 		log.Error("start failed", "err", err)
 		return 1
 	}
+	stopHeartbeat := startHeartbeat(cmd, node.Conn, log) // for `mailroot healthcheck`
+	defer stopHeartbeat()
 	status := 0
 	select {
 	case <-ctx.Done():
@@ -184,6 +187,13 @@ func applyEnv(c *config.Config) {
 	}
 	if v := os.Getenv("MAILROOT_HOSTNAME"); v != "" {
 		c.Hostname = v
+	}
+	if v := os.Getenv("MAILROOT_NATS_REPLICAS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			n = -1 // Validate names the key
+		}
+		c.NATS.Replicas = n
 	}
 }
 
