@@ -129,6 +129,26 @@ type Delivery struct {
 	ConnectTimeout Duration `toml:"connect_timeout"`
 	// CommandTimeout bounds each SMTP command/reply with a remote.
 	CommandTimeout Duration `toml:"command_timeout"`
+	// RetryJitter spreads each retry by up to ± this fraction of its step
+	// (0.1 = ±10 %), so that mail deferred together is not retried together.
+	RetryJitter float64 `toml:"retry_jitter"`
+	// DelayNotice is how long after arrival a still-undelivered message
+	// gets one "delayed" notice to its sender (0 = never).
+	DelayNotice Duration `toml:"delay_notice"`
+	// LocalExpire is Expire for local delivery (writing the Drop directory).
+	LocalExpire Duration `toml:"local_expire"`
+	// LocalDelayNotice is DelayNotice for local delivery.
+	LocalDelayNotice Duration `toml:"local_delay_notice"`
+	// NDRCopyTo, when set, receives a copy of every non-delivery report
+	// (IIS "Send copy of Non-Delivery Report to").
+	NDRCopyTo string `toml:"ndr_copy_to"`
+	// NDRReturnLimit is the largest original message returned whole inside
+	// a non-delivery report; larger ones are returned as headers only.
+	NDRReturnLimit int64 `toml:"ndr_return_limit"`
+	// AckWait is how long a message taken by a delivery process that died
+	// waits before another process tries it. Live processes renew it
+	// during long transactions.
+	AckWait Duration `toml:"ack_wait"`
 }
 
 // Pickup configures the pickup directory watcher.
@@ -194,12 +214,18 @@ func Default() Config {
 		},
 		Router: Router{MaxHopCount: 15},
 		Delivery: Delivery{
-			Concurrency:    100,
-			Port:           25,
-			Retry:          []Duration{Duration(15 * time.Minute), Duration(30 * time.Minute), Duration(60 * time.Minute), Duration(240 * time.Minute)},
-			Expire:         Duration(48 * time.Hour),
-			ConnectTimeout: Duration(30 * time.Second),
-			CommandTimeout: Duration(5 * time.Minute),
+			Concurrency:      100,
+			Port:             25,
+			Retry:            []Duration{Duration(15 * time.Minute), Duration(30 * time.Minute), Duration(60 * time.Minute), Duration(240 * time.Minute)},
+			Expire:           Duration(48 * time.Hour),
+			ConnectTimeout:   Duration(30 * time.Second),
+			CommandTimeout:   Duration(5 * time.Minute),
+			RetryJitter:      0.1,
+			DelayNotice:      Duration(12 * time.Hour),
+			LocalExpire:      Duration(48 * time.Hour),
+			LocalDelayNotice: Duration(12 * time.Hour),
+			NDRReturnLimit:   10 << 20,
+			AckWait:          Duration(2 * time.Minute),
 		},
 		Pickup: Pickup{Interval: Duration(time.Second), StableFor: Duration(2 * time.Second)},
 		Drop:   Drop{EnvelopeLines: true},
@@ -358,6 +384,29 @@ func (c *Config) Validate() error {
 	}
 	if c.Delivery.CommandTimeout <= 0 {
 		return &KeyError{"delivery.command_timeout", "must be greater than 0"}
+	}
+	if c.Delivery.RetryJitter < 0 || c.Delivery.RetryJitter > 0.5 {
+		return &KeyError{"delivery.retry_jitter", "must be between 0 and 0.5"}
+	}
+	if c.Delivery.DelayNotice < 0 {
+		return &KeyError{"delivery.delay_notice", "must not be negative (0 = no delay notices)"}
+	}
+	if c.Delivery.LocalExpire <= 0 {
+		return &KeyError{"delivery.local_expire", "must be greater than 0"}
+	}
+	if c.Delivery.LocalDelayNotice < 0 {
+		return &KeyError{"delivery.local_delay_notice", "must not be negative (0 = no delay notices)"}
+	}
+	if c.Delivery.NDRCopyTo != "" {
+		if err := envelope.CheckAddress(c.Delivery.NDRCopyTo); err != nil {
+			return &KeyError{"delivery.ndr_copy_to", fmt.Sprintf("%q is not a mail address", c.Delivery.NDRCopyTo)}
+		}
+	}
+	if c.Delivery.NDRReturnLimit < 0 {
+		return &KeyError{"delivery.ndr_return_limit", "must not be negative"}
+	}
+	if c.Delivery.AckWait < Duration(3*time.Second) {
+		return &KeyError{"delivery.ack_wait", "must be at least 3s"}
 	}
 	if c.Pickup.Interval <= 0 {
 		return &KeyError{"pickup.interval", "must be greater than 0"}

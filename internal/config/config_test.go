@@ -61,6 +61,11 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"[nats]\nsync = \"sometimes\"\n", "nats.sync"},
 		{"log_level = \"loud\"\n", "log_level"},
 		{"local_domains = [\"a b\"]\n", "local_domains"},
+		{"[delivery]\nretry_jitter = 0.9\n", "delivery.retry_jitter"},
+		{"[delivery]\ndelay_notice = \"-1h\"\n", "delivery.delay_notice"},
+		{"[delivery]\nlocal_expire = \"0s\"\n", "delivery.local_expire"},
+		{"[delivery]\nndr_copy_to = \"not an address\"\n", "delivery.ndr_copy_to"},
+		{"[delivery]\nack_wait = \"1s\"\n", "delivery.ack_wait"},
 	}
 	for _, tt := range tests {
 		_, err := Load(write(t, tt.file))
