@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,11 +47,17 @@ const DefaultOrphanAge = 5 * time.Minute
 // ErrNoJetStream is returned by New without a JetStream context.
 var ErrNoJetStream = errors.New("pickupwatcher: no JetStream context")
 
+// DefaultWorkers is how many claimed files are parsed and queued at once.
+const DefaultWorkers = 8
+
 // Service watches the Pickup directory.
 type Service struct {
 	// OrphanAge is how long a file left in .work/ by another watcher waits
 	// before this one handles it (DefaultOrphanAge when zero).
 	OrphanAge time.Duration
+	// Workers is how many claimed files are handled at once
+	// (DefaultWorkers when zero): a burst of files is queued in parallel.
+	Workers int
 
 	cfg       config.Config
 	log       *slog.Logger
@@ -62,7 +69,16 @@ type Service struct {
 	kick      chan struct{}
 	now       func() time.Time
 
-	// State of the scan loop (one goroutine).
+	// movedIn holds Pickup/ files that inotify saw renamed in: complete,
+	// to be taken without waiting for StableFor. Written by the event
+	// goroutine, so guarded by mu.
+	movedIn map[string]bool
+
+	// mu guards pending, sent and workSeen while workers handle files;
+	// the rest of the scan state is only touched by the scan goroutine.
+	mu sync.Mutex
+
+	// State of the scan loop.
 	stable    map[string]observation // Pickup/ files not yet stable
 	workSeen  map[string]time.Time   // .work/ files and when first seen
 	pending   map[string]bool        // .work/ files this watcher must retry
@@ -98,6 +114,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		kick:      make(chan struct{}, 1),
 		now:       time.Now,
 		stable:    map[string]observation{},
+		movedIn:   map[string]bool{},
 		workSeen:  map[string]time.Time{},
 		pending:   map[string]bool{},
 		sent:      map[string]bool{},
@@ -146,6 +163,16 @@ func (s *Service) Run(ctx context.Context) error {
 	if interval <= 0 {
 		interval = time.Second
 	}
+	go func() {
+		moved := func(name string) {
+			s.mu.Lock()
+			s.movedIn[name] = true
+			s.mu.Unlock()
+		}
+		if err := watchDir(ctx, s.dir, moved, s.Kick); err != nil {
+			s.log.Warn("no directory events, relying on the periodic scan", "dir", s.dir, "err", err)
+		}
+	}()
 	s.log.Info("pickup started", "dir", s.dir, "interval", interval, "stable_for", s.cfg.Pickup.StableFor.D())
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -176,21 +203,42 @@ func (s *Service) scan(ctx context.Context, recovering bool) {
 	if orphanAge <= 0 {
 		orphanAge = DefaultOrphanAge
 	}
+	workers := s.Workers
+	if workers <= 0 {
+		workers = DefaultWorkers
+	}
+	sem := make(chan struct{}, workers)
+	var wg sync.WaitGroup
+	dispatch := func(name string) {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			s.process(ctx, name)
+		}()
+	}
 	// .work/: crash recovery at start, our own retries, and files whose
 	// claimer died.
 	present := map[string]bool{}
 	for _, name := range s.list(s.work) {
 		present[name] = true
+		s.mu.Lock()
 		first, ok := s.workSeen[name]
 		if !ok {
 			s.workSeen[name], first = now, now
 		}
-		if recovering || s.pending[name] || now.Sub(first) >= orphanAge {
+		retry := s.pending[name]
+		s.mu.Unlock()
+		if recovering || retry || now.Sub(first) >= orphanAge {
 			if ctx.Err() != nil {
-				return
+				break
 			}
-			s.process(ctx, name)
+			dispatch(name)
 		}
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return
 	}
 	for name := range s.workSeen {
 		if !present[name] {
@@ -211,17 +259,25 @@ func (s *Service) scan(ctx context.Context, recovering bool) {
 			continue
 		}
 		if ctx.Err() != nil {
-			return
+			break
 		}
 		if s.claim(name) {
-			s.process(ctx, name)
+			dispatch(name)
 		}
 	}
+	wg.Wait()
 	for name := range s.stable {
 		if !present[name] {
 			delete(s.stable, name)
 		}
 	}
+	s.mu.Lock()
+	for name := range s.movedIn {
+		if !present[name] {
+			delete(s.movedIn, name)
+		}
+	}
+	s.mu.Unlock()
 	for name := range s.warned {
 		if !present[name] && s.workSeen[name].IsZero() {
 			delete(s.warned, name)
@@ -266,6 +322,12 @@ func (s *Service) list(dir string) []string {
 // mtime lies in the future (clock skew on a network file system), the
 // watcher's own observations count instead.
 func (s *Service) isStable(name string, info fs.FileInfo, now time.Time) bool {
+	s.mu.Lock()
+	moved := s.movedIn[name]
+	s.mu.Unlock()
+	if moved {
+		return true // renamed in: complete by the safe-write convention
+	}
 	o, seen := s.stable[name]
 	if !seen || o.size != info.Size() || !o.mtime.Equal(info.ModTime()) {
 		o = observation{size: info.Size(), mtime: info.ModTime(), since: now}
@@ -320,7 +382,7 @@ func (s *Service) process(ctx context.Context, name string) {
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			s.log.Error("cannot open claimed file", "file", path, "err", err)
-			s.pending[name] = true
+			s.setPending(name)
 		}
 		return
 	}
@@ -328,7 +390,7 @@ func (s *Service) process(ctx context.Context, name string) {
 	info, err := f.Stat()
 	if err != nil {
 		s.log.Error("cannot stat claimed file", "file", path, "err", err)
-		s.pending[name] = true
+		s.setPending(name)
 		return
 	}
 	limit := s.cfg.Ingress.MaxMessageSize
@@ -343,7 +405,7 @@ func (s *Service) process(ctx context.Context, name string) {
 		}
 		if data, err = io.ReadAll(r); err != nil {
 			s.log.Error("cannot read claimed file", "file", path, "err", err)
-			s.pending[name] = true
+			s.setPending(name)
 			return
 		}
 		if limit > 0 && int64(len(data)) > limit+envelopeAllowance {
@@ -353,7 +415,10 @@ func (s *Service) process(ctx context.Context, name string) {
 	}
 	qid := fileQID(name, info, data)
 	log := s.log.With("qid", qid, "file", name)
-	if s.sent[qid] {
+	s.mu.Lock()
+	sent := s.sent[qid]
+	s.mu.Unlock()
+	if sent {
 		s.remove(log, name, path, qid)
 		return
 	}
@@ -376,20 +441,22 @@ func (s *Service) process(ctx context.Context, name string) {
 			perr = err
 		} else if err != nil {
 			log.Warn("publish failed, will retry", "err", err)
-			s.pending[name] = true
+			s.setPending(name)
 			return
 		}
 	}
 	if perr != nil {
 		if err := s.badmail(path, name, qid, info, perr); err != nil {
 			log.Error("write badmail failed, will retry", "dir", s.badDir, "reason", perr.Error(), "err", err)
-			s.pending[name] = true
+			s.setPending(name)
 			return
 		}
 		s.remove(log, name, path, qid)
 		return
 	}
+	s.mu.Lock()
 	s.sent[qid] = true
+	s.mu.Unlock()
 	s.remove(log, name, path, qid)
 	if dup {
 		// Queued before a crash, or by another watcher at the same time.
@@ -404,12 +471,21 @@ func (s *Service) process(ctx context.Context, name string) {
 func (s *Service) remove(log *slog.Logger, name, path, qid string) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		log.Error("cannot delete handled file, will retry", "err", err)
-		s.pending[name] = true
+		s.setPending(name)
 		return
 	}
+	s.mu.Lock()
 	delete(s.sent, qid)
 	delete(s.pending, name)
 	delete(s.workSeen, name)
+	s.mu.Unlock()
+}
+
+// setPending marks a .work/ file for another try at the next scan.
+func (s *Service) setPending(name string) {
+	s.mu.Lock()
+	s.pending[name] = true
+	s.mu.Unlock()
 }
 
 // publish queues the parsed file on mail.in and waits for the PubAck.
