@@ -48,6 +48,7 @@ const (
 	HdrReason        = "Mta-Reason"
 	HdrRemote        = "Mta-Remote"
 	HdrSource        = "Mta-Source"
+	HdrSite          = "Mta-Site"
 	HdrBadSubject    = "Mta-Bad-Subject"
 )
 
@@ -123,6 +124,8 @@ type Envelope struct {
 	Remote string
 	// Source names the entry point: "smtp", "pickup", "nats", "dsn".
 	Source string
+	// Site names the ingress site ([[site]] name) that accepted the mail.
+	Site string
 }
 
 // Addrs returns the recipient addresses.
@@ -222,6 +225,7 @@ func (e *Envelope) Header() (nats.Header, error) {
 	set(HdrReason, e.Reason)
 	set(HdrRemote, e.Remote)
 	set(HdrSource, e.Source)
+	set(HdrSite, e.Site)
 	for k, vs := range h {
 		for _, v := range vs {
 			if err := clean(k, v); err != nil {
@@ -263,6 +267,7 @@ func Decode(h nats.Header) (*Envelope, error) {
 		Reason:        h.Get(HdrReason),
 		Remote:        h.Get(HdrRemote),
 		Source:        h.Get(HdrSource),
+		Site:          h.Get(HdrSite),
 		RequireTLS:    h.Get(HdrRequireTLS) == "1",
 	}
 	for k, vs := range h {

@@ -24,7 +24,7 @@ func sample() *Envelope {
 		Attempt: 2, LastError: "451 4.7.1 try later (mx.example.com)", LastAttemptAt: now.Add(time.Hour),
 		DelayNotified: true, ClientIP: "192.0.2.1", Helo: "client.example.org", AuthUser: "bob",
 		TLS: "TLS1.3 TLS_AES_128_GCM_SHA256", Hops: 3, Body: BodyObject, BodySize: 99999,
-		Reason: "why", Remote: "mx.example.com", Source: "smtp",
+		Reason: "why", Remote: "mx.example.com", Source: "smtp", Site: "submission",
 	}
 }
 
