@@ -61,6 +61,14 @@ type Config struct {
 	Pickup   Pickup   `toml:"pickup"`
 	Drop     Drop     `toml:"drop"`
 	NATS     NATS     `toml:"nats"`
+	// Auth holds the SMTP AUTH users file and failed-login limits.
+	Auth Auth `toml:"auth"`
+
+	// SiteBlocks are the raw [[site]] blocks; Load resolves them into Sites.
+	SiteBlocks []toml.Primitive `toml:"site"`
+	// Sites are the SMTP sites (resolved [[site]] blocks); none means
+	// [ingress] alone is the one site (see EffectiveSites).
+	Sites []Site `toml:"-"`
 }
 
 // Domain types.
@@ -102,6 +110,28 @@ type Ingress struct {
 	Timeout Duration `toml:"timeout"`
 	// MaxConnections in total; more get 421 4.7.0.
 	MaxConnections int `toml:"max_connections"`
+
+	// The keys below are the defaults of every site (see Site in sites.go
+	// for their meaning); with no [[site]] blocks they configure the one
+	// site made of [ingress].
+	MaxConnectionsPerIP      int      `toml:"max_connections_per_ip"`
+	MaxMessagesPerConnection int      `toml:"max_messages_per_connection"`
+	MaxSessionSize           int64    `toml:"max_session_size"`
+	MaxBadCommands           int      `toml:"max_bad_commands"`
+	MaxLineLength            int      `toml:"max_line_length"`
+	ReverseDNS               bool     `toml:"reverse_dns"`
+	BareNewline              string   `toml:"bare_newline"`
+	BareNewlineNormalize     []string `toml:"bare_newline_normalize"`
+	Banner                   string   `toml:"banner"`
+	StartTLS                 bool     `toml:"starttls"`
+	TLSCert                  string   `toml:"tls_cert"`
+	TLSKey                   string   `toml:"tls_key"`
+	Auth                     string   `toml:"auth"`
+	AllowInsecureAuth        bool     `toml:"allow_insecure_auth"`
+	SenderLoginMatch         bool     `toml:"sender_login_match"`
+	ETRN                     bool     `toml:"etrn"`
+	ETRNNetworks             []string `toml:"etrn_networks"`
+	ATRN                     bool     `toml:"atrn"`
 }
 
 // Router configures the router.
@@ -211,7 +241,19 @@ func Default() Config {
 			MaxRecipients:  100,
 			Timeout:        Duration(10 * time.Minute),
 			MaxConnections: 1000,
+
+			MaxConnectionsPerIP:  50,
+			MaxBadCommands:       20,
+			MaxLineLength:        2000,
+			BareNewline:          BareNewlineReject,
+			BareNewlineNormalize: []string{},
+			Banner:               "ESMTP Mailroot",
+			StartTLS:             true,
+			Auth:                 AuthOptional,
+			ETRN:                 true,
+			ETRNNetworks:         []string{},
 		},
+		Auth: DefaultAuth(),
 		Router: Router{MaxHopCount: 15},
 		Delivery: Delivery{
 			Concurrency:      100,
@@ -252,6 +294,9 @@ func Load(path string) (Config, error) {
 				return c, &KeyError{Key: keyOf(perr), Msg: perr.Message}
 			}
 			return c, fmt.Errorf("config: %w", err)
+		}
+		if err := c.decodeSites(md); err != nil {
+			return c, err
 		}
 		if und := md.Undecoded(); len(und) > 0 {
 			return c, &KeyError{Key: und[0].String(), Msg: "unknown key"}
@@ -430,7 +475,7 @@ func (c *Config) Validate() error {
 			return &KeyError{"nats.listen", fmt.Sprintf("%q is not host:port", c.NATS.Listen)}
 		}
 	}
-	return nil
+	return c.validateSites()
 }
 
 // RelayPrefixes parses RelayNetworks.
