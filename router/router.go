@@ -1,8 +1,9 @@
 // Package router is the second stage of the pipeline (DESIGN.md §4,
 // "Router"): it consumes mail.in, checks the message, splits its recipients
 // per destination domain and publishes one envelope per domain — local
-// domains to mail.drop, others to mail.out.<tok> — with Nats-Msg-Id
-// "<qid>.<tok>", and acks the input only after every part was stored. A
+// domains to mail.drop, held domains to mail.hold.<tok>, others to
+// mail.out.<tok> — with Nats-Msg-Id "<qid>.<tok>", and acks the input only
+// after every part was stored. A
 // crash in between is harmless: the redelivered input republishes the same
 // ids, which JetStream deduplicates.
 package router
@@ -161,6 +162,10 @@ func (s *Service) plan(h map[string][]string, data []byte) (*envelope.Envelope, 
 		subject := bus.Out(tok)
 		if s.cfg.IsLocal(d) {
 			subject = bus.SubjDrop
+		} else if dom, ok := s.cfg.Domain(d); ok && dom.Type == config.DomainRemote && dom.Hold {
+			// Held for ETRN/ATRN (RFC 1985, RFC 2645): it waits on
+			// mail.hold.<tok> until released.
+			subject = bus.Hold(tok)
 		}
 		parts = append(parts, part{subject: subject, env: p})
 	}

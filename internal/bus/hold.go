@@ -1,0 +1,173 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Hold, ETRN and ATRN (DESIGN.md §4 "Hold / ETRN / ATRN", nats-notes §4.6):
+// the router publishes mail for a domain marked hold to mail.hold.<tok>,
+// where it waits; the durable consumer hold_<tok> is pulled only when the
+// mail is released, by ETRN (a request on SubjCtlRelease answered by the
+// release worker of a delivery process) or by an ATRN session.
+
+// SubjCtlRelease is the core NATS request subject of an ETRN release: a
+// ReleaseRequest, answered with a ReleaseReply by one of the release
+// workers (queue group QueueRelease).
+const SubjCtlRelease = "mta.ctl.release"
+
+// QueueRelease is the queue group of the release workers.
+const QueueRelease = "release"
+
+// ReleaseRequest asks for the held mail (and pending retries) of domains to
+// be delivered now.
+type ReleaseRequest struct {
+	// Domains are dotted domain names; each is released.
+	Domains []string `json:"domains"`
+	// Client names who asked (for the log), e.g. "ETRN from 192.0.2.1".
+	Client string `json:"client,omitempty"`
+}
+
+// ReleaseReply says how many messages were queued for delivery.
+type ReleaseReply struct {
+	// Pending is the number of held messages and retry schedules that
+	// were pending when the release started.
+	Pending int `json:"pending"`
+	// Error is set when the release could not be started.
+	Error string `json:"error,omitempty"`
+}
+
+// HoldConsumer is the durable consumer name of held mail for domain token tok.
+func HoldConsumer(tok string) string { return "hold_" + tok }
+
+// HoldAckWait is how long a pulled held message may stay unacknowledged
+// (ATRN sessions and release workers send InProgress while they work on one).
+const HoldAckWait = 2 * time.Minute
+
+// EnsureHoldConsumer creates or updates hold_<tok>, the pull consumer of
+// mail.hold.<tok>. Its MaxDeliver is unlimited: held mail is retried over
+// ATRN sessions for as long as it is held, and must never reach a
+// redelivery limit that would leave it invisible on the WorkQueue stream.
+func EnsureHoldConsumer(ctx context.Context, js jetstream.JetStream, tok string, replicas int) (jetstream.Consumer, error) {
+	c, err := js.CreateOrUpdateConsumer(ctx, StreamMail, jetstream.ConsumerConfig{
+		Durable:       HoldConsumer(tok),
+		Description:   "mail held for ETRN/ATRN",
+		FilterSubject: Hold(tok),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait:       HoldAckWait,
+		MaxAckPending: 1000,
+		MaxDeliver:    -1,
+		Replicas:      max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: create consumer %s: %w", HoldConsumer(tok), err)
+	}
+	return c, nil
+}
+
+// HeldCount is the number of messages waiting on mail.hold.<tok> and not
+// being worked on.
+func HeldCount(ctx context.Context, js jetstream.JetStream, tok string) (int, error) {
+	s, err := js.Stream(ctx, StreamMail)
+	if err != nil {
+		return 0, fmt.Errorf("bus: stream %s: %w", StreamMail, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(Hold(tok)))
+	if err != nil {
+		return 0, fmt.Errorf("bus: held count %s: %w", tok, err)
+	}
+	return int(info.State.Subjects[Hold(tok)]), nil
+}
+
+// DeferredSubjects lists the pending retry schedules of domain token tok
+// (mail.defer.<tok>.<qid>).
+func DeferredSubjects(ctx context.Context, js jetstream.JetStream, tok string) ([]string, error) {
+	s, err := js.Stream(ctx, StreamMail)
+	if err != nil {
+		return nil, fmt.Errorf("bus: stream %s: %w", StreamMail, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(SubjDeferPrefix+tok+".*"))
+	if err != nil {
+		return nil, fmt.Errorf("bus: deferred of %s: %w", tok, err)
+	}
+	out := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		out = append(out, subj)
+	}
+	return out, nil
+}
+
+// BucketSessions is the KV bucket of live SMTP sessions and ATRN locks
+// (DESIGN.md §2). Every value is written with a per-message TTL, so the
+// entries of a crashed ingress vanish by themselves.
+const BucketSessions = "mta-sessions"
+
+// Key prefixes in BucketSessions.
+const (
+	// SessionKeyPrefix + <node>.<id> holds a SessionInfo.
+	SessionKeyPrefix = "session."
+	// ATRNLockPrefix + <tok> is held by the one ATRN session dequeuing that
+	// domain, cluster-wide.
+	ATRNLockPrefix = "lock.atrn."
+)
+
+// EnsureSessions creates or updates the mta-sessions bucket.
+func EnsureSessions(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:         BucketSessions,
+		Description:    "live SMTP sessions of every ingress, ATRN locks",
+		History:        1,
+		Storage:        jetstream.FileStorage,
+		Replicas:       max(replicas, 1),
+		LimitMarkerTTL: time.Second,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bus: create kv %s: %w", BucketSessions, err)
+	}
+	return kv, nil
+}
+
+// SessionInfo is one live SMTP session as `mailroot sessions` shows it.
+type SessionInfo struct {
+	Node       string    `json:"node"`
+	Site       string    `json:"site"`
+	ClientIP   string    `json:"client_ip"`
+	ClientName string    `json:"client_name,omitempty"`
+	Helo       string    `json:"helo,omitempty"`
+	User       string    `json:"user,omitempty"`
+	TLS        string    `json:"tls,omitempty"`
+	Since      time.Time `json:"since"`
+	Messages   int       `json:"messages"`
+	Bytes      int64     `json:"bytes"`
+}
+
+// PutTTL writes key=value into a KV bucket with a per-key TTL (the bucket
+// needs LimitMarkerTTL). With lastRev > 0 the write only succeeds if the
+// key is still at that revision (a lock refresh); lastRev < 0 requires the
+// key not to exist (a lock). It returns the new revision.
+func PutTTL(ctx context.Context, js jetstream.JetStream, bucket, key string, value []byte, ttl time.Duration, lastRev int64) (uint64, error) {
+	opts := []jetstream.PublishOpt{jetstream.WithMsgTTL(ttl)}
+	switch {
+	case lastRev > 0:
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(uint64(lastRev)))
+	case lastRev < 0:
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
+	}
+	ack, err := js.Publish(ctx, "$KV."+bucket+"."+key, value, opts...)
+	if err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+			return 0, fmt.Errorf("%w: %s", ErrLocked, key)
+		}
+		return 0, fmt.Errorf("bus: put %s/%s: %w", bucket, key, err)
+	}
+	return ack.Sequence, nil
+}
+
+// ErrLocked means a PutTTL with an expected revision found another one.
+var ErrLocked = errors.New("bus: key changed or exists")
