@@ -17,6 +17,7 @@ import (
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/release"
 )
 
 // DropSlots is how many Drop files are written at once.
@@ -121,6 +122,8 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	errs := make([]error, len(workers))
 	var wg sync.WaitGroup
+	// ETRN release worker (issue 6): answers mta.ctl.release requests.
+	wg.Go(func() { _ = release.New(s.cfg, s.log, s.js).Run(ctx) })
 	for i, w := range workers {
 		wg.Go(func() {
 			if errs[i] = w.w.Run(ctx, w.h); errs[i] != nil {
