@@ -1,0 +1,404 @@
+package dsn
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/mail"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/envelope"
+)
+
+// Kind is the kind of notification.
+type Kind int
+
+// Kinds of notification (RFC 3461 §4.1 NOTIFY keywords).
+const (
+	// Failure is a non-delivery report: NOTIFY=FAILURE.
+	Failure Kind = iota
+	// Delay says delivery is taking long but goes on: NOTIFY=DELAY.
+	Delay
+	// Success says the message was delivered, or relayed to a server that
+	// does not report further: NOTIFY=SUCCESS.
+	Success
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Failure:
+		return "failure"
+	case Delay:
+		return "delay"
+	default:
+		return "success"
+	}
+}
+
+// Source is the Mta-Source of notifications: mail with this source and the
+// null sender that fails goes to Badmail as a double bounce.
+const Source = "dsn"
+
+// maxHeaderSection bounds the header section returned with RET=HDRS.
+const maxHeaderSection = 256 << 10
+
+// Wants reports whether r asked for a notification of kind k. Without
+// NOTIFY, failures and delays are reported (RFC 3461 §4.1 leaves the
+// default to the MTA; IIS and Exchange sent both); NOTIFY=NEVER suppresses
+// everything.
+func Wants(r envelope.Rcpt, k Kind) bool {
+	if len(r.Notify) == 0 {
+		return k == Failure || k == Delay
+	}
+	for _, n := range r.Notify {
+		switch {
+		case n == "NEVER":
+			return false
+		case n == "FAILURE" && k == Failure, n == "DELAY" && k == Delay, n == "SUCCESS" && k == Success:
+			return true
+		}
+	}
+	return false
+}
+
+// Status is what became of one recipient.
+type Status struct {
+	// Rcpt is the recipient with its DSN parameters.
+	Rcpt envelope.Rcpt
+	// Action is one of the Action* constants.
+	Action string
+	// Status is the enhanced status code, e.g. "5.1.1".
+	Status string
+	// Remote names the server that answered, "host[ip]" or "[ip]", or is
+	// empty.
+	Remote string
+	// Reply is the remote's SMTP reply ("550 5.1.1 user unknown"), empty
+	// for local outcomes.
+	Reply string
+	// Detail is the full description of the outcome, e.g.
+	// "550 5.1.1 user unknown (mx.example[192.0.2.1])" or "5.4.6 mail for
+	// example.test loops back to myself: …".
+	Detail string
+}
+
+// Notice is one notification about an envelope.
+type Notice struct {
+	// Kind says what is reported.
+	Kind Kind
+	// ID is the idempotency key, used as Nats-Msg-Id of the notification
+	// and to derive its queue id, e.g. "<qid>.<tok>.dsn3".
+	ID string
+	// Env is the envelope reported on; Data is its message payload (the
+	// inline body; nil when the body is in the Object Store).
+	Env  *envelope.Envelope
+	Data []byte
+	// Rcpts are the outcomes; only recipients that asked for Kind (Wants)
+	// are reported.
+	Rcpts []Status
+	// LastAttempt is the time of the last delivery attempt.
+	LastAttempt time.Time
+	// RetryUntil is, for Delay, when delivery will be given up.
+	RetryUntil time.Time
+}
+
+// Notifier builds notifications and publishes them to mail.in as new mail
+// from the null sender. Router and delivery both use it.
+type Notifier struct {
+	// JS publishes; Bodies reads original bodies and stores large reports.
+	JS     jetstream.JetStream
+	Bodies *bus.Bodies
+	// Hostname is the Reporting-MTA and the domain of MAILER-DAEMON.
+	Hostname string
+	// CopyTo, when set, gets a copy of every failure report.
+	CopyTo string
+	// ReturnLimit is the largest original returned whole.
+	ReturnLimit int64
+	// Now is the clock.
+	Now func() time.Time
+}
+
+// NewNotifier returns a notifier configured from cfg.
+func NewNotifier(cfg config.Config, js jetstream.JetStream, bodies *bus.Bodies) *Notifier {
+	return &Notifier{
+		JS:          js,
+		Bodies:      bodies,
+		Hostname:    cfg.Hostname,
+		CopyTo:      cfg.Delivery.NDRCopyTo,
+		ReturnLimit: cfg.Delivery.NDRReturnLimit,
+		Now:         time.Now,
+	}
+}
+
+// ErrNullSender is returned by Send for mail from the null sender: it is
+// never answered (RFC 5321 §4.5.5, RFC 3461 §6.2); failures of such mail
+// belong in Badmail.
+var ErrNullSender = errors.New("dsn: no notification for the null sender")
+
+// Send publishes the notification, if any recipient asked for it, and
+// returns its queue id ("" when nobody did). Publishing is idempotent: the
+// same ID yields the same queue id and Nats-Msg-Id.
+func (n *Notifier) Send(ctx context.Context, no Notice) (string, error) {
+	env := no.Env
+	if env.From == "" {
+		return "", ErrNullSender
+	}
+	var rcpts []Status
+	for _, s := range no.Rcpts {
+		if Wants(s.Rcpt, no.Kind) {
+			rcpts = append(rcpts, s)
+		}
+	}
+	if len(rcpts) == 0 {
+		return "", nil
+	}
+	now := n.Now()
+	qid := envelope.QueueIDFor(no.ID)
+
+	// The original's header section: for the Subject, and returned
+	// alone when the whole message is not.
+	head, err := n.headerSection(ctx, env, no.Data)
+	if err != nil {
+		return "", err
+	}
+	size := env.BodySize
+	if env.Body != envelope.BodyObject {
+		size = int64(len(no.Data))
+	}
+	full, note := true, ""
+	switch {
+	case no.Kind != Failure:
+		full = false // RFC 3461 §4.3: RET applies to failure reports
+	case env.Ret == "HDRS":
+		full, note = false, "As you asked (RET=HDRS), only the headers of your message are attached."
+	case strings.EqualFold(env.BodyType, "BINARYMIME"):
+		full, note = false, "Your message was binary (BINARYMIME) and cannot be returned inside a report; its headers are attached."
+	case size > n.ReturnLimit:
+		full, note = false, fmt.Sprintf("Your message of %d bytes is larger than %d bytes, so only its headers are attached.", size, n.ReturnLimit)
+	}
+
+	rep := Report{
+		ReportingMTA:       n.Hostname,
+		OriginalEnvelopeID: envID(env.EnvID),
+		ArrivalDate:        env.ReceivedAt,
+		QueueID:            env.QueueID,
+	}
+	if env.Source == "smtp" && env.Helo != "" {
+		rep.ReceivedFromMTA = env.Helo
+	}
+	for _, s := range rcpts {
+		rc := Recipient{
+			OriginalRecipient: orcpt(s.Rcpt.ORcpt),
+			FinalRecipient:    s.Rcpt.Addr,
+			Action:            s.Action,
+			Status:            s.Status,
+			RemoteMTA:         remoteHost(s.Remote),
+			DiagnosticCode:    diagnostic(s),
+			LastAttemptDate:   no.LastAttempt,
+		}
+		if no.Kind == Delay {
+			rc.WillRetryUntil = no.RetryUntil
+		}
+		rep.Recipients = append(rep.Recipients, rc)
+	}
+	subject := headerSubject(head)
+	m := &Message{
+		From:      "MAILER-DAEMON@" + n.Hostname,
+		FromName:  "Mail Delivery System",
+		To:        env.From,
+		Subject:   reportSubject(no.Kind, rcpts, subject),
+		Date:      now,
+		MessageID: qid + "@" + n.Hostname,
+		Text:      n.text(no, rcpts, subject, note),
+		Report:    rep,
+	}
+
+	out := &envelope.Envelope{
+		QueueID:    qid,
+		MsgID:      no.ID,
+		From:       "",
+		Rcpts:      []envelope.Rcpt{{Addr: env.From}},
+		ReceivedAt: now,
+		Source:     Source,
+		Helo:       n.Hostname,
+	}
+	if no.Kind == Failure && n.CopyTo != "" && !strings.EqualFold(n.CopyTo, env.From) {
+		out.Rcpts = append(out.Rcpts, envelope.Rcpt{Addr: n.CopyTo})
+	}
+	if !isASCII(env.From) {
+		out.SMTPUTF8 = true
+	}
+	if full {
+		if b := strings.ToUpper(env.BodyType); b == "8BITMIME" || env.SMTPUTF8 {
+			out.BodyType = "8BITMIME"
+		}
+		out.SMTPUTF8 = out.SMTPUTF8 || env.SMTPUTF8
+	} else if !isASCII(string(head)) {
+		out.BodyType = "8BITMIME"
+	}
+
+	var data []byte
+	if !full || size+16<<10 <= envelope.InlineMax && env.Body != envelope.BodyObject {
+		// Small enough to travel inside the envelope message.
+		var buf bytes.Buffer
+		if full {
+			m.Original = bytes.NewReader(no.Data)
+		} else {
+			m.Original, m.HeadersOnly = bytes.NewReader(head), true
+		}
+		if err := Write(&buf, m); err != nil {
+			return "", err
+		}
+		if buf.Len() > envelope.InlineMax {
+			if out.BodySize, err = n.Bodies.Put(ctx, qid, &buf); err != nil {
+				return "", err
+			}
+			out.Body = envelope.BodyObject
+		} else {
+			data = buf.Bytes()
+			out.Body, out.BodySize = envelope.BodyInline, int64(len(data))
+		}
+	} else {
+		// Stream the original through the report into the Object Store.
+		if out.BodySize, err = n.putLarge(ctx, qid, m, env, no.Data); err != nil {
+			return "", err
+		}
+		out.Body = envelope.BodyObject
+	}
+	msg, err := out.Msg(bus.SubjIn, data)
+	if err != nil {
+		return "", fmt.Errorf("dsn: envelope: %w", err)
+	}
+	if _, err := bus.Publish(ctx, n.JS, msg, no.ID); err != nil {
+		return "", err
+	}
+	return qid, nil
+}
+
+// putLarge writes the report with the whole original into the Object
+// Store under qid, streaming.
+func (n *Notifier) putLarge(ctx context.Context, qid string, m *Message, env *envelope.Envelope, data []byte) (int64, error) {
+	orig, err := n.Bodies.Open(ctx, env, data)
+	if err != nil {
+		return 0, fmt.Errorf("dsn: open original: %w", err)
+	}
+	defer orig.Close()
+	m.Original = orig
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(Write(pw, m)) }()
+	size, err := n.Bodies.Put(ctx, qid, pr)
+	_ = pr.CloseWithError(errors.New("dsn: report store ended"))
+	return size, err
+}
+
+// headerSection returns the original's header section (without the blank
+// line), at most maxHeaderSection bytes of whole lines.
+func (n *Notifier) headerSection(ctx context.Context, env *envelope.Envelope, data []byte) ([]byte, error) {
+	r, err := n.Bodies.Open(ctx, env, data)
+	if err != nil {
+		return nil, fmt.Errorf("dsn: open original: %w", err)
+	}
+	defer r.Close()
+	return HeaderSection(r, maxHeaderSection)
+}
+
+// HeaderSection reads the header section of a message from r: every line
+// up to the first empty one, at most limit bytes of whole lines.
+func HeaderSection(r io.Reader, limit int) ([]byte, error) {
+	br := bufio.NewReaderSize(r, 16<<10)
+	var out []byte
+	for {
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// An overlong line: keep what fits and skip the rest.
+			line = append(append([]byte(nil), line...), '\r', '\n')
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = br.ReadSlice('\n')
+			}
+		}
+		if len(bytes.TrimRight(line, "\r\n")) == 0 {
+			return out, nil
+		}
+		if len(out)+len(line) > limit {
+			return out, nil
+		}
+		out = append(out, line...)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				if !bytes.HasSuffix(out, []byte("\n")) {
+					out = append(out, '\r', '\n')
+				}
+				return out, nil
+			}
+			return nil, fmt.Errorf("dsn: read original headers: %w", err)
+		}
+	}
+}
+
+// headerSubject returns the Subject of a header section, decoded where it
+// can be (RFC 2047), "" if none.
+func headerSubject(head []byte) string {
+	msg, err := mail.ReadMessage(bytes.NewReader(append(append([]byte(nil), head...), "\r\n"...)))
+	if err != nil {
+		return ""
+	}
+	s := msg.Header.Get("Subject")
+	if d, err := new(mime.WordDecoder).DecodeHeader(s); err == nil {
+		s = d
+	}
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// envID returns the ENVID decoded from xtext, or as given when the decoded
+// value would not be printable ASCII.
+func envID(x string) string {
+	d := DecodeXtext(x)
+	if CleanText(d) != d {
+		return x
+	}
+	return d
+}
+
+// orcpt renders an ORCPT ("type;xtext") for Original-Recipient with the
+// address decoded.
+func orcpt(v string) string {
+	typ, addr, ok := strings.Cut(v, ";")
+	if !ok {
+		return ""
+	}
+	if d := DecodeXtext(addr); CleanText(d) == d {
+		addr = d
+	}
+	return strings.TrimSpace(typ) + ";" + addr
+}
+
+// remoteHost takes the host name out of "host[ip]", or the IP out of "[ip]".
+func remoteHost(remote string) string {
+	if remote == "" {
+		return ""
+	}
+	if i := strings.IndexByte(remote, '['); i > 0 {
+		return remote[:i]
+	}
+	return strings.Trim(remote, "[]")
+}
+
+// diagnostic renders Diagnostic-Code: the remote's reply, or Mailroot's own
+// description of a local outcome.
+func diagnostic(s Status) string {
+	if s.Reply != "" {
+		return "smtp; " + s.Reply
+	}
+	if s.Detail != "" {
+		return "X-Mailroot; " + s.Detail
+	}
+	return ""
+}
