@@ -17,6 +17,7 @@ import (
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/testutil"
+	"github.com/mailroot/mailroot/submit"
 )
 
 // world is the outside world of an end-to-end test: a DNS server and
@@ -88,7 +89,7 @@ func startNode(t *testing.T, cfg config.Config, actors ...string) *Node {
 }
 
 // submit sends one message from 127.0.0.1 and returns the queue id.
-func submit(t *testing.T, addr, from string, to []string, body string) string {
+func submitSMTP(t *testing.T, addr, from string, to []string, body string) string {
 	t.Helper()
 	qid, err := submitFrom(addr, "", from, to, body)
 	if err != nil {
@@ -183,7 +184,7 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("remote MX gets exact bytes and envelope", func(t *testing.T) {
 		body := "From: Sender <sender@local.test>\r\nTo: rcpt@remote.test\r\nSubject: hello\r\n\r\nHello, remote.\r\n.leading dot\r\n"
-		qid := submit(t, addr, "sender@local.test", []string{"rcpt@remote.test"}, body)
+		qid := submitSMTP(t, addr, "sender@local.test", []string{"rcpt@remote.test"}, body)
 		sink := w.mx["remote.test"]
 		testutil.WaitFor(t, 20*time.Second, "delivery to remote.test", func() bool { return sink.Count() == 1 })
 		m := sink.Mails()[0]
@@ -198,7 +199,7 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("local domain lands in Drop byte for byte", func(t *testing.T) {
 		body := "Subject: local\r\n\r\nline one\r\nline two\r\n"
-		qid := submit(t, addr, "someone@remote.test", []string{"user@local.test"}, body)
+		qid := submitSMTP(t, addr, "someone@remote.test", []string{"user@local.test"}, body)
 		path := filepath.Join(cfg.DropDir(), "local.test", qid+".eml")
 		var data []byte
 		testutil.WaitFor(t, 20*time.Second, "drop file", func() bool {
@@ -206,7 +207,12 @@ func TestEndToEnd(t *testing.T) {
 			data, err = os.ReadFile(path)
 			return err == nil
 		})
-		checkReceived(t, data, qid, body)
+		// IIS envelope lines first (drop.envelope_lines is on by default).
+		lines := "x-sender: someone@remote.test\r\nx-receiver: user@local.test\r\n"
+		if !bytes.HasPrefix(data, []byte(lines)) {
+			t.Errorf("drop file does not start with the envelope lines:\n%s", data)
+		}
+		checkReceived(t, bytes.TrimPrefix(data, []byte(lines)), qid, body)
 		if bytes.HasSuffix(data, []byte("\r\n\r\n")) {
 			t.Errorf("a blank line was added at the end")
 		}
@@ -239,7 +245,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 		body := "Subject: retry\r\n\r\npersistence\r\n"
 		start := time.Now()
-		qid := submit(t, addr, "sender@local.test", []string{"rcpt@retry.test"}, body)
+		qid := submitSMTP(t, addr, "sender@local.test", []string{"rcpt@retry.test"}, body)
 		testutil.WaitFor(t, 30*time.Second, "delivery after two 451s", func() bool { return retry.Count() == 1 })
 		if got := retry.Transactions(); got != 3 {
 			t.Errorf("%d transactions, want 3 (two 451, one 250)", got)
@@ -256,7 +262,7 @@ func TestEndToEnd(t *testing.T) {
 			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
 		}
 		body := "Subject: doomed\r\n\r\nnobody home\r\n"
-		qid := submit(t, addr, "sender@local.test", []string{"ghost@reject.test"}, body)
+		qid := submitSMTP(t, addr, "sender@local.test", []string{"ghost@reject.test"}, body)
 		var bad, bdr []byte
 		testutil.WaitFor(t, 20*time.Second, "badmail files", func() bool {
 			var err1, err2 error
@@ -334,7 +340,7 @@ func TestDurableAcrossRestart(t *testing.T) {
 	const count = 20
 	qids := map[string]bool{}
 	for i := range count {
-		qids[submit(t, n1.Ingress.Addrs()[0], "s@local.test", []string{fmt.Sprintf("r%d@remote.test", i)}, fmt.Sprintf("Subject: %d\r\n\r\nbody %d\r\n", i, i))] = true
+		qids[submitSMTP(t, n1.Ingress.Addrs()[0], "s@local.test", []string{fmt.Sprintf("r%d@remote.test", i)}, fmt.Sprintf("Subject: %d\r\n\r\nbody %d\r\n", i, i))] = true
 	}
 	n1.Kill()
 	if sink.Count() != 0 {
@@ -359,5 +365,32 @@ func TestDurableAcrossRestart(t *testing.T) {
 	}
 	if sink.Count() != count {
 		t.Errorf("%d deliveries, want %d", sink.Count(), count)
+	}
+}
+
+// An application publishing straight onto NATS: the same idempotency key
+// twice is one delivered message.
+func TestSubmitOntoNATSArrivesOnce(t *testing.T) {
+	w := newWorld(t)
+	cfg := testConfig(t, w, t.TempDir())
+	n := startNode(t, cfg)
+	msg := &submit.Message{ID: "app-key-7", From: "app@local.test", To: []string{"user@remote.test"},
+		Data: []byte("From: app@local.test\r\nTo: user@remote.test\r\nSubject: via NATS\r\n\r\nno SMTP involved\r\n")}
+	q1, err := submit.Submit(t.Context(), n.JS, msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q2, err := submit.Submit(t.Context(), n.JS, msg)
+	if err != nil || q1 != q2 {
+		t.Fatalf("second submit: %s %v (first %s)", q2, err, q1)
+	}
+	sink := w.mx["remote.test"]
+	testutil.WaitFor(t, 20*time.Second, "delivery", func() bool { return sink.Count() >= 1 })
+	waitEmptyQueue(t, n)
+	if sink.Count() != 1 {
+		t.Fatalf("%d deliveries, want 1", sink.Count())
+	}
+	if m := sink.Mails()[0]; m.From != "app@local.test" || !bytes.HasSuffix(m.Data, msg.Data) {
+		t.Errorf("delivered from %q:\n%s", m.From, m.Data)
 	}
 }
