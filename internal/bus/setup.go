@@ -12,7 +12,7 @@ import (
 // LayoutOf derives the stream layout from the configuration: replicas from
 // nats.replicas, the body TTL from the queue expiry plus two days.
 func LayoutOf(c config.Config) Layout {
-	return Layout{Replicas: c.NATS.Replicas, BodyTTL: c.Delivery.Expire.D() + 48*time.Hour}
+	return Layout{Replicas: c.NATS.Replicas, BodyTTL: max(c.Delivery.Expire.D(), c.Delivery.LocalExpire.D()) + 48*time.Hour}
 }
 
 // Setup makes sure the stream and buckets exist and returns the named
@@ -24,7 +24,11 @@ func Setup(ctx context.Context, js jetstream.JetStream, c config.Config, consume
 	}
 	out := make(map[string]jetstream.Consumer, len(consumers))
 	for _, name := range consumers {
-		cons, err := EnsureConsumer(ctx, js, name, l.Replicas)
+		var ackWait time.Duration
+		if name == ConsumerDelivery || name == ConsumerDrop {
+			ackWait = c.Delivery.AckWait.D() // delivery.ack_wait
+		}
+		cons, err := ensureConsumer(ctx, js, name, l.Replicas, ackWait)
 		if err != nil {
 			return nil, err
 		}

@@ -106,9 +106,18 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, l Layout) error {
 
 // EnsureConsumer creates or updates the named durable consumer and returns it.
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, name string, replicas int) (jetstream.Consumer, error) {
+	return ensureConsumer(ctx, js, name, replicas, 0)
+}
+
+// ensureConsumer is EnsureConsumer with the consumer's AckWait replaced by
+// ackWait when that is not zero.
+func ensureConsumer(ctx context.Context, js jetstream.JetStream, name string, replicas int, ackWait time.Duration) (jetstream.Consumer, error) {
 	cfg, ok := consumerConfigs[name]
 	if !ok {
 		return nil, fmt.Errorf("bus: unknown consumer %q", name)
+	}
+	if ackWait > 0 {
+		cfg.AckWait = ackWait
 	}
 	cfg.AckPolicy = jetstream.AckExplicitPolicy
 	cfg.DeliverPolicy = jetstream.DeliverAllPolicy

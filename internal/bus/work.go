@@ -41,6 +41,10 @@ type Worker struct {
 	// moving a mail.bad message "to mail.bad" would only loop (its consumer
 	// has no MaxDeliver instead, see EnsureConsumer).
 	NoPoison bool
+	// KeepAlive is how often a handler still working on a message tells
+	// the server so (InProgress), which restarts the consumer's AckWait;
+	// it must be well below AckWait. Zero means 30 s.
+	KeepAlive time.Duration
 }
 
 // Run works the consumer until ctx is done, then stops pulling, lets
@@ -116,7 +120,11 @@ func (w *Worker) handle(ctx context.Context, m jetstream.Msg, h Handler) {
 			_ = m.NakWithDelay(5 * time.Second)
 		}
 	}()
-	stop := keepAlive(m, 30*time.Second)
+	every := w.KeepAlive
+	if every <= 0 {
+		every = 30 * time.Second
+	}
+	stop := keepAlive(m, every)
 	defer stop()
 	h(ctx, m)
 }
