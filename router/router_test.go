@@ -146,6 +146,15 @@ func TestBadInputGoesToBadmail(t *testing.T) {
 			if string(bad.Data) != tt.data {
 				t.Errorf("badmail data %q, want the original", bad.Data)
 			}
+			// And an error event in the event log.
+			ev, err := js.Stream(context.Background(), bus.StreamEvents)
+			if err != nil {
+				t.Fatal(err)
+			}
+			testutil.WaitFor(t, 5*time.Second, "badmail event", func() bool {
+				m, err := ev.GetLastMsgForSubject(context.Background(), "events."+bus.EventBadmail)
+				return err == nil && strings.Contains(string(m.Data), `"qid":"`+tt.header.Get(envelope.HdrQueueID)+`"`) && strings.Contains(string(m.Data), tt.reason)
+			})
 		})
 	}
 }

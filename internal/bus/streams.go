@@ -83,6 +83,9 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, l Layout) error {
 	if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(l.Replicas)); err != nil {
 		return fmt.Errorf("bus: create stream %s: %w", StreamMail, err)
 	}
+	if err := EnsureEvents(ctx, js, l.Replicas); err != nil {
+		return err
+	}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket:      BucketBodies,
 		Description: "bodies of queued mail larger than 64 KiB, by queue id",

@@ -184,6 +184,7 @@ func MoveToBad(ctx context.Context, js jetstream.JetStream, m jetstream.Msg, rea
 	if _, err := Publish(ctx, js, bad, "bad."+strconv.FormatUint(seq, 10)+"."+qid); err != nil {
 		return err
 	}
+	Emit(js, Event{Type: EventBadmail, QueueID: qid, Reason: bad.Header.Get(envelope.HdrReason), Subject: m.Subject()})
 	return m.DoubleAck(ctx)
 }
 
