@@ -332,3 +332,8 @@ func waitDelivered(t testing.TB, ids []string, timeout time.Duration) map[string
 		time.Sleep(time.Second)
 	}
 }
+
+// execOut runs a command and returns its standard output.
+func execOut(name string, args ...string) ([]byte, error) {
+	return exec.Command(name, args...).Output()
+}
