@@ -148,7 +148,8 @@ func (h *harness) bad() (*envelope.Envelope, []byte) {
 	return env, raw.Data
 }
 
-// waitEmpty waits until nothing is left in the stream but mail.bad.
+// waitEmpty waits until nothing is left in the stream but mail.bad and
+// mail.in (notifications; no router runs here).
 func (h *harness) waitEmpty() {
 	h.t.Helper()
 	testutil.WaitFor(h.t, wait, "the queue to drain", func() bool {
@@ -157,7 +158,7 @@ func (h *harness) waitEmpty() {
 			return false
 		}
 		for subj, n := range info.State.Subjects {
-			if subj != bus.SubjBad && n > 0 {
+			if subj != bus.SubjBad && subj != bus.SubjIn && n > 0 {
 				return false
 			}
 		}
@@ -272,41 +273,6 @@ func TestAddressLiteral(t *testing.T) {
 	h.waitEmpty()
 }
 
-func TestPermanentResolveFailures(t *testing.T) {
-	for _, tc := range []struct {
-		name, domain string
-		zone         []string
-		want         string
-	}{
-		{"null MX", "nullmx.test", []string{"nullmx.test. MX 0 ."}, "5.1.10 domain nullmx.test does not accept mail (null MX)"},
-		{"NXDOMAIN", "nowhere.test", nil, "5.1.2 domain nowhere.test does not exist"},
-		{"no records", "empty.test", []string{"empty.test. TXT \"hello\""}, "5.1.2 domain empty.test has no MX or address records"},
-		{"MX is myself", "loop.test", []string{"loop.test. MX 10 MailRoot.test.", "loop.test. MX 20 backup.loop.test.", "mailroot.test. A 127.0.0.1"},
-			"5.4.6 mail for loop.test loops back to myself: MX host mailroot.test is this server"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, tc.zone...)
-			h.start(nil)
-			env := newEnv(tc.domain, "x@"+tc.domain)
-			h.publishOut(env, sampleBody)
-			bad, data := h.bad()
-			if bad.Reason != tc.want {
-				t.Errorf("reason %q, want %q", bad.Reason, tc.want)
-			}
-			if bad.QueueID != env.QueueID || !slices.Equal(bad.Addrs(), env.Addrs()) || !bytes.Equal(data, sampleBody) {
-				t.Errorf("bad copy: qid %s rcpts %v data %d bytes", bad.QueueID, bad.Addrs(), len(data))
-			}
-			if bad.Attempt != 1 {
-				t.Errorf("attempt %d, want 1", bad.Attempt)
-			}
-			h.waitEmpty()
-			if h.sink.Transactions() != 0 {
-				t.Error("the sink was contacted")
-			}
-		})
-	}
-}
-
 func TestTemporaryFailureRetried(t *testing.T) {
 	h := newHarness(t, "retry.test. MX 10 mx.retry.test.", "mx.retry.test. A 127.0.0.1")
 	h.sink.DataFunc = func(n int, _ *testutil.Mail) error {
@@ -368,57 +334,6 @@ func TestTemporaryFailureRetried(t *testing.T) {
 			t.Error("schedule lost the body")
 		}
 	}
-}
-
-func TestPartialPermanentFailure(t *testing.T) {
-	h := newHarness(t, "part.test. MX 10 mx.part.test.", "mx.part.test. A 127.0.0.1")
-	h.sink.RcptFunc = func(to string) error {
-		if to == "nobody@part.test" {
-			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "user unknown"}
-		}
-		return nil
-	}
-	h.start(nil)
-	env := newEnv("part.test", "nobody@part.test", "somebody@part.test")
-	h.publishOut(env, sampleBody)
-	if m := h.waitMails(1)[0]; !slices.Equal(m.To, []string{"somebody@part.test"}) {
-		t.Errorf("delivered to %v", m.To)
-	}
-	bad, data := h.bad()
-	if want := "550 5.1.1 user unknown (mx.part.test[127.0.0.1])"; bad.Reason != want {
-		t.Errorf("reason %q, want %q", bad.Reason, want)
-	}
-	if !slices.Equal(bad.Addrs(), []string{"nobody@part.test"}) {
-		t.Errorf("bad rcpts %v", bad.Addrs())
-	}
-	if bad.Remote != "mx.part.test[127.0.0.1]" || !bytes.Equal(data, sampleBody) || bad.From != env.From {
-		t.Errorf("bad copy: remote %q from %q data %d bytes", bad.Remote, bad.From, len(data))
-	}
-	if want := env.QueueID + ".part_test.bad1"; bad.MsgID != want {
-		t.Errorf("bad msg id %q, want %q", bad.MsgID, want)
-	}
-	h.waitEmpty()
-}
-
-func TestExpiredGoesToBadmail(t *testing.T) {
-	h := newHarness(t, "exp.test. MX 10 mx.exp.test.", "mx.exp.test. A 127.0.0.1")
-	h.sink.DataFunc = func(int, *testutil.Mail) error {
-		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 2, 2}, Message: "mailbox full"}
-	}
-	h.start(nil)
-	env := newEnv("exp.test", "x@exp.test")
-	env.Attempt = 6
-	env.ExpiresAt = time.Now().Add(-time.Minute)
-	h.publishOut(env, sampleBody)
-	bad, _ := h.bad()
-	want := "4.4.7 message expired after 7 attempts: 452 4.2.2 mailbox full (mx.exp.test[127.0.0.1])"
-	if bad.Reason != want {
-		t.Errorf("reason %q, want %q", bad.Reason, want)
-	}
-	if bad.Remote != "mx.exp.test[127.0.0.1]" {
-		t.Errorf("remote %q", bad.Remote)
-	}
-	h.waitEmpty()
 }
 
 func TestConnectionFailureDeferred(t *testing.T) {
@@ -555,64 +470,6 @@ func TestObjectStoreBody(t *testing.T) {
 	})
 }
 
-// A body shared by a Badmail copy and a retry must outlive the delivery of
-// the retry, until Badmail releases it too.
-func TestObjectStoreBodySharedBySuccessors(t *testing.T) {
-	h := newHarness(t, "share.test. MX 10 mx.share.test.", "mx.share.test. A 127.0.0.1")
-	var mu sync.Mutex
-	tries := 0
-	h.sink.RcptFunc = func(to string) error {
-		switch to {
-		case "gone@share.test":
-			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "user unknown"}
-		case "busy@share.test":
-			mu.Lock()
-			defer mu.Unlock()
-			if tries++; tries == 1 {
-				return &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "busy"}
-			}
-		}
-		return nil
-	}
-	h.start(nil)
-	bodies, err := bus.OpenBodies(t.Context(), h.js)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := bytes.Repeat([]byte("shared body line\r\n"), 5000)
-	env := newEnv("share.test", "gone@share.test", "busy@share.test")
-	if _, err := bodies.Put(t.Context(), env.QueueID, bytes.NewReader(body)); err != nil {
-		t.Fatal(err)
-	}
-	env.Body, env.BodySize = envelope.BodyObject, int64(len(body))
-	h.publishOut(env, nil)
-
-	bad, data := h.bad()
-	if len(data) != 0 || bad.Body != envelope.BodyObject || !slices.Equal(bad.Addrs(), []string{"gone@share.test"}) {
-		t.Errorf("bad copy: body %q, %d data bytes, rcpts %v", bad.Body, len(data), bad.Addrs())
-	}
-	if m := h.waitMails(1)[0]; !bytes.Equal(m.Data, body) || !slices.Equal(m.To, []string{"busy@share.test"}) {
-		t.Errorf("retry delivered %d bytes to %v", len(m.Data), m.To)
-	}
-	h.waitEmpty()
-	// The retry is done; the Badmail copy still needs the body.
-	r, err := bodies.Open(t.Context(), bad, nil)
-	if err != nil {
-		t.Fatalf("body gone while the Badmail copy refers to it: %v", err)
-	}
-	got, _ := io.ReadAll(r)
-	_ = r.Close()
-	if !bytes.Equal(got, body) {
-		t.Error("body changed")
-	}
-	if err := bodies.Release(t.Context(), bad); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bodies.Open(t.Context(), bad, nil); !errors.Is(err, jetstream.ErrObjectNotFound) {
-		t.Errorf("body still there after the last release: %v", err)
-	}
-}
-
 func TestUndecodableEnvelopeToBadmail(t *testing.T) {
 	h := newHarness(t)
 	h.start(nil)
@@ -666,7 +523,7 @@ func TestCrashWindowGuard(t *testing.T) {
 func TestRetryAt(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC)
 	for range 100 {
-		at := retryAt(now, 15*time.Minute, now.Add(48*time.Hour))
+		at := retryAt(now, 15*time.Minute, now.Add(48*time.Hour), 0.1)
 		if at.Before(now.Add(13*time.Minute+30*time.Second)) || at.After(now.Add(16*time.Minute+31*time.Second)) {
 			t.Fatalf("at %v outside ±10%%", at.Sub(now))
 		}
@@ -674,10 +531,10 @@ func TestRetryAt(t *testing.T) {
 			t.Fatalf("at %v not on a whole second", at)
 		}
 	}
-	if at := retryAt(now, time.Hour, now.Add(time.Minute)); !at.Equal(now.Add(time.Minute).Truncate(time.Second).Add(time.Second)) {
+	if at := retryAt(now, time.Hour, now.Add(time.Minute), 0.1); !at.Equal(now.Add(time.Minute).Truncate(time.Second).Add(time.Second)) {
 		t.Errorf("not capped at expiry: %v", at.Sub(now))
 	}
-	if at := retryAt(now, time.Hour, now.Add(-time.Minute)); at.Before(now.Add(time.Second)) {
+	if at := retryAt(now, time.Hour, now.Add(-time.Minute), 0.1); at.Before(now.Add(time.Second)) {
 		t.Errorf("less than a second ahead: %v", at.Sub(now))
 	}
 }
@@ -839,49 +696,6 @@ func TestDropWritesExactBytes(t *testing.T) {
 			t.Errorf("temporary file left: %s", e.Name())
 		}
 	}
-}
-
-func TestDropWriteErrorKeepsMessage(t *testing.T) {
-	h := newHarness(t)
-	// A regular file where the domain directory should be: MkdirAll fails
-	// even for root.
-	if err := os.MkdirAll(h.cfg.DropDir(), 0o750); err != nil {
-		t.Fatal(err)
-	}
-	obstacle := filepath.Join(h.cfg.DropDir(), "blocked.test")
-	if err := os.WriteFile(obstacle, []byte("in the way"), 0o640); err != nil {
-		t.Fatal(err)
-	}
-	h.cfg.Drop.EnvelopeLines = false
-	h.start(func(s *Service) { s.DropRetryDelay = 200 * time.Millisecond })
-	env := newEnv("blocked.test", "x@blocked.test")
-	h.publish(bus.SubjDrop, env, sampleBody)
-
-	testutil.WaitFor(t, wait, "failed write attempts", func() bool {
-		cons, err := h.js.Consumer(t.Context(), bus.StreamMail, bus.ConsumerDrop)
-		if err != nil {
-			return false
-		}
-		ci, err := cons.Info(t.Context())
-		return err == nil && ci.NumRedelivered > 0 && ci.Delivered.Consumer >= 3
-	})
-	info, err := h.stream.Info(t.Context(), jetstream.WithSubjectFilter(bus.SubjDrop))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := info.State.Subjects[bus.SubjDrop]; n != 1 {
-		t.Fatalf("%d messages on mail.drop while the write fails, want 1", n)
-	}
-
-	if err := os.Remove(obstacle); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(obstacle, env.QueueID+".eml")
-	testutil.WaitFor(t, wait, "the drop file", func() bool { _, err := os.Stat(path); return err == nil })
-	if got, _ := os.ReadFile(path); !bytes.Equal(got, sampleBody) {
-		t.Errorf("drop file %q", got)
-	}
-	h.waitEmpty()
 }
 
 func TestDropUnsafeDomainToBadmail(t *testing.T) {

@@ -12,15 +12,28 @@
 // through one typed error, *Error:
 //
 //   - 2xx: done. The message is acked once every recipient is final, and
-//     its Object Store body is released.
-//   - 5xx, or 4xx past Mta-Expires-At: the recipients leave the flow
-//     through permanentFailure. A copy of the envelope with those
-//     recipients and the reason goes to mail.bad.
+//     its Object Store body released. Recipients with NOTIFY=SUCCESS get a
+//     "relayed" notice when the remote does not advertise DSN (with DSN it
+//     reports itself: the parameters are passed on).
+//   - 5xx, or 4xx past Mta-Expires-At (delivery.expire): the recipients
+//     fail. Their sender gets one RFC 3464 non-delivery report per attempt
+//     (internal/dsn), new mail on mail.in from <> with the Nats-Msg-Id
+//     "<qid>.<tok>.dsn<attempt>", honouring NOTIFY and RET, copied to
+//     delivery.ndr_copy_to. Mail from the null sender is never answered:
+//     a copy with the reason goes to mail.bad instead, which is also how a
+//     report that cannot be delivered ends (double bounce).
 //   - 4xx, connection or DNS trouble: the pending recipients are
 //     republished as a JetStream message schedule on
 //     mail.defer.<tok>.<qid>, which fires back into mail.out.<tok> at the
-//     next step of the retry ladder. The original is acked only after the
-//     schedule's PubAck.
+//     next step of the retry ladder (±delivery.retry_jitter). The original
+//     is acked only after the schedule's PubAck. Once the message is older
+//     than delivery.delay_notice, its sender gets one "delayed" notice
+//     (Mta-Delay-Notified remembers it).
+//
+// Destinations that are this server itself — the MX host is our host
+// name, or one of its addresses is an address and port we listen on
+// (ingress.listen, the host name's addresses) — fail with 5.4.6 and a text
+// naming the domain, the host and the address (RFC 5321 §5.1).
 //
 // Object Store bodies are shared by reference: every envelope published as
 // a successor of the one being settled (retry schedule, Badmail copies)
@@ -29,7 +42,9 @@
 //
 // The Drop writer works the consumer "drop" (mail.drop). It writes each
 // message byte-exact to Drop/<domain>/<qid>.eml through a temporary file,
-// fsync and rename, and acks only after that.
+// fsync and rename, and acks only after that. A write that fails is
+// retried the same way as remote delivery (a schedule into mail.drop), with
+// delivery.local_expire and delivery.local_delay_notice.
 //
 // Both loops run on bus.Worker: bounded slots, InProgress keep-alive, panic
 // recovery and poison handling. Any number of processes may run the

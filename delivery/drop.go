@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/envelope"
 )
 
@@ -19,7 +20,10 @@ import (
 // <qid>.eml and acks it once the file is durable. The file is the message
 // byte for byte — no blank line or newline is added (an IIS known issue) —
 // preceded, when drop.envelope_lines is on, by "x-sender:" and one
-// "x-receiver:" line per envelope recipient as IIS wrote them.
+// "x-receiver:" line per envelope recipient as IIS wrote them. A write
+// that fails is retried on the retry ladder (a schedule firing back into
+// mail.drop) until local_expire, with a delay notice after
+// local_delay_notice, like remote delivery.
 func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 	env, err := envelope.Decode(m.Headers())
 	if err != nil {
@@ -33,6 +37,13 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 	log := s.log.With("part", "drop", "qid", env.QueueID, "domain", domain)
 	if !safeDirName(domain) {
 		s.toBad(ctx, m, fmt.Sprintf("drop: domain %q cannot be a directory name", domain))
+		return
+	}
+	tok := bus.Token(domain)
+	if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 && s.alreadyRescheduled(ctx, tok, env) {
+		// Retry scheduled by a worker that died before acking.
+		log.Info("drop: retry already scheduled, dropping redelivered copy", "attempt", env.Attempt)
+		_ = m.DoubleAck(ctx)
 		return
 	}
 	dir := s.cfg.DropDirFor(domain)
@@ -53,20 +64,20 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 	}
 	err = writeFileAtomic(dir, env.QueueID+".eml", r)
 	_ = body.Close()
+	errs := make([]*Error, len(env.Rcpts))
 	if err != nil {
+		// Disk full, permissions, a file in the way: retried on the
+		// ladder until local_expire, like remote delivery.
 		log.Error("drop: write failed, will retry", "path", path, "err", err)
-		_ = m.NakWithDelay(s.DropRetryDelay)
-		return
+		e := tempErr("4.3.0", "", err, "cannot write the Drop directory %s: %v", dir, err)
+		for i := range errs {
+			errs[i] = e
+		}
+	} else {
+		// A redelivery rewrites the same file: harmless.
+		log.Info("dropped", "path", path, "rcpts", describe(env.Rcpts))
 	}
-	if err := m.DoubleAck(ctx); err != nil {
-		// Redelivery rewrites the same file: harmless.
-		log.Warn("drop: ack failed", "err", err)
-		return
-	}
-	log.Info("dropped", "path", path, "rcpts", describe(env.Rcpts))
-	if err := s.bodies.Release(ctx, env); err != nil {
-		log.Warn("drop: release body failed", "err", err)
-	}
+	s.settle(ctx, m, log, outcome{env: env, tok: tok, target: bus.SubjDrop, data: m.Data(), local: true, errs: errs})
 }
 
 // envelopeLines renders the IIS envelope lines: the sender ("<>" for the

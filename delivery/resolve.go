@@ -26,6 +26,9 @@ type target struct {
 	// addrs are the host's addresses when already known; nil means they are
 	// looked up when the host's turn comes.
 	addrs []netip.Addr
+	// kind says what the host is, for reports: "MX host", "smart host",
+	// "mail host" (no MX, the domain's own address) or "address literal".
+	kind string
 }
 
 // errNXDomain and errNoData are the two negative DNS answers.
@@ -136,7 +139,7 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 		if err != nil || perr != nil {
 			return nil, permErr("5.3.5", "", "smart host %q is not host:port", sh)
 		}
-		t := target{host: host, port: port}
+		t := target{host: host, port: port, kind: "smart host"}
 		if ip, err := netip.ParseAddr(host); err == nil {
 			t.addrs = []netip.Addr{ip.Unmap()}
 		}
@@ -147,7 +150,7 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 		if !ok {
 			return nil, permErr("5.1.2", "", "bad address literal %s", domain)
 		}
-		return []target{{host: ip.String(), port: s.cfg.Delivery.Port, addrs: []netip.Addr{ip}}}, nil
+		return []target{{host: ip.String(), port: s.cfg.Delivery.Port, addrs: []netip.Addr{ip}, kind: "address literal"}}, nil
 	}
 	if domain == "" {
 		return nil, permErr("5.1.2", "", "no destination domain")
@@ -160,7 +163,7 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 		addrs, aerr := s.dns.addrs(ctx, domain)
 		switch {
 		case aerr == nil:
-			return []target{{host: domain, port: s.cfg.Delivery.Port, addrs: addrs}}, nil
+			return []target{{host: domain, port: s.cfg.Delivery.Port, addrs: addrs, kind: "mail host"}}, nil
 		case errors.Is(err, errNXDomain) && errors.Is(aerr, errNXDomain):
 			return nil, permErr("5.1.2", "", "domain %s does not exist", domain)
 		case isNegative(aerr):
@@ -193,11 +196,11 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 		host := strings.TrimSuffix(strings.ToLower(mx.Mx), ".")
 		if host == me {
 			if len(out) == 0 {
-				return nil, permErr("5.4.6", "", "mail for %s loops back to myself: MX host %s is this server", domain, host)
+				return nil, permErr("5.4.6", "", "mail for %s loops back to myself: MX host %s is this server's own host name", domain, host)
 			}
 			break
 		}
-		out = append(out, target{host: host, port: s.cfg.Delivery.Port})
+		out = append(out, target{host: host, port: s.cfg.Delivery.Port, kind: "MX host"})
 	}
 	return out, nil
 }

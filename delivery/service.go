@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/release"
 )
@@ -52,6 +53,8 @@ type Service struct {
 	log    *slog.Logger
 	js     jetstream.JetStream
 	dns    *resolver
+	self   *self
+	notify *dsn.Notifier
 	bodies *bus.Bodies
 	stream jetstream.Stream
 }
@@ -83,6 +86,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		}
 	}
 	dialer := &net.Dialer{Timeout: cfg.Delivery.ConnectTimeout.D()}
+	res := &resolver{server: server, timeout: cfg.Delivery.ConnectTimeout.D()}
 	return &Service{
 		Now:            time.Now,
 		Dial:           dialer.DialContext,
@@ -90,7 +94,8 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		cfg:            cfg,
 		log:            log.With("svc", "delivery"),
 		js:             js,
-		dns:            &resolver{server: server, timeout: cfg.Delivery.ConnectTimeout.D()},
+		dns:            res,
+		self:           newSelf(cfg.Hostname, cfg.Ingress.Listen, res.addrs),
 	}, nil
 }
 
@@ -105,6 +110,10 @@ func (s *Service) Run(ctx context.Context) error {
 	if err == nil {
 		s.stream, err = s.js.Stream(ctx, bus.StreamMail)
 	}
+	if err == nil {
+		s.notify = dsn.NewNotifier(s.cfg, s.js, s.bodies)
+		s.notify.Now = func() time.Time { return s.Now() }
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // shut down before we started
@@ -113,12 +122,15 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// InProgress well within delivery.ack_wait keeps a long transaction
+	// from being handed to another process.
+	keepAlive := s.cfg.Delivery.AckWait.D() / 4
 	workers := []struct {
 		w *bus.Worker
 		h bus.Handler
 	}{
-		{&bus.Worker{JS: s.js, Consumer: cons[bus.ConsumerDelivery], Slots: s.cfg.Delivery.Concurrency, Log: s.log, Grace: s.Grace}, s.handleOut},
-		{&bus.Worker{JS: s.js, Consumer: cons[bus.ConsumerDrop], Slots: DropSlots, Log: s.log.With("part", "drop"), Grace: s.Grace}, s.handleDrop},
+		{&bus.Worker{JS: s.js, Consumer: cons[bus.ConsumerDelivery], Slots: s.cfg.Delivery.Concurrency, Log: s.log, Grace: s.Grace, KeepAlive: keepAlive}, s.handleOut},
+		{&bus.Worker{JS: s.js, Consumer: cons[bus.ConsumerDrop], Slots: DropSlots, Log: s.log.With("part", "drop"), Grace: s.Grace, KeepAlive: keepAlive}, s.handleDrop},
 	}
 	errs := make([]error, len(workers))
 	var wg sync.WaitGroup
@@ -163,23 +175,7 @@ func (s *Service) handleOut(ctx context.Context, m jetstream.Msg) {
 	open := func(ctx context.Context) (io.ReadCloser, error) { return s.bodies.Open(ctx, env, m.Data()) }
 
 	res := s.deliver(ctx, env, domain, open)
-	now := s.Now()
-
-	var delivered, temp []envelope.Rcpt
-	var tempErrs []*Error
-	var perm []failure
-	for i, e := range res.errs {
-		switch {
-		case e == nil:
-			delivered = append(delivered, env.Rcpts[i])
-		case e.Permanent:
-			perm = addFailure(perm, env.Rcpts[i], e)
-		default:
-			temp = append(temp, env.Rcpts[i])
-			tempErrs = append(tempErrs, e)
-		}
-	}
-	if ctx.Err() != nil && len(temp) > 0 {
+	if ctx.Err() != nil && slices.ContainsFunc(res.errs, func(e *Error) bool { return e != nil && !e.Permanent }) {
 		// Shut down mid-transaction: give the message back so another
 		// worker takes it soon. Not a plain Nak: bus.Worker has stopped
 		// its iterator, but its pull requests stay on the server until
@@ -191,172 +187,10 @@ func (s *Service) handleOut(ctx context.Context, m jetstream.Msg) {
 		}
 		return
 	}
-	// From here on the message is settled even if shutdown began.
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
-	defer cancel()
-
-	attempt := env.Attempt + 1
-	expires := env.ExpiresAt
-	if expires.IsZero() {
-		if !env.ReceivedAt.IsZero() {
-			expires = env.ReceivedAt.Add(s.cfg.Delivery.Expire.D())
-		} else {
-			expires = now.Add(s.cfg.Delivery.Expire.D())
-		}
-	}
-	if len(temp) > 0 && !now.Before(expires) {
-		for i, r := range temp {
-			perm = addFailure(perm, r, &Error{
-				Permanent: true,
-				Enhanced:  "4.4.7",
-				Message:   fmt.Sprintf("message expired after %d attempts: %s", attempt, tempErrs[i].Error()),
-				Err:       tempErrs[i],
-			})
-		}
-		temp, tempErrs = nil, nil
-	}
-
-	// Every envelope published below refers to the body; the message
-	// being settled held one reference.
-	successors := len(perm)
-	if len(temp) > 0 {
-		successors++
-	}
-	if successors > 1 {
-		if err := s.bodies.Retain(sctx, env, successors-1); err != nil {
-			log.Error("retain body failed", "err", err)
-			_ = m.NakWithDelay(time.Minute)
-			return
-		}
-	}
-	for i, f := range perm {
-		id := fmt.Sprintf("%s.%s.bad%d", env.QueueID, tok, attempt)
-		if i > 0 {
-			id += fmt.Sprintf("-%d", i)
-		}
-		if err := s.permanentFailure(sctx, env, m.Data(), f, attempt, now, id); err != nil {
-			log.Error("publish to badmail failed", "err", err)
-			_ = m.NakWithDelay(time.Minute)
-			return
-		}
-		log.Warn("delivery failed permanently", "rcpts", describe(f.rcpts), "remote", f.err.Remote, "attempt", attempt, "reason", f.err.Error())
-	}
-	if len(temp) > 0 {
-		at, err := s.reschedule(sctx, env, tok, m.Data(), temp, tempErrs[0], attempt, now, expires)
-		if err != nil {
-			log.Error("publish retry schedule failed", "err", err)
-			_ = m.NakWithDelay(time.Minute)
-			return
-		}
-		log.Info("delivery deferred", "rcpts", describe(temp), "remote", tempErrs[0].Remote, "attempt", attempt, "next", at, "err", tempErrs[0].Error())
-	}
-	if err := m.DoubleAck(sctx); err != nil {
-		// Redelivery is safe: the successors are deduplicated by id and
-		// the crash-window guard drops the copy.
-		log.Warn("ack failed", "err", err)
-		return
-	}
-	if len(delivered) > 0 {
-		log.Info("delivered", "remote", res.remote, "tls", res.tls, "rcpts", describe(delivered), "attempt", attempt)
-	}
-	if successors == 0 {
-		if err := s.bodies.Release(sctx, env); err != nil {
-			log.Warn("release body failed", "err", err)
-		}
-	}
-}
-
-// failure is a group of recipients that failed permanently with one error.
-type failure struct {
-	rcpts []envelope.Rcpt
-	err   *Error
-}
-
-// addFailure adds r to the group with the same error text, or a new one.
-func addFailure(fs []failure, r envelope.Rcpt, e *Error) []failure {
-	for i := range fs {
-		if fs[i].err.Error() == e.Error() {
-			fs[i].rcpts = append(fs[i].rcpts, r)
-			return fs
-		}
-	}
-	return append(fs, failure{rcpts: []envelope.Rcpt{r}, err: e})
-}
-
-// permanentFailure is where recipients leave the delivery flow for good:
-// it publishes a copy of env with just those recipients and the reason to
-// mail.bad (msgID makes it idempotent). The copy refers to the same body: the
-// same inline data, or the same Object Store object, whose reference it now
-// holds. Non-delivery reports to the sender will be generated from here.
-func (s *Service) permanentFailure(ctx context.Context, env *envelope.Envelope, data []byte, f failure, attempt int, now time.Time, msgID string) error {
-	bad := env.Clone()
-	bad.MsgID = msgID
-	bad.Rcpts = f.rcpts
-	bad.Attempt = attempt
-	bad.LastAttemptAt = now
-	bad.Reason = f.err.Error()
-	bad.Remote = f.err.Remote
-	if bad.Remote == "" {
-		var inner *Error
-		if errors.As(f.err.Err, &inner) {
-			bad.Remote = inner.Remote
-		}
-	}
-	if env.Body == envelope.BodyObject {
-		data = nil
-	}
-	msg, err := bad.Msg(bus.SubjBad, data)
-	if err != nil {
-		return fmt.Errorf("badmail envelope: %w", err)
-	}
-	_, err = bus.Publish(ctx, s.js, msg, msgID)
-	return err
-}
-
-// reschedule publishes the pending recipients as a message schedule on
-// mail.defer.<tok>.<qid> that fires into mail.out.<tok> at the next step of
-// the retry ladder, and returns when it fires. The message is built from
-// the envelope alone, so no Nats-* header of the fired schedule is carried
-// over.
-func (s *Service) reschedule(ctx context.Context, env *envelope.Envelope, tok string, data []byte, rcpts []envelope.Rcpt, last *Error, attempt int, now, expires time.Time) (time.Time, error) {
-	next := env.Clone()
-	next.MsgID = fmt.Sprintf("%s.%s.a%d", env.QueueID, tok, attempt)
-	next.Rcpts = rcpts
-	next.Attempt = attempt
-	next.LastError = last.Error()
-	next.LastAttemptAt = now
-	next.ExpiresAt = expires
-	next.Remote = last.Remote
-	next.Reason = ""
-	if env.Body == envelope.BodyObject {
-		data = nil
-	}
-	at := retryAt(now, s.cfg.Delivery.RetryDelay(attempt), expires)
-	msg, err := next.Msg(bus.Defer(tok, env.QueueID), data)
-	if err != nil {
-		return at, fmt.Errorf("retry envelope: %w", err)
-	}
-	_, err = bus.Publish(ctx, s.js, msg, next.MsgID,
-		jetstream.WithScheduleAt(at), jetstream.WithScheduleTarget(bus.Out(tok)))
-	return at, err
-}
-
-// retryAt is now+delay with ±10 % jitter, no later than expires (one last
-// try at expiry) and at least a second ahead. Schedules have whole-second
-// resolution, so it is rounded up to the next second.
-func retryAt(now time.Time, delay time.Duration, expires time.Time) time.Time {
-	jitter := time.Duration((rand.Float64()*0.2 - 0.1) * float64(delay))
-	at := now.Add(delay + jitter)
-	if at.After(expires) {
-		at = expires
-	}
-	if earliest := now.Add(time.Second); at.Before(earliest) {
-		at = earliest
-	}
-	if t := at.Truncate(time.Second); !t.Equal(at) {
-		at = t.Add(time.Second)
-	}
-	return at
+	s.settle(ctx, m, log, outcome{
+		env: env, tok: tok, target: bus.Out(tok), data: m.Data(),
+		errs: res.errs, remote: res.remote, reply: res.reply, relayed: !res.dsn,
+	})
 }
 
 // alreadyRescheduled reports whether a retry schedule newer than env's

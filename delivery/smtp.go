@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
 )
 
@@ -31,6 +32,12 @@ type result struct {
 	remote string
 	// tls describes the session's TLS, "" for plain text.
 	tls string
+	// dsn is true when the remote advertised DSN (RFC 3461): it takes over
+	// success notifications for the recipients it accepted.
+	dsn bool
+	// reply is the remote's answer to the end of DATA, e.g.
+	// "250 2.0.0 OK queued as X".
+	reply string
 }
 
 // all sets every recipient's result to e.
@@ -61,7 +68,9 @@ func (s *Service) deliver(ctx context.Context, env *envelope.Envelope, domain st
 			lastTemp = e
 		}
 	}
+	var loop *Error
 	connects := 0
+targets:
 	for _, t := range targets {
 		if connects >= maxConnects || ctx.Err() != nil {
 			break
@@ -80,6 +89,12 @@ func (s *Service) deliver(ctx context.Context, env *envelope.Envelope, domain st
 			}
 		}
 		for _, ip := range addrs {
+			if why := s.self.is(ctx, ip, t.port); why != "" {
+				// This host and every less preferred one would be
+				// ourselves again (RFC 5321 §5.1).
+				loop = loopErr(domain, t, ip, why)
+				break targets
+			}
 			if connects >= maxConnects || ctx.Err() != nil {
 				break
 			}
@@ -99,9 +114,21 @@ func (s *Service) deliver(ctx context.Context, env *envelope.Envelope, domain st
 		return all(n, lastTemp)
 	case lastPerm != nil:
 		return all(n, lastPerm)
+	case loop != nil:
+		return all(n, loop)
 	default:
 		return all(n, tempErr("4.4.1", "", nil, "no mail host could be reached for %s", domain))
 	}
+}
+
+// loopErr is the permanent failure of mail whose destination is this
+// server: it names the domain, the host and the address that points back.
+func loopErr(domain string, t target, ip netip.Addr, why string) *Error {
+	host := t.kind + " " + t.host
+	if t.kind == "address literal" {
+		return permErr("5.4.6", "", "mail for %s loops back to myself: the address literal %s is %s", domain, domain, why)
+	}
+	return permErr("5.4.6", "", "mail for %s loops back to myself: %s has address %s, %s", domain, host, ip, why)
 }
 
 // errTLSFailed means the STARTTLS handshake failed; the caller retries the
@@ -307,12 +334,15 @@ func (s *Service) transact(ctx context.Context, c *smtp.Client, env *envelope.En
 	if _, err := io.Copy(w, rc); err != nil {
 		return result{}, tempErr("4.4.2", remote, err, "sending message: %v", err)
 	}
-	if _, err := w.CloseWithResponse(); err != nil {
+	resp, err := w.CloseWithResponse()
+	if err != nil {
 		// A reply to the final dot, or no reply at all: either way the
 		// answer is final for this attempt; trying another host now
 		// would risk a duplicate right away.
 		return fill(res, replyErr(err, remote, "end of DATA")), nil
 	}
+	res.dsn, _ = c.Extension("DSN")
+	res.reply = oneLine("250 " + resp.StatusText)
 	return res, nil
 }
 
@@ -354,48 +384,12 @@ func rcptOptions(r envelope.Rcpt) *smtp.RcptOptions {
 	return o
 }
 
-// decodeXtext decodes RFC 3461 xtext ("+2B" is "+"); malformed input is
-// returned as it is.
-func decodeXtext(s string) string {
-	if !strings.Contains(s, "+") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '+' && i+2 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 2
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// decodeUTF8Addr decodes RFC 6533 utf-8-addr-xtext/unitext ("\x{2B}").
-func decodeUTF8Addr(s string) (string, bool) {
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		if strings.HasPrefix(s[i:], `\x{`) {
-			end := strings.IndexByte(s[i:], '}')
-			if end < 0 {
-				return "", false
-			}
-			v, err := strconv.ParseUint(s[i+3:i+end], 16, 32)
-			if err != nil {
-				return "", false
-			}
-			b.WriteRune(rune(v))
-			i += end + 1
-			continue
-		}
-		b.WriteByte(s[i])
-		i++
-	}
-	return b.String(), true
-}
+// decodeXtext and decodeUTF8Addr decode the DSN parameters' encodings
+// (RFC 3461 xtext, RFC 6533 utf-8-addr-xtext).
+var (
+	decodeXtext    = dsn.DecodeXtext
+	decodeUTF8Addr = dsn.DecodeUTF8Addr
+)
 
 func isPrintableASCII(s string) bool {
 	for i := 0; i < len(s); i++ {

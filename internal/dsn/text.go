@@ -63,9 +63,6 @@ func (n *Notifier) text(no Notice, rcpts []Status, subject, note string) string 
 			p("  Result:     delivered\n")
 		default:
 			p("  Reason:     %s\n", CleanText(orDefault(s.Detail, s.Reply)))
-			if s.Remote != "" && s.Reply != "" {
-				p("  Answer of:  %s\n", s.Remote)
-			}
 			if h := hint(s.Status, no.Kind); h != "" {
 				p("  What to do: %s\n", wrap(h, 60, "              "))
 			}
