@@ -171,3 +171,37 @@ func PutTTL(ctx context.Context, js jetstream.JetStream, bucket, key string, val
 
 // ErrLocked means a PutTTL with an expected revision found another one.
 var ErrLocked = errors.New("bus: key changed or exists")
+
+// Lock takes key in a per-key-TTL bucket for ttl: it succeeds only when the
+// key is absent, was released, or expired. It returns the revision to
+// refresh (PutTTL with it) and release (Unlock) the lock with.
+func Lock(ctx context.Context, js jetstream.JetStream, bucket, key string, value []byte, ttl time.Duration) (uint64, error) {
+	rev, err := PutTTL(ctx, js, bucket, key, value, ttl, -1)
+	if !errors.Is(err, ErrLocked) {
+		return rev, err
+	}
+	// The key may hold only a released lock (an empty value) or a delete
+	// marker left by an expiry: both are free.
+	s, serr := js.Stream(ctx, "KV_"+bucket)
+	if serr != nil {
+		return 0, fmt.Errorf("bus: lock %s: %w", key, serr)
+	}
+	raw, gerr := s.GetLastMsgForSubject(ctx, "$KV."+bucket+"."+key)
+	if gerr != nil {
+		if errors.Is(gerr, jetstream.ErrMsgNotFound) {
+			return PutTTL(ctx, js, bucket, key, value, ttl, -1)
+		}
+		return 0, fmt.Errorf("bus: lock %s: %w", key, gerr)
+	}
+	if len(raw.Data) == 0 {
+		return PutTTL(ctx, js, bucket, key, value, ttl, int64(raw.Sequence))
+	}
+	return 0, err
+}
+
+// Unlock releases a lock taken at revision rev: it is overwritten with an
+// empty value that expires in a second (no delete marker stays behind).
+func Unlock(ctx context.Context, js jetstream.JetStream, bucket, key string, rev uint64) error {
+	_, err := PutTTL(ctx, js, bucket, key, nil, time.Second, int64(rev))
+	return err
+}

@@ -1,0 +1,124 @@
+package main
+
+// `mailroot sessions` lists the SMTP sessions of every ingress process,
+// read from the mta-sessions KV bucket: the IIS "Current Sessions" node,
+// cluster-wide.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/config"
+)
+
+func init() {
+	register(command{"sessions", "list the live SMTP sessions of all ingress processes", func(args []string) int {
+		return sessionsCommand(args, os.Stdout, os.Stderr)
+	}})
+}
+
+func sessionsCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("mailroot sessions", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cf := addCommonFlags(fs)
+	asJSON := fs.Bool("json", false, "one JSON object per session")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		fmt.Fprintf(stderr, "mailroot: %v\n", err)
+		return 2
+	}
+	if cfg.NATS.URL == "" {
+		fmt.Fprintln(stderr, "mailroot: sessions needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL (for `mailroot all`, expose its embedded server with nats.listen)")
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	list, err := listSessions(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "mailroot: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		for _, s := range list {
+			_ = enc.Encode(s)
+		}
+		return 0
+	}
+	printSessions(stdout, list, time.Now())
+	return 0
+}
+
+// listSessions reads every live session from the bucket, oldest first.
+func listSessions(ctx context.Context, cfg config.Config) ([]bus.SessionInfo, error) {
+	nc, err := bus.Connect(ctx, bus.ConnectOptions{
+		URL: cfg.NATS.URL, Name: "mailroot-sessions",
+		User: cfg.NATS.User, Password: cfg.NATS.Password, Token: cfg.NATS.Token, CredsFile: cfg.NATS.CredsFile,
+		CAFile: cfg.NATS.CAFile, CertFile: cfg.NATS.CertFile, KeyFile: cfg.NATS.KeyFile,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	kv, err := js.KeyValue(ctx, bus.BucketSessions)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil // no ingress has run yet
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", bus.BucketSessions, err)
+	}
+	keys, err := kv.ListKeysFiltered(ctx, bus.SessionKeyPrefix+">")
+	if err != nil {
+		return nil, fmt.Errorf("list sessions: %w", err)
+	}
+	var out []bus.SessionInfo
+	for k := range keys.Keys() {
+		e, err := kv.Get(ctx, k)
+		if err != nil || len(e.Value()) == 0 {
+			continue // closed meanwhile
+		}
+		var s bus.SessionInfo
+		if json.Unmarshal(e.Value(), &s) == nil {
+			out = append(out, s)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Since.Before(out[j].Since) })
+	return out, nil
+}
+
+func printSessions(w io.Writer, list []bus.SessionInfo, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SITE\tCLIENT\tNAME\tUSER\tTLS\tCONNECTED\tFOR\tMSGS\tNODE")
+	for _, s := range list {
+		name := s.ClientName
+		if name == "" {
+			name = s.Helo
+		} else if s.Helo != "" && !strings.EqualFold(s.Helo, name) {
+			name += " (" + s.Helo + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Site, s.ClientIP, dash(name), dash(s.User), dash(s.TLS),
+			s.Since.Local().Format("2006-01-02 15:04:05"), now.Sub(s.Since).Round(time.Second), s.Messages, s.Node)
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(w, "%d sessions\n", len(list))
+}

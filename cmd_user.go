@@ -1,0 +1,215 @@
+package main
+
+// `mailroot user add|passwd|del|list` manages the SMTP AUTH users file
+// (auth.users_file, default <data_dir>/users): one line per user with a
+// bcrypt hash, plus the addresses it may send as (from=) and the domains
+// it may dequeue with ATRN (atrn=). Running ingress processes reload the
+// file when it changes; nothing needs restarting.
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/mailroot/mailroot/internal/users"
+)
+
+func init() {
+	register(command{"user", "SMTP AUTH users: user add|passwd|del|list NAME (the users file)", func(args []string) int {
+		return userCommand(args, os.Stdin, os.Stdout, os.Stderr)
+	}})
+}
+
+const userUsage = `usage:
+  mailroot user add NAME [-from ADDR,@DOMAIN,...] [-atrn DOMAIN,...] [-password-stdin]
+  mailroot user passwd NAME [-password-stdin]
+  mailroot user del NAME
+  mailroot user list
+common flags: -config FILE, -data DIR (the users file is auth.users_file, default <data_dir>/users)
+The password is asked twice on a terminal; with -password-stdin (or when stdin is not a
+terminal) it is the first line of standard input.
+`
+
+func userCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprint(stderr, userUsage)
+		return 2
+	}
+	sub, args := args[0], args[1:]
+	fs := flag.NewFlagSet("mailroot user "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cf := addCommonFlags(fs)
+	from := fs.String("from", "", "addresses and @domains the user may send as (comma-separated)")
+	atrn := fs.String("atrn", "", "domains the user may dequeue with ATRN (comma-separated)")
+	pwStdin := fs.Bool("password-stdin", false, "read the password from the first line of standard input")
+	// Flags may come before or after the name.
+	var names []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return 2
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		names = append(names, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		fmt.Fprintf(stderr, "mailroot: %v\n", err)
+		return 2
+	}
+	path := cfg.UsersPath()
+	list, err := users.Load(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "mailroot: %v\n", err)
+		return 1
+	}
+	find := func(name string) int {
+		for i, u := range list {
+			if u.Name == name {
+				return i
+			}
+		}
+		return -1
+	}
+	needName := func() (string, bool) {
+		if len(names) != 1 {
+			fmt.Fprint(stderr, userUsage)
+			return "", false
+		}
+		if !users.ValidName(names[0]) {
+			fmt.Fprintf(stderr, "mailroot: %q is not a valid user name (no spaces, colons or control characters)\n", names[0])
+			return "", false
+		}
+		return names[0], true
+	}
+	switch sub {
+	case "list":
+		if len(names) != 0 {
+			fmt.Fprint(stderr, userUsage)
+			return 2
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tFROM\tATRN")
+		for _, u := range list {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", u.Name, dash(strings.Join(u.From, ",")), dash(strings.Join(u.ATRN, ",")))
+		}
+		_ = tw.Flush()
+		return 0
+	case "add", "passwd":
+		name, ok := needName()
+		if !ok {
+			return 2
+		}
+		i := find(name)
+		if sub == "add" && i >= 0 {
+			fmt.Fprintf(stderr, "mailroot: user %s exists (use `mailroot user passwd %s`)\n", name, name)
+			return 1
+		}
+		if sub == "passwd" && i < 0 {
+			fmt.Fprintf(stderr, "mailroot: no user %s in %s\n", name, path)
+			return 1
+		}
+		pw, err := readPassword(stdin, stderr, *pwStdin)
+		if err != nil {
+			fmt.Fprintf(stderr, "mailroot: %v\n", err)
+			return 1
+		}
+		hash, err := users.Hash(pw)
+		if err != nil {
+			fmt.Fprintf(stderr, "mailroot: %v\n", err)
+			return 1
+		}
+		if sub == "add" {
+			list = append(list, users.User{Name: name, Hash: hash, From: splitComma(*from), ATRN: splitComma(*atrn)})
+		} else {
+			list[i].Hash = hash
+			if *from != "" {
+				list[i].From = splitComma(*from)
+			}
+			if *atrn != "" {
+				list[i].ATRN = splitComma(*atrn)
+			}
+		}
+	case "del":
+		name, ok := needName()
+		if !ok {
+			return 2
+		}
+		i := find(name)
+		if i < 0 {
+			fmt.Fprintf(stderr, "mailroot: no user %s in %s\n", name, path)
+			return 1
+		}
+		list = append(list[:i], list[i+1:]...)
+	default:
+		fmt.Fprintf(stderr, "mailroot: unknown user command %q\n", sub)
+		fmt.Fprint(stderr, userUsage)
+		return 2
+	}
+	// Check the result parses before replacing the file.
+	if _, err := users.Parse(strings.NewReader(string(users.Format(list)))); err != nil {
+		fmt.Fprintf(stderr, "mailroot: %v\n", err)
+		return 1
+	}
+	if err := users.Save(path, list); err != nil {
+		fmt.Fprintf(stderr, "mailroot: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: %s %s\n", path, map[string]string{"add": "added", "passwd": "changed the password of", "del": "deleted"}[sub], names[0])
+	return 0
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func splitComma(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// readPassword asks twice without echo on a terminal, else reads one line.
+func readPassword(stdin io.Reader, stderr io.Writer, fromStdin bool) (string, error) {
+	if f, ok := stdin.(*os.File); ok && !fromStdin && isTerminal(f) {
+		fmt.Fprint(stderr, "Password: ")
+		pw, err := readNoEcho(f)
+		fmt.Fprintln(stderr)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprint(stderr, "Again: ")
+		again, err := readNoEcho(f)
+		fmt.Fprintln(stderr)
+		if err != nil {
+			return "", err
+		}
+		if pw != again {
+			return "", errors.New("the passwords differ")
+		}
+		return pw, nil
+	}
+	line, err := bufio.NewReader(stdin).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("read password: %w", err)
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if line == "" {
+		return "", errors.New("empty password")
+	}
+	return line, nil
+}

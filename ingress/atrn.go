@@ -1,0 +1,431 @@
+package ingress
+
+import (
+	"context"
+	"errors"
+
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/envelope"
+)
+
+// ATRN (RFC 2645, On-Demand Mail Relay): an authenticated client asks for
+// the held mail of its domains ("ATRN" for all it may dequeue, or "ATRN
+// d1,d2"); Mailroot answers
+//
+//	250 2.0.0 OK now reversing the connection
+//	450 4.7.1 ATRN request refused         (a domain the user may not dequeue)
+//	451 4.3.0 Unable to process ATRN request now   (another session has the domains)
+//	453 4.7.0 You have no mail
+//	530 5.7.0 Authentication required
+//
+// and after 250 turns the connection around: the client becomes the SMTP
+// server (it greets with 220) and Mailroot delivers the messages waiting on
+// mail.hold.<tok>, pulled from the durable consumer hold_<tok>, with
+// go-smtp's client on the same connection. Each message is acked only after
+// the peer's 250 for it; recipients it refuses for now go back to hold,
+// refused ones to Badmail; a broken connection returns everything not yet
+// acknowledged to the hold queue, so nothing is lost. One ATRN session per
+// domain cluster-wide is enforced by a lock in the mta-sessions bucket
+// (lock.atrn.<tok>, 10 minutes, refreshed while the session runs).
+
+const (
+	atrnLockTTL     = 10 * time.Minute
+	atrnLockRefresh = 3 * time.Minute
+	// atrnRetryDelay is how long a message the peer could not take now
+	// stays out of ATRN sessions.
+	atrnRetryDelay = 5 * time.Minute
+)
+
+type atrnLock struct {
+	domain, tok, key string
+	rev              uint64
+}
+
+func (w *wire) atrn(arg string) error {
+	ss := w.sess
+	switch {
+	case !w.site.cfg.ATRN:
+		w.replyBad("502 5.5.1 ATRN not available")
+		return nil
+	case !w.greeted:
+		w.replyBad("503 5.5.1 Send EHLO first")
+		return nil
+	case ss == nil || ss.user == nil:
+		w.replyBad("530 5.7.0 Authentication required")
+		return nil
+	case ss.inTx:
+		w.replyBad("503 5.5.1 ATRN not allowed during a mail transaction")
+		return nil
+	}
+	u := ss.user
+	var domains []string
+	if arg == "" {
+		for _, d := range u.ATRN {
+			domains = append(domains, envelope.NormalizeDomain(d))
+		}
+	} else {
+		for _, d := range strings.Split(arg, ",") {
+			d = envelope.NormalizeDomain(strings.TrimSpace(d))
+			if d == "" || strings.ContainsAny(d, "@ []") {
+				w.replyBad("501 5.5.4 Syntax: ATRN [domain[,domain]...]")
+				return nil
+			}
+			if !u.MayDequeue(d) {
+				w.log.Warn("ATRN refused: domain not allowed for user", "user", u.Name, "domain", d)
+				w.reply("450 4.7.1 ATRN request refused")
+				return nil
+			}
+			domains = append(domains, d)
+		}
+	}
+	if len(domains) == 0 {
+		w.reply("450 4.7.1 ATRN request refused: no domains to dequeue")
+		return nil
+	}
+	svc := w.site.svc
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var locks []*atrnLock
+	held := 0
+	for _, d := range domains {
+		tok := bus.Token(d)
+		l := &atrnLock{domain: d, tok: tok, key: bus.ATRNLockPrefix + tok}
+		rev, err := bus.Lock(ctx, svc.js, bus.BucketSessions, l.key, []byte(svc.sessions.key(w.id)), atrnLockTTL)
+		if err != nil {
+			if !errors.Is(err, bus.ErrLocked) {
+				w.log.Error("ATRN lock failed", "domain", d, "err", err)
+			} else {
+				w.log.Info("ATRN domain busy in another session", "domain", d)
+			}
+			continue
+		}
+		l.rev = rev
+		locks = append(locks, l)
+		n, err := bus.HeldCount(ctx, svc.js, tok)
+		if err != nil {
+			w.log.Error("ATRN count failed", "domain", d, "err", err)
+		}
+		held += n
+	}
+	defer func() {
+		uctx, ucancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer ucancel()
+		for _, l := range locks {
+			_ = bus.Unlock(uctx, svc.js, bus.BucketSessions, l.key, l.rev)
+		}
+	}()
+	if len(locks) == 0 {
+		w.reply("451 4.3.0 Unable to process ATRN request now")
+		return nil
+	}
+	if held == 0 {
+		w.reply("453 4.7.0 You have no mail")
+		return nil
+	}
+	w.reply("250 2.0.0 OK now reversing the connection")
+	w.log.Info("ATRN: connection turned", "user", u.Name, "domains", domains, "held", held)
+	w.runATRN(locks)
+	w.abort()
+	return io.EOF
+}
+
+// runATRN delivers the held mail of the locked domains over the turned
+// connection.
+func (w *wire) runATRN(locks []*atrnLock) {
+	svc := w.site.svc
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Keep the locks while the session runs.
+	go func() {
+		t := time.NewTicker(atrnLockRefresh)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				for _, l := range locks {
+					if rev, err := bus.PutTTL(ctx, svc.js, bus.BucketSessions, l.key, []byte(svc.sessions.key(w.id)), atrnLockTTL, int64(l.rev)); err == nil {
+						l.rev = rev
+					}
+				}
+			}
+		}
+	}()
+	_ = w.conn().SetDeadline(time.Time{})
+	c := smtp.NewClient(bufConn{Conn: w.conn(), r: w.br})
+	c.CommandTimeout = w.site.cfg.Timeout.D()
+	c.SubmissionTimeout = w.site.cfg.Timeout.D()
+	if err := c.Hello(w.site.cfg.Hostname); err != nil {
+		w.log.Info("ATRN: peer did not greet", "err", err)
+		return
+	}
+	delivered := 0
+	for _, l := range locks {
+		n, ok := w.drainHeld(ctx, c, l)
+		delivered += n
+		if !ok {
+			w.log.Info("ATRN: connection lost", "delivered", delivered)
+			return
+		}
+	}
+	_ = c.Quit()
+	w.log.Info("ATRN: session done", "delivered", delivered)
+}
+
+// drainHeld sends one domain's held messages; ok is false when the
+// connection broke.
+func (w *wire) drainHeld(ctx context.Context, c *smtp.Client, l *atrnLock) (delivered int, ok bool) {
+	svc := w.site.svc
+	cons, err := bus.EnsureHoldConsumer(ctx, svc.js, l.tok, svc.cfg.NATS.Replicas)
+	if err != nil {
+		w.log.Error("ATRN: hold consumer", "domain", l.domain, "err", err)
+		return 0, true
+	}
+	tried := map[string]bool{}
+	for {
+		batch, err := cons.Fetch(10, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			w.log.Error("ATRN: fetch", "domain", l.domain, "err", err)
+			return delivered, true
+		}
+		got := 0
+		broken := false
+		for m := range batch.Messages() {
+			got++
+			if broken {
+				_ = m.Nak()
+				continue
+			}
+			if qid := m.Headers().Get(envelope.HdrQueueID); tried[qid] {
+				// Came back in this session (some recipients deferred).
+				_ = m.NakWithDelay(atrnRetryDelay)
+				continue
+			} else {
+				tried[qid] = true
+			}
+			sent, connOK := w.sendHeld(ctx, c, l, m)
+			if sent {
+				delivered++
+			}
+			broken = !connOK
+		}
+		if broken {
+			return delivered, false
+		}
+		if got == 0 {
+			return delivered, true
+		}
+	}
+}
+
+// sendHeld runs one SMTP transaction for a held message and settles it.
+func (w *wire) sendHeld(ctx context.Context, c *smtp.Client, l *atrnLock, m jetstream.Msg) (sent, connOK bool) {
+	svc := w.site.svc
+	env, err := envelope.Decode(m.Headers())
+	if err != nil {
+		if merr := bus.MoveToBad(ctx, svc.js, m, "ATRN: "+err.Error()); merr != nil {
+			_ = m.NakWithDelay(time.Minute)
+		}
+		return false, true
+	}
+	log := w.log.With("qid", env.QueueID, "domain", l.domain)
+	stop := keepAlive(m, 30*time.Second)
+	defer stop()
+	body, err := svc.bodies.Open(ctx, env, m.Data())
+	if err != nil {
+		log.Error("ATRN: body unavailable", "err", err)
+		_ = m.NakWithDelay(atrnRetryDelay)
+		return false, true
+	}
+	defer body.Close()
+
+	opts := &smtp.MailOptions{Size: env.BodySize, UTF8: env.SMTPUTF8, RequireTLS: env.RequireTLS}
+	if ok, _ := c.Extension("8BITMIME"); ok || env.BodyType == "7BIT" {
+		opts.Body = smtp.BodyType(env.BodyType)
+	}
+	if ok, _ := c.Extension("DSN"); ok {
+		opts.Return, opts.EnvelopeID = smtp.DSNReturn(env.Ret), env.EnvID
+	}
+	if env.RequireTLS {
+		if _, isTLS := w.tlsState(); !isTLS {
+			log.Info("ATRN: REQUIRETLS message kept held on a plaintext connection")
+			_ = m.NakWithDelay(atrnRetryDelay)
+			return false, true
+		}
+	}
+	if err := c.Mail(env.From, opts); err != nil {
+		if isTemp(err) || !isSMTPErr(err) {
+			return false, w.settleHeld(ctx, log, m, env, l, nil, env.Rcpts, nil, err)
+		}
+		return false, w.settleHeld(ctx, log, m, env, l, nil, nil, env.Rcpts, err)
+	}
+	var accepted, temp, perm []envelope.Rcpt
+	var last error
+	for _, r := range env.Rcpts {
+		ropts := &smtp.RcptOptions{}
+		if ok, _ := c.Extension("DSN"); ok {
+			for _, n := range r.Notify {
+				ropts.Notify = append(ropts.Notify, smtp.DSNNotify(n))
+			}
+			if t, a, found := strings.Cut(r.ORcpt, ";"); found {
+				ropts.OriginalRecipientType, ropts.OriginalRecipient = smtp.DSNAddressType(strings.ToUpper(t)), a
+			}
+		}
+		err := c.Rcpt(r.Addr, ropts)
+		switch {
+		case err == nil:
+			accepted = append(accepted, r)
+		case isTemp(err):
+			temp, last = append(temp, r), err
+		case isSMTPErr(err):
+			perm, last = append(perm, r), err
+		default:
+			return false, w.settleHeld(ctx, log, m, env, l, nil, nil, nil, err)
+		}
+	}
+	if len(accepted) == 0 {
+		if err := c.Reset(); err != nil && !isSMTPErr(err) {
+			_ = m.Nak()
+			return false, false
+		}
+		return false, w.settleHeld(ctx, log, m, env, l, nil, temp, perm, last)
+	}
+	wc, err := c.Data()
+	if err == nil {
+		if _, err = io.Copy(wc, body); err == nil {
+			err = wc.Close()
+		} else {
+			_ = wc.Close()
+		}
+	}
+	if err != nil {
+		if isTemp(err) {
+			temp = append(temp, accepted...)
+		} else if isSMTPErr(err) {
+			perm = append(perm, accepted...)
+		}
+		if !isSMTPErr(err) {
+			return false, w.settleHeld(ctx, log, m, env, l, nil, nil, nil, err)
+		}
+		return false, w.settleHeld(ctx, log, m, env, l, nil, temp, perm, err)
+	}
+	return true, w.settleHeld(ctx, log, m, env, l, accepted, temp, perm, last)
+}
+
+// settleHeld acks a held message after its outcome is stored: recipients
+// deferred by the peer go back to mail.hold.<tok>, refused ones to
+// mail.bad; a connection error leaves the message held (Nak) and reports
+// the connection as broken.
+func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg, env *envelope.Envelope, l *atrnLock, delivered, temp, perm []envelope.Rcpt, last error) (connOK bool) {
+	svc := w.site.svc
+	if last != nil && !isSMTPErr(last) {
+		log.Info("ATRN: transfer interrupted, message stays held", "err", last)
+		_ = m.Nak()
+		return false
+	}
+	if len(delivered) == 0 && len(perm) == 0 {
+		// Nothing changed: leave it held as it is, out of this session.
+		log.Info("ATRN: deferred by peer", "err", errString(last))
+		_ = m.NakWithDelay(atrnRetryDelay)
+		return true
+	}
+	md, _ := m.Metadata()
+	seq := "0"
+	if md != nil {
+		seq = strconv.FormatUint(md.Sequence.Stream, 10)
+	}
+	successors := 0
+	if len(temp) > 0 {
+		successors++
+	}
+	if len(perm) > 0 {
+		successors++
+	}
+	data := m.Data()
+	if env.Body == envelope.BodyObject {
+		data = nil
+		if err := svc.bodies.Retain(ctx, env, successors); err != nil {
+			log.Error("ATRN: retain body", "err", err)
+			_ = m.NakWithDelay(time.Minute)
+			return true
+		}
+	}
+	publish := func(subject, suffix string, rcpts []envelope.Rcpt, reason string) error {
+		next := env.Clone()
+		next.Rcpts = rcpts
+		next.MsgID = env.QueueID + "." + l.tok + "." + suffix + seq
+		next.LastError = errString(last)
+		next.Reason = reason
+		msg, err := next.Msg(subject, data)
+		if err != nil {
+			return err
+		}
+		_, err = bus.Publish(ctx, svc.js, msg, next.MsgID)
+		return err
+	}
+	if len(temp) > 0 {
+		if err := publish(bus.Hold(l.tok), "atrn", temp, ""); err != nil {
+			log.Error("ATRN: requeue deferred recipients", "err", err)
+			_ = m.NakWithDelay(time.Minute)
+			return true
+		}
+	}
+	if len(perm) > 0 {
+		if err := publish(bus.SubjBad, "atrnbad", perm, "5.0.0 refused by the ATRN client: "+errString(last)); err != nil {
+			log.Error("ATRN: move refused recipients to badmail", "err", err)
+			_ = m.NakWithDelay(time.Minute)
+			return true
+		}
+	}
+	if err := m.DoubleAck(ctx); err != nil {
+		log.Warn("ATRN: ack failed", "err", err)
+		return true
+	}
+	_ = svc.bodies.Release(ctx, env)
+	log.Info("ATRN: delivered", "rcpts", len(delivered), "deferred", len(temp), "refused", len(perm))
+	return true
+}
+
+func isSMTPErr(err error) bool {
+	var se *smtp.SMTPError
+	return errors.As(err, &se)
+}
+
+func isTemp(err error) bool {
+	var se *smtp.SMTPError
+	return errors.As(err, &se) && se.Code/100 == 4
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return sanitize(err.Error())
+}
+
+// keepAlive sends InProgress every interval until stop is called.
+func keepAlive(m jetstream.Msg, every time.Duration) (stop func()) {
+	t := time.NewTicker(every)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-t.C:
+				_ = m.InProgress()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { t.Stop(); close(done) }
+}

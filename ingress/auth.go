@@ -1,0 +1,217 @@
+package ingress
+
+import (
+	"crypto/sha256"
+	"errors"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/users"
+)
+
+// AUTH (RFC 4954) with PLAIN (RFC 4616) and LOGIN against the users file.
+// AUTH is offered only on TLS connections unless allow_insecure_auth is on.
+// Failed attempts are counted per client address: each failure's reply is
+// delayed by fail_delay times the recent failures (back-off), and after
+// fail_limit failures within fail_window the address may not try AUTH for
+// ban (421 4.7.0, connection closed). Logs name the user, never the
+// password.
+
+// AuthMechanisms implements smtp.AuthSession; no mechanisms means go-smtp
+// does not advertise AUTH.
+func (ss *session) AuthMechanisms() []string {
+	if !ss.authOffered() {
+		return nil
+	}
+	return []string{sasl.Plain, sasl.Login}
+}
+
+func (ss *session) authOffered() bool {
+	_, isTLS := ss.w.tlsState()
+	return ss.site.cfg.Auth != config.AuthOff && (isTLS || ss.site.cfg.AllowInsecureAuth)
+}
+
+// Auth implements smtp.AuthSession.
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	if ss.site.cfg.Auth == config.AuthOff {
+		return nil, smtpErr(502, smtp.EnhancedCode{5, 5, 1}, "AUTH not available")
+	}
+	if !ss.authOffered() {
+		return nil, smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
+	}
+	if ss.inTx {
+		return nil, smtpErr(503, smtp.EnhancedCode{5, 5, 1}, "AUTH not allowed during a mail transaction")
+	}
+	if ss.s.limiter.banned(ss.w.ip) {
+		ss.s.log.Warn("AUTH refused: client banned after failed logins", "site", ss.site.cfg.Name, "client", ss.w.ip.String())
+		return nil, smtpErr(421, smtp.EnhancedCode{4, 7, 0}, ss.site.cfg.Hostname+" Too many failed authentications, try again later")
+	}
+	switch strings.ToUpper(mech) {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(identity, username, password string) error {
+			return ss.login(sasl.Plain, identity, username, password)
+		}), nil
+	case sasl.Login:
+		return &loginServer{auth: func(username, password string) error {
+			return ss.login(sasl.Login, "", username, password)
+		}}, nil
+	}
+	return nil, smtpErr(504, smtp.EnhancedCode{5, 5, 4}, "Unrecognized authentication type")
+}
+
+var errAuthFailed = smtpErr(535, smtp.EnhancedCode{5, 7, 8}, "Authentication credentials invalid")
+
+func (ss *session) login(mech, identity, username, password string) error {
+	s := ss.s
+	log := s.log.With("site", ss.site.cfg.Name, "client", ss.w.ip.String(), "mech", mech, "user", sanitize(username))
+	u, ok := s.users.Lookup(username)
+	if ok && (identity == "" || identity == username) && s.authOK.check(u, password) {
+		ss.user = &u
+		log.Info("authenticated")
+		s.sessions.update(ss.w.id, func(i *sessionInfo) { i.User = u.Name })
+		return nil
+	}
+	delay, banned := s.limiter.fail(ss.w.ip)
+	log.Warn("authentication failed", "known_user", ok, "banned", banned)
+	if delay > 0 {
+		time.Sleep(delay)
+	}
+	if banned {
+		return smtpErr(421, smtp.EnhancedCode{4, 7, 0}, ss.site.cfg.Hostname+" Too many failed authentications, try again later")
+	}
+	return errAuthFailed
+}
+
+// loginServer is the server side of the LOGIN mechanism
+// (draft-murchison-sasl-login): "Username:", then "Password:".
+type loginServer struct {
+	state    int
+	username string
+	auth     func(username, password string) error
+}
+
+// Next implements sasl.Server.
+func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
+	switch l.state {
+	case 0:
+		if response == nil {
+			l.state = 1
+			return []byte("Username:"), false, nil
+		}
+		l.username, l.state = string(response), 2
+		return []byte("Password:"), false, nil
+	case 1:
+		l.username, l.state = string(response), 2
+		return []byte("Password:"), false, nil
+	case 2:
+		l.state = 3
+		return nil, true, l.auth(l.username, string(response))
+	}
+	return nil, true, errors.New("ingress: unexpected LOGIN response")
+}
+
+// authLimiter counts failed AUTH attempts per client address.
+type authLimiter struct {
+	cfg config.Auth
+	now func() time.Time
+
+	mu sync.Mutex
+	m  map[netip.Addr]*failures
+}
+
+type failures struct {
+	times       []time.Time
+	bannedUntil time.Time
+}
+
+func newAuthLimiter(cfg config.Auth) *authLimiter {
+	return &authLimiter{cfg: cfg, now: time.Now, m: map[netip.Addr]*failures{}}
+}
+
+func (l *authLimiter) banned(ip netip.Addr) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.m[ip]
+	return f != nil && l.now().Before(f.bannedUntil)
+}
+
+// fail records a failure and returns the back-off delay and whether ip is
+// now banned.
+func (l *authLimiter) fail(ip netip.Addr) (time.Duration, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if len(l.m) > 10000 {
+		l.prune(now)
+	}
+	f := l.m[ip]
+	if f == nil {
+		f = &failures{}
+		l.m[ip] = f
+	}
+	keep := f.times[:0]
+	for _, t := range f.times {
+		if now.Sub(t) < l.cfg.FailWindow.D() {
+			keep = append(keep, t)
+		}
+	}
+	f.times = append(keep, now)
+	n := len(f.times)
+	if n >= l.cfg.FailLimit {
+		f.bannedUntil = now.Add(l.cfg.Ban.D())
+		f.times = nil
+	}
+	return min(time.Duration(n)*l.cfg.FailDelay.D(), 10*time.Second), n >= l.cfg.FailLimit
+}
+
+func (l *authLimiter) prune(now time.Time) {
+	for ip, f := range l.m {
+		if now.After(f.bannedUntil) && (len(f.times) == 0 || now.Sub(f.times[len(f.times)-1]) > l.cfg.FailWindow.D()) {
+			delete(l.m, ip)
+		}
+	}
+}
+
+// authCache remembers successful password checks for a few minutes, so
+// that a client opening many sessions costs one bcrypt comparison (about
+// 50 ms at cost 10) rather than one per session. Keys are SHA-256 of
+// user, hash and password; a changed password (new hash) misses.
+type authCache struct {
+	mu sync.Mutex
+	m  map[[32]byte]time.Time
+}
+
+const authCacheTTL = 5 * time.Minute
+
+func newAuthCache() *authCache { return &authCache{m: map[[32]byte]time.Time{}} }
+
+func (c *authCache) check(u users.User, password string) bool {
+	key := sha256.Sum256([]byte(u.Name + "\x00" + u.Hash + "\x00" + password))
+	now := time.Now()
+	c.mu.Lock()
+	t, ok := c.m[key]
+	c.mu.Unlock()
+	if ok && now.Sub(t) < authCacheTTL {
+		return true
+	}
+	if !u.Check(password) {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) > 10000 {
+		for k, t := range c.m {
+			if now.Sub(t) >= authCacheTTL {
+				delete(c.m, k)
+			}
+		}
+	}
+	c.m[key] = now
+	return true
+}

@@ -1,0 +1,413 @@
+package ingress
+
+import (
+	"bufio"
+	"crypto/tls"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/users"
+)
+
+// session is one SMTP connection's state after EHLO.
+type session struct {
+	s     *Service
+	site  *site
+	w     *wire
+	conn  *smtp.Conn
+	relay bool        // the client is in relay_networks
+	user  *users.User // authenticated user, nil before AUTH
+
+	inTx     bool
+	from     string
+	mailOpts smtp.MailOptions
+	rcpts    []envelope.Rcpt
+
+	messages int
+	bytes    int64
+}
+
+var (
+	_ smtp.Session     = (*session)(nil)
+	_ smtp.AuthSession = (*session)(nil)
+)
+
+func smtpErr(code int, ec smtp.EnhancedCode, msg string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: ec, Message: msg}
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// Mail starts a transaction (RFC 5321 §4.1.1.2) after the site's checks.
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	cfg := ss.site.cfg
+	if opts == nil {
+		opts = &smtp.MailOptions{}
+	}
+	if cfg.Auth == config.AuthRequired && ss.user == nil {
+		return smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required")
+	}
+	if cfg.MaxMessagesPerConnection > 0 && ss.messages >= cfg.MaxMessagesPerConnection {
+		ss.s.log.Info("messages per connection limit reached", "site", cfg.Name, "client", ss.w.ip.String(), "messages", ss.messages)
+		return smtpErr(421, smtp.EnhancedCode{4, 7, 0}, cfg.Hostname+" Too many messages in this session, reconnect to send more")
+	}
+	if cfg.MaxSessionSize > 0 && ss.bytes >= cfg.MaxSessionSize {
+		ss.s.log.Info("session size limit reached", "site", cfg.Name, "client", ss.w.ip.String(), "bytes", ss.bytes)
+		return smtpErr(421, smtp.EnhancedCode{4, 7, 0}, cfg.Hostname+" Session size limit reached, reconnect to send more")
+	}
+	if _, isTLS := ss.w.tlsState(); opts.RequireTLS && !isTLS {
+		return smtpErr(530, smtp.EnhancedCode{5, 7, 10}, "REQUIRETLS needs a TLS connection")
+	}
+	if from != "" {
+		if !isASCII(from) && !opts.UTF8 {
+			return smtpErr(553, smtp.EnhancedCode{5, 6, 7}, "Non-ASCII address needs SMTPUTF8")
+		}
+		from = requote(from)
+		if err := envelope.CheckAddress(from); err != nil || !utf8.ValidString(from) {
+			return smtpErr(553, smtp.EnhancedCode{5, 1, 7}, "Bad sender address syntax")
+		}
+		if cfg.SenderLoginMatch && ss.user != nil && !ss.user.MaySendAs(from) {
+			ss.s.log.Info("sender not owned by user", "site", cfg.Name, "client", ss.w.ip.String(), "user", ss.user.Name, "from", from)
+			return smtpErr(553, smtp.EnhancedCode{5, 7, 1}, "Sender address not owned by user "+ss.user.Name)
+		}
+	}
+	ss.from = from
+	ss.mailOpts = *opts
+	ss.rcpts = ss.rcpts[:0]
+	ss.inTx = true
+	return nil
+}
+
+// Rcpt adds a recipient: local, alias and held domains from anyone, any
+// other domain only from relay_networks or an authenticated user.
+func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	cfg := ss.s.cfg
+	if !isASCII(to) && !ss.mailOpts.UTF8 {
+		return smtpErr(553, smtp.EnhancedCode{5, 6, 7}, "Non-ASCII address needs SMTPUTF8")
+	}
+	to = requote(to)
+	if err := envelope.CheckAddress(to); err != nil || !utf8.ValidString(to) {
+		return smtpErr(501, smtp.EnhancedCode{5, 1, 3}, "Bad recipient address syntax")
+	}
+	local, dom, _ := envelope.Split(to)
+	domain := envelope.NormalizeDomain(dom)
+	d, configured := cfg.Domain(domain)
+	alias := configured && d.Type == config.DomainAlias
+	held := configured && d.Type == config.DomainRemote && d.Hold
+	inbound := held || ((cfg.IsLocal(domain) || alias) && (ss.site.local == nil || ss.site.local[domain]))
+	trusted := ss.relay || ss.user != nil
+	if !inbound && !trusted {
+		ss.s.log.Info("relay denied", "site", ss.site.cfg.Name, "client", ss.w.ip.String(), "rcpt", to)
+		return smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Unable to relay for "+to)
+	}
+	if !trusted && strings.ContainsAny(strings.Trim(local, `"`), "%@!") {
+		// Routing in disguise for one of our domains: user%other@local,
+		// "user@other"@local, other!user@local.
+		ss.s.log.Info("relay denied (routed address)", "site", ss.site.cfg.Name, "client", ss.w.ip.String(), "rcpt", to)
+		return smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Unable to relay for "+to)
+	}
+	if alias {
+		// Alias domains are the default domain (IIS).
+		to = local + "@" + cfg.DefaultDomainName()
+	}
+	r := envelope.Rcpt{Addr: to}
+	if opts != nil {
+		for _, n := range opts.Notify {
+			r.Notify = append(r.Notify, string(n))
+		}
+		if opts.OriginalRecipient != "" {
+			r.ORcpt = string(opts.OriginalRecipientType) + ";" + xtext(opts.OriginalRecipient)
+		}
+	}
+	ss.rcpts = append(ss.rcpts, r)
+	return nil
+}
+
+// Reset implements smtp.Session.
+func (ss *session) Reset() {
+	ss.from = ""
+	ss.mailOpts = smtp.MailOptions{}
+	ss.rcpts = nil
+	ss.inTx = false
+}
+
+// Logout implements smtp.Session.
+func (ss *session) Logout() error { return nil }
+
+// Data reads the message and stores it; the reply says whether it was.
+func (ss *session) Data(r io.Reader) error {
+	s := ss.s
+	now := s.Now()
+	qid := envelope.NewQueueID()
+	env := &envelope.Envelope{
+		QueueID:    qid,
+		MsgID:      qid,
+		From:       ss.from,
+		Rcpts:      append([]envelope.Rcpt(nil), ss.rcpts...),
+		BodyType:   string(ss.mailOpts.Body),
+		SMTPUTF8:   ss.mailOpts.UTF8,
+		Ret:        string(ss.mailOpts.Return),
+		EnvID:      ss.mailOpts.EnvelopeID,
+		RequireTLS: ss.mailOpts.RequireTLS,
+		Size:       ss.mailOpts.Size,
+		ReceivedAt: now,
+		ExpiresAt:  now.Add(s.cfg.Delivery.Expire.D()),
+		ClientIP:   ss.w.ip.String(),
+		Helo:       sanitize(ss.conn.Hostname()),
+		Source:     "smtp",
+		Site:       ss.site.cfg.Name,
+	}
+	if ss.user != nil {
+		env.AuthUser = ss.user.Name
+	}
+	if st, ok := ss.w.tlsState(); ok {
+		env.TLS = tlsString(st.Version, st.CipherSuite)
+	}
+	received := ss.received(qid, now, env)
+
+	// Read up to InlineMax+1 bytes to decide inline vs Object Store.
+	br := bufio.NewReaderSize(r, 32<<10)
+	buf := bytes.NewBuffer(make([]byte, 0, 16<<10))
+	buf.Write(received)
+	_, err := io.CopyN(buf, br, envelope.InlineMax+1-int64(len(received)))
+	if err != nil && !errors.Is(err, io.EOF) {
+		return readErr(err)
+	}
+	small := errors.Is(err, io.EOF)
+	env.Hops = envelope.CountReceived(buf.Bytes())
+
+	ctx, cancel := context.WithTimeout(context.Background(), s.StoreTimeout)
+	defer cancel()
+	var data []byte
+	if small {
+		if what := ss.w.bareNewline(); what != "" {
+			return ss.refuseBare(qid, what)
+		}
+		data = buf.Bytes()
+		env.Body = envelope.BodyInline
+		env.BodySize = int64(len(data))
+	} else {
+		// Stream the rest straight into the Object Store; the body is
+		// never held in memory whole.
+		cr := &countingReader{r: io.MultiReader(bytes.NewReader(buf.Bytes()), br)}
+		size, err := s.bodies.Put(ctx, qid, cr)
+		if cr.err != nil {
+			// The client's data failed (too large, connection lost): the
+			// Put aborted and purged its chunks.
+			_ = s.bodies.Delete(ctx, qid)
+			return readErr(cr.err)
+		}
+		if err != nil {
+			return ss.storeErr(qid, err)
+		}
+		if what := ss.w.bareNewline(); what != "" {
+			_ = s.bodies.Delete(ctx, qid)
+			return ss.refuseBare(qid, what)
+		}
+		env.Body = envelope.BodyObject
+		env.BodySize = size
+	}
+	msg, err := env.Msg(bus.SubjIn, data)
+	if err != nil {
+		s.log.Error("envelope rejected", "qid", qid, "err", err)
+		return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Temporary local problem, try again later")
+	}
+	if _, err := bus.Publish(ctx, s.js, msg, qid); err != nil {
+		if env.Body == envelope.BodyObject {
+			_ = s.bodies.Delete(context.Background(), qid)
+		}
+		return ss.storeErr(qid, err)
+	}
+	ss.messages++
+	ss.bytes += env.BodySize
+	s.sessions.update(ss.w.id, func(i *sessionInfo) { i.Messages, i.Bytes = ss.messages, ss.bytes })
+	s.log.Info("received", "qid", qid, "site", env.Site, "client", env.ClientIP, "user", env.AuthUser, "tls", env.TLS, "from", env.From, "rcpts", len(env.Rcpts), "size", env.BodySize)
+	return smtpErr(250, smtp.EnhancedCode{2, 0, 0}, "OK queued as "+qid)
+}
+
+// refuseBare answers a message with bare line ends (smtpd_forbid_bare_newline
+// = reject) and closes the connection after the reply.
+func (ss *session) refuseBare(qid, what string) error {
+	ss.s.log.Warn("bare newline in message, refused and disconnecting", "qid", qid, "site", ss.site.cfg.Name, "client", ss.w.ip.String(), "bare", what)
+	ss.w.closeAfter.Store(true)
+	return smtpErr(550, smtp.EnhancedCode{5, 5, 2}, "Error: bare "+what+" received")
+}
+
+func (ss *session) storeErr(qid string, err error) error {
+	if errors.Is(err, bus.ErrStoreFull) {
+		ss.s.log.Error("store full, mail refused", "qid", qid, "err", err)
+		return smtpErr(452, smtp.EnhancedCode{4, 3, 1}, "Insufficient system storage")
+	}
+	ss.s.log.Error("store failed, mail refused", "qid", qid, "err", err)
+	return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Temporary local problem, try again later")
+}
+
+// readErr maps a failure reading DATA to a reply: go-smtp's size limit
+// error is already an SMTPError (552 5.3.4).
+func readErr(err error) error {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se
+	}
+	if errors.Is(err, smtp.ErrTooLongLine) {
+		return smtpErr(500, smtp.EnhancedCode{5, 5, 2}, "Line too long")
+	}
+	return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Error reading message data")
+}
+
+type countingReader struct {
+	r   io.Reader
+	err error
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		c.err = err
+	}
+	return n, err
+}
+
+// received renders our Received: trace header (RFC 5321 §4.4): the client's
+// EHLO name, its checked reverse DNS name when reverse_dns is on, the
+// protocol (ESMTP, ESMTPS with TLS, ESMTPA/ESMTPSA after AUTH, RFC 3848)
+// and the TLS version and cipher.
+func (ss *session) received(qid string, now time.Time, env *envelope.Envelope) []byte {
+	var b strings.Builder
+	helo := env.Helo
+	if helo == "" {
+		helo = "unknown"
+	}
+	proto := "ESMTP"
+	if env.TLS != "" {
+		proto += "S"
+	}
+	if env.AuthUser != "" {
+		proto += "A"
+	}
+	name := ""
+	if ss.w.clientName != "" {
+		name = ss.w.clientName + " "
+	}
+	fmt.Fprintf(&b, "Received: from %s (%s[%s])\r\n\tby %s (Mailroot) with %s id %s", helo, name, env.ClientIP, ss.site.cfg.Hostname, proto, qid)
+	if st, ok := ss.w.tlsState(); ok {
+		fmt.Fprintf(&b, "\r\n\t(using %s with cipher %s)", tlsVersion(st.Version), tls.CipherSuiteName(st.CipherSuite))
+	}
+	if len(env.Rcpts) == 1 {
+		fmt.Fprintf(&b, "\r\n\tfor <%s>", env.Rcpts[0].Addr)
+	}
+	fmt.Fprintf(&b, "; %s\r\n", now.Format(time.RFC1123Z))
+	return []byte(b.String())
+}
+
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// requote restores the quotes of a local part that needs them: go-smtp
+// hands over `"a b"@x` as `a b@x`, which is no longer one mailbox.
+func requote(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 {
+		return addr
+	}
+	local := addr[:at]
+	if dotAtom(local) {
+		return addr
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(local); i++ {
+		if c := local[i]; c == '"' || c == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(local[i])
+	}
+	b.WriteByte('"')
+	return b.String() + addr[at:]
+}
+
+// dotAtom reports whether s is an RFC 5321 Dot-string (UTF-8 allowed,
+// RFC 6531).
+func dotAtom(s string) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 0x80, c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-/=?^_`{|}~.", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// xtext encodes an ORCPT address (RFC 3461 §4): go-smtp decodes it.
+func xtext(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '!' || c > '~' || c == '+' || c == '=' {
+			fmt.Fprintf(&b, "+%02X", c)
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+// reverseDNS looks the client's name up (reverse_dns), forward-confirmed:
+// the PTR name must resolve back to the address, else it is "unknown".
+func (w *wire) reverseDNS() {
+	if !w.site.cfg.ReverseDNS || !w.ip.IsValid() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	w.clientName = "unknown"
+	names, err := w.site.svc.Resolver.LookupAddr(ctx, w.ip.String())
+	if err != nil || len(names) == 0 {
+		w.site.svc.sessions.update(w.id, func(i *sessionInfo) { i.ClientName = w.clientName })
+		return
+	}
+	for _, n := range names {
+		addrs, err := w.site.svc.Resolver.LookupNetIP(ctx, "ip", n)
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if a.Unmap() == w.ip {
+				w.clientName = strings.TrimSuffix(sanitize(n), ".")
+				w.site.svc.sessions.update(w.id, func(i *sessionInfo) { i.ClientName = w.clientName })
+				return
+			}
+		}
+	}
+	w.site.svc.sessions.update(w.id, func(i *sessionInfo) { i.ClientName = w.clientName })
+}
