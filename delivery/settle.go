@@ -134,7 +134,7 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 				if i > 0 {
 					id += fmt.Sprintf("-%d", i)
 				}
-				if err := s.permanentFailure(ctx, env, o.data, f, attempt, now, id); err != nil {
+				if err := s.permanentFailure(ctx, env, o.data, f, attempt, now, id, m.Subject()); err != nil {
 					fail("publish to badmail", err)
 					return
 				}
@@ -313,8 +313,8 @@ func remoteOf(e *Error) string {
 // reason to mail.bad (msgID makes it idempotent): the end of the line for
 // mail from the null sender, which cannot be bounced. The copy refers to
 // the same body: the same inline data, or the same Object Store object,
-// whose reference it now holds.
-func (s *Service) permanentFailure(ctx context.Context, env *envelope.Envelope, data []byte, f failure, attempt int, now time.Time, msgID string) error {
+// whose reference it now holds. An events.badmail entry records it.
+func (s *Service) permanentFailure(ctx context.Context, env *envelope.Envelope, data []byte, f failure, attempt int, now time.Time, msgID, subject string) error {
 	bad := env.Clone()
 	bad.MsgID = msgID
 	bad.Rcpts = f.rcpts
@@ -333,8 +333,11 @@ func (s *Service) permanentFailure(ctx context.Context, env *envelope.Envelope, 
 	if err != nil {
 		return fmt.Errorf("badmail envelope: %w", err)
 	}
-	_, err = bus.Publish(ctx, s.js, msg, msgID)
-	return err
+	if _, err = bus.Publish(ctx, s.js, msg, msgID); err != nil {
+		return err
+	}
+	bus.Emit(s.js, bus.Event{Type: bus.EventBadmail, QueueID: env.QueueID, Reason: bad.Reason, Subject: subject})
+	return nil
 }
 
 // reschedule publishes the pending recipients as a message schedule on

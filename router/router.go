@@ -21,6 +21,7 @@ import (
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
 )
 
@@ -30,6 +31,7 @@ type Service struct {
 	log    *slog.Logger
 	js     jetstream.JetStream
 	bodies *bus.Bodies
+	notify *dsn.Notifier
 	// Slots is the number of messages routed at once.
 	Slots int
 }
@@ -48,6 +50,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.bodies, err = bus.OpenBodies(ctx, s.js); err != nil {
 		return err
 	}
+	s.notify = dsn.NewNotifier(s.cfg, s.js, s.bodies)
 	w := &bus.Worker{JS: s.js, Consumer: cons[bus.ConsumerRouter], Slots: s.Slots, Log: s.log}
 	return w.Run(ctx, s.route)
 }
@@ -63,6 +66,10 @@ type part struct {
 
 func (s *Service) route(ctx context.Context, m jetstream.Msg) {
 	env, parts, err := s.plan(m.Headers(), m.Data())
+	if be := (*bounceError)(nil); errors.As(err, &be) && env.From != "" {
+		s.bounce(ctx, m, env, be)
+		return
+	}
 	if err != nil {
 		qid := m.Headers().Get(envelope.HdrQueueID)
 		if merr := bus.MoveToBad(ctx, s.js, m, err.Error()); merr != nil {
@@ -125,7 +132,7 @@ func (s *Service) plan(h map[string][]string, data []byte) (*envelope.Envelope, 
 		}
 	}
 	if env.Hops > s.cfg.Router.MaxHopCount {
-		return nil, nil, fmt.Errorf("%w: 5.4.6 routing loop detected: message has %d Received: headers, more than the maximum hop count %d", errReject, env.Hops, s.cfg.Router.MaxHopCount)
+		return env, nil, &bounceError{status: "5.4.6", text: fmt.Sprintf("routing loop detected: message has %d Received: headers, more than the maximum hop count %d", env.Hops, s.cfg.Router.MaxHopCount)}
 	}
 	if env.ReceivedAt.IsZero() {
 		env.ReceivedAt = time.Now()
