@@ -51,6 +51,11 @@ func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, msgID s
 			// A definite refusal (bad request, wrong stream): retrying won't help.
 			return nil, fmt.Errorf("bus: publish %s: %w", msg.Subject, err)
 		}
+		if errors.Is(err, nats.ErrConnectionClosed) {
+			// Closed for good (shutdown or a killed process): it will
+			// not come back.
+			return nil, fmt.Errorf("bus: publish %s: %w", msg.Subject, err)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("bus: publish %s: %w (last: %v)", msg.Subject, ctx.Err(), err)
