@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +26,12 @@ type fixture struct {
 	nats *testutil.NATS
 }
 
-func start(t *testing.T, edit func(*config.Config), natsOpts func(*server.Options)) *fixture {
+func start(t testing.TB, edit func(*config.Config), natsOpts func(*server.Options)) *fixture {
+	t.Helper()
+	return startLogged(t, edit, natsOpts, testutil.Logger(t))
+}
+
+func startLogged(t testing.TB, edit func(*config.Config), natsOpts func(*server.Options), log *slog.Logger) *fixture {
 	t.Helper()
 	n := testutil.StartNATSWith(t, t.TempDir(), natsOpts)
 	_, js := n.Connect(t)
@@ -40,7 +46,7 @@ func start(t *testing.T, edit func(*config.Config), natsOpts func(*server.Option
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	svc, err := New(cfg, testutil.Logger(t), js)
+	svc, err := New(cfg, log, js)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +64,7 @@ func start(t *testing.T, edit func(*config.Config), natsOpts func(*server.Option
 	return &fixture{svc: svc, js: js, addr: svc.Addrs()[0], nats: n}
 }
 
-func dial(t *testing.T, addr string) *smtp.Client {
+func dial(t testing.TB, addr string) *smtp.Client {
 	t.Helper()
 	c, err := smtp.Dial(addr)
 	if err != nil {
@@ -80,7 +86,7 @@ func code(err error) int {
 }
 
 // send runs one transaction and returns the DATA reply.
-func send(t *testing.T, c *smtp.Client, from string, to []string, body string) (*smtp.DataResponse, error) {
+func send(t testing.TB, c *smtp.Client, from string, to []string, body string) (*smtp.DataResponse, error) {
 	t.Helper()
 	if err := c.Mail(from, nil); err != nil {
 		return nil, err
@@ -100,7 +106,7 @@ func send(t *testing.T, c *smtp.Client, from string, to []string, body string) (
 	return w.CloseWithResponse()
 }
 
-func lastIn(t *testing.T, js jetstream.JetStream) *jetstream.RawStreamMsg {
+func lastIn(t testing.TB, js jetstream.JetStream) *jetstream.RawStreamMsg {
 	t.Helper()
 	s, err := js.Stream(context.Background(), bus.StreamMail)
 	if err != nil {

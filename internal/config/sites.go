@@ -278,6 +278,9 @@ func (c *Config) validateSites() error {
 		}
 		names[s.Name] = true
 		for _, l := range s.Listen {
+			if _, port, _ := net.SplitHostPort(l); port == "0" {
+				continue // a free port each
+			}
 			if other, ok := seen[l]; ok {
 				return &KeyError{key + ".listen", fmt.Sprintf("%s is also a listen address of site %q", l, other)}
 			}
