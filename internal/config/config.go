@@ -253,7 +253,7 @@ func Default() Config {
 			ETRN:                 true,
 			ETRNNetworks:         []string{},
 		},
-		Auth: DefaultAuth(),
+		Auth:   DefaultAuth(),
 		Router: Router{MaxHopCount: 15},
 		Delivery: Delivery{
 			Concurrency:      100,
