@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -80,8 +81,11 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, l Layout) error {
 	if l.BodyTTL <= 0 {
 		l.BodyTTL = 7 * 24 * time.Hour
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(l.Replicas)); err != nil {
-		return fmt.Errorf("bus: create stream %s: %w", StreamMail, err)
+	want := StreamConfig(l.Replicas)
+	if st, err := js.Stream(ctx, StreamMail); err != nil || !sameStream(st.CachedInfo().Config, want) {
+		if _, err := js.CreateOrUpdateStream(ctx, want); err != nil {
+			return fmt.Errorf("bus: create stream %s: %w", StreamMail, err)
+		}
 	}
 	if err := EnsureEvents(ctx, js, l.Replicas); err != nil {
 		return err
@@ -105,6 +109,18 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, l Layout) error {
 		return fmt.Errorf("bus: create kv %s: %w", BucketRefs, err)
 	}
 	return nil
+}
+
+// sameStream reports whether the stream config have has every setting of
+// want. EnsureStream then leaves the stream alone: every actor calls it at
+// start, and an update is a raft proposal on a cluster (and, in
+// nats-server 2.15, races with a consumer being created at the same time).
+func sameStream(have, want jetstream.StreamConfig) bool {
+	return slices.Equal(have.Subjects, want.Subjects) && have.Description == want.Description &&
+		have.Retention == want.Retention && have.Storage == want.Storage && have.Replicas == want.Replicas &&
+		have.Discard == want.Discard && have.MaxMsgs == want.MaxMsgs && have.MaxBytes == want.MaxBytes &&
+		have.MaxAge == want.MaxAge && have.MaxMsgSize == want.MaxMsgSize && have.Duplicates == want.Duplicates &&
+		have.AllowMsgSchedules == want.AllowMsgSchedules && have.AllowDirect == want.AllowDirect
 }
 
 // EnsureConsumer creates or updates the named durable consumer and returns it.

@@ -1,0 +1,60 @@
+package bus
+
+import (
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/mailroot/mailroot/internal/testutil"
+)
+
+// EnsureStream updates the MAIL stream only when its settings differ: the
+// server's stream-updated advisory shows each update.
+func TestEnsureStreamUpdatesOnlyOnChange(t *testing.T) {
+	n := testutil.StartNATS(t)
+	nc, js := n.Connect(t)
+	updates := make(chan *nats.Msg, 10)
+	sub, err := nc.ChanSubscribe("$JS.EVENT.ADVISORY.STREAM.UPDATED."+StreamMail, updates)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	l := Layout{Replicas: 1, BodyTTL: time.Hour}
+	if err := EnsureStream(t.Context(), js, l); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := EnsureStream(t.Context(), js, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if len(updates) != 0 {
+		t.Fatalf("%d updates of an unchanged stream", len(updates))
+	}
+	// A stream with other settings (an older version's) is updated.
+	cfg := StreamConfig(1)
+	cfg.Duplicates = time.Minute
+	if _, err := js.UpdateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	<-updates // our own change
+	if err := EnsureStream(t.Context(), js, l); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-updates:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a changed stream was not updated back")
+	}
+	st, err := js.Stream(t.Context(), StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := st.CachedInfo().Config.Duplicates; d != 10*time.Minute {
+		t.Errorf("Duplicates %v after EnsureStream, want 10m", d)
+	}
+}
