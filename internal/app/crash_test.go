@@ -43,11 +43,11 @@ func (l *lockedBuffer) tail(n int) string {
 
 // Kinds of message in the crash test and what must become of each.
 const (
-	kindOK        = iota // delivered to ok.test
-	kindFlaky            // 451 on the first try, delivered on a retry
-	kindBounce           // 550: a report reaches the sender
-	kindNull             // 550, null sender: Badmail
-	kindDouble           // 550, and the report is refused too: Badmail
+	kindOK     = iota // delivered to ok.test
+	kindFlaky         // 451 on the first try, delivered on a retry
+	kindBounce        // 550: a report reaches the sender
+	kindNull          // 550, null sender: Badmail
+	kindDouble        // 550, and the report is refused too: Badmail
 	kindCount
 )
 
