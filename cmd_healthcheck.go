@@ -134,9 +134,14 @@ func checkHealth(dir string, cfg config.Config, now time.Time) ([]string, error)
 			return nil, fmt.Errorf("%s: NATS connection is %s", hb.Role, hb.NATS)
 		}
 		if hb.Role == app.Ingress || hb.Role == "all" {
-			for _, addr := range cfg.Ingress.Listen {
-				if err := probeSMTP(addr); err != nil {
-					return nil, fmt.Errorf("%s: %w", hb.Role, err)
+			for _, site := range cfg.EffectiveSites() {
+				if site.ImplicitTLS {
+					continue // it greets only after a TLS handshake
+				}
+				for _, addr := range site.Listen {
+					if err := probeSMTP(addr); err != nil {
+						return nil, fmt.Errorf("%s: %w", hb.Role, err)
+					}
 				}
 			}
 		}
