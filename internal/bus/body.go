@@ -3,8 +3,11 @@ package bus
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"strconv"
 
@@ -22,6 +25,8 @@ type Bodies struct {
 	js   jetstream.JetStream
 	obs  jetstream.ObjectStore
 	refs jetstream.KeyValue
+	// chunks is the Object Store's stream, read chunk by chunk (Open).
+	chunks jetstream.Stream
 }
 
 // OpenBodies binds to the buckets made by EnsureStream.
@@ -34,7 +39,11 @@ func OpenBodies(ctx context.Context, js jetstream.JetStream) (*Bodies, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bus: open kv %s: %w", BucketRefs, err)
 	}
-	return &Bodies{js: js, obs: obs, refs: refs}, nil
+	chunks, err := js.Stream(ctx, "OBJ_"+BucketBodies)
+	if err != nil {
+		return nil, fmt.Errorf("bus: open object store stream %s: %w", BucketBodies, err)
+	}
+	return &Bodies{js: js, obs: obs, refs: refs, chunks: chunks}, nil
 }
 
 // Put stores a large body under qid, streaming from r.
@@ -55,11 +64,83 @@ func (b *Bodies) Open(ctx context.Context, env *envelope.Envelope, data []byte) 
 	if env.Body != envelope.BodyObject {
 		return io.NopCloser(bytes.NewReader(data)), nil
 	}
-	r, err := b.obs.Get(ctx, env.QueueID)
+	info, err := b.obs.GetInfo(ctx, env.QueueID)
 	if err != nil {
 		return nil, fmt.Errorf("bus: get body %s: %w", env.QueueID, err)
 	}
-	return r, nil
+	if info.NUID == "" || info.Opts != nil && info.Opts.Link != nil {
+		return nil, fmt.Errorf("bus: get body %s: %w", env.QueueID, jetstream.ErrBadObjectMeta)
+	}
+	return &chunkReader{
+		ctx: ctx, st: b.chunks, name: env.QueueID, info: info,
+		subj: "$O." + BucketBodies + ".C." + info.NUID, digest: sha256.New(),
+	}, nil
+}
+
+// chunkReader reads an Object Store object one chunk at a time, each
+// fetched when the previous one has been consumed (a direct get of the
+// next message on the object's chunk subject). ObjectStore.Get pushes the
+// whole object to the client as fast as the server can send it, so a slow
+// reader — an SMTP transaction — would hold most of a large body in memory;
+// this holds one 128 KiB chunk. The digest and size are checked at the end,
+// as Get does.
+type chunkReader struct {
+	ctx    context.Context
+	st     jetstream.Stream
+	name   string
+	info   *jetstream.ObjectInfo
+	subj   string
+	next   uint64 // stream sequence to look from
+	got    uint32 // chunks read
+	size   uint64 // bytes read
+	buf    []byte
+	digest hash.Hash
+	err    error
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if r.err != nil {
+			return 0, r.err
+		}
+		if r.got == r.info.Chunks {
+			r.err = r.finish()
+			return 0, r.err
+		}
+		m, err := r.st.GetMsg(r.ctx, r.next, jetstream.WithGetMsgSubject(r.subj))
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				err = fmt.Errorf("%w: chunk %d of %d missing", jetstream.ErrObjectNotFound, r.got+1, r.info.Chunks)
+			}
+			r.err = fmt.Errorf("bus: get body %s: %w", r.name, err)
+			return 0, r.err
+		}
+		r.next, r.got, r.buf = m.Sequence+1, r.got+1, m.Data
+		r.size += uint64(len(m.Data))
+		r.digest.Write(m.Data)
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+// finish checks size and digest once every chunk was read.
+func (r *chunkReader) finish() error {
+	if r.size != r.info.Size {
+		return fmt.Errorf("bus: get body %s: %w: %d bytes, want %d", r.name, jetstream.ErrDigestMismatch, r.size, r.info.Size)
+	}
+	if want := "SHA-256=" + base64.URLEncoding.EncodeToString(r.digest.Sum(nil)); r.info.Digest != "" && r.info.Digest != want {
+		return fmt.Errorf("bus: get body %s: %w", r.name, jetstream.ErrDigestMismatch)
+	}
+	return io.EOF
+}
+
+func (r *chunkReader) Close() error {
+	if r.err == nil {
+		r.err = errors.New("bus: body reader closed")
+	}
+	r.buf = nil
+	return nil
 }
 
 // Delete removes a stored body (best effort: the bucket TTL is the backstop).

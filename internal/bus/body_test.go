@@ -1,0 +1,65 @@
+package bus
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/testutil"
+)
+
+// Open streams an Object Store body chunk by chunk: the bytes come back
+// whole, a missing body is ErrObjectNotFound, and a body deleted while it
+// is read ends in an error, never in a silently short message.
+func TestBodiesOpenStreamsChunks(t *testing.T) {
+	n := testutil.StartNATS(t)
+	_, js := n.Connect(t)
+	if err := EnsureStream(t.Context(), js, Layout{Replicas: 1, BodyTTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := OpenBodies(t.Context(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, 1<<20+12345) // 9 chunks of 128 KiB, the last one short
+	_, _ = rand.Read(body)
+	env := &envelope.Envelope{QueueID: "Q1", Body: envelope.BodyObject}
+	if _, err := b.Put(t.Context(), env.QueueID, bytes.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // readable again: nothing is consumed
+		r, err := b.Open(t.Context(), env, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(r)
+		_ = r.Close()
+		if err != nil || !bytes.Equal(got, body) {
+			t.Fatalf("read %d bytes (%v), want the %d stored", len(got), err, len(body))
+		}
+	}
+
+	if _, err := b.Open(t.Context(), &envelope.Envelope{QueueID: "nope", Body: envelope.BodyObject}, nil); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Errorf("missing body: %v, want ErrObjectNotFound", err)
+	}
+
+	r, err := b.Open(t.Context(), env, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(r, make([]byte, 200<<10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Delete(t.Context(), env.QueueID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(r); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Errorf("reading a deleted body: %v, want ErrObjectNotFound", err)
+	}
+}
