@@ -53,11 +53,14 @@ build_images() {
 	go build -trimpath -ldflags='-s -w -buildid=' -o dist/nats-server github.com/nats-io/nats-server/v2
 	cp "$BUSYBOX" dist/busybox
 	export DOCKER_BUILDKIT=0 # the legacy builder: what docker-compose 1.29 and a CLI without buildx use
-	local spec
+	local spec old
 	for spec in "Dockerfile.prebuilt mailroot" "ci/smtpsink.Dockerfile smtpsink" "ci/nats-standin.Dockerfile nats"; do
 		set -- $spec
+		old=$(docker images -q "mailroot-ci/$2:$tag")
 		docker build -q -f "$1" --build-arg BASE=scratch -t "mailroot-ci/$2:$tag" dist >dist/build.log 2>&1 ||
 			{ cat dist/build.log; return 1; }
+		# The image this tag named before is left dangling: remove it.
+		[ -z "$old" ] || [ "$old" = "$(docker images -q "mailroot-ci/$2:$tag")" ] || docker rmi "$old" >/dev/null 2>&1 || true
 	done
 	export MAILROOT_IMAGE="mailroot-ci/mailroot:$tag" SINK_IMAGE="mailroot-ci/smtpsink:$tag" NATS_IMAGE="mailroot-ci/nats:$tag"
 }
