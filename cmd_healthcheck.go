@@ -10,13 +10,16 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -44,16 +47,24 @@ type heartbeat struct {
 	At   time.Time `json:"at"`
 }
 
-// heartbeatPath is the file of one role in dir ($TMPDIR by default).
-func heartbeatPath(dir, role string) string {
-	return filepath.Join(dir, "mailroot-"+role+".health")
+// heartbeatPath is the file of one process in dir ($TMPDIR by default);
+// pid "*" makes a glob pattern.
+func heartbeatPath(dir, role, pid string) string {
+	return filepath.Join(dir, "mailroot-"+role+"-"+pid+".health")
+}
+
+// processGone reports whether no process has the given id (a heartbeat
+// file left behind by a process that was killed). In a container the
+// actor is PID 1 after every restart, so its file is simply rewritten.
+func processGone(pid int) bool {
+	return pid > 0 && errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }
 
 // startHeartbeat writes the heartbeat file of role every heartbeatEvery
 // until stop is called, which removes it. A failure to write is logged
 // once: health reporting must never stop an actor.
 func startHeartbeat(role string, nc *nats.Conn, log *slog.Logger) (stop func()) {
-	path := heartbeatPath(os.TempDir(), role)
+	path := heartbeatPath(os.TempDir(), role, strconv.Itoa(os.Getpid()))
 	write := func() error {
 		hb := heartbeat{Role: role, PID: os.Getpid(), NATS: strings.ToLower(nc.Status().String()), At: time.Now().UTC()}
 		b, _ := json.Marshal(hb)
@@ -113,19 +124,22 @@ func runHealthcheck(args []string) int {
 // listeners. It returns the healthy roles, or why the container is not
 // healthy.
 func checkHealth(dir string, cfg config.Config, now time.Time) ([]string, error) {
-	files, _ := filepath.Glob(heartbeatPath(dir, "*"))
-	if len(files) == 0 {
-		return nil, fmt.Errorf("no heartbeat in %s: no actor has finished starting", dir)
-	}
+	files, _ := filepath.Glob(heartbeatPath(dir, "*", "*"))
 	var roles []string
 	for _, f := range files {
 		b, err := os.ReadFile(f)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // the process stopped meanwhile
+		}
 		if err != nil {
 			return nil, fmt.Errorf("heartbeat: %w", err)
 		}
 		var hb heartbeat
 		if err := json.Unmarshal(b, &hb); err != nil {
 			return nil, fmt.Errorf("heartbeat %s: %w", f, err)
+		}
+		if processGone(hb.PID) {
+			continue
 		}
 		if age := now.Sub(hb.At); age > heartbeatStale {
 			return nil, fmt.Errorf("%s: last heartbeat %s ago (process hung or gone)", hb.Role, age.Round(time.Second))
@@ -146,6 +160,9 @@ func checkHealth(dir string, cfg config.Config, now time.Time) ([]string, error)
 			}
 		}
 		roles = append(roles, hb.Role)
+	}
+	if len(roles) == 0 {
+		return nil, fmt.Errorf("no heartbeat in %s: no actor has finished starting", dir)
 	}
 	return roles, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,7 +22,7 @@ func writeHeartbeat(t *testing.T, dir string, hb heartbeat) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(heartbeatPath(dir, hb.Role), b, 0o644); err != nil {
+	if err := os.WriteFile(heartbeatPath(dir, hb.Role, strconv.Itoa(hb.PID)), b, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -39,6 +40,11 @@ func TestCheckHealth(t *testing.T) {
 	}()
 	now := time.Now()
 	fresh := now.Add(-3 * time.Second)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	deadPID := dead.Process.Pid
 	tests := []struct {
 		name    string
 		beats   []heartbeat
@@ -55,11 +61,18 @@ func TestCheckHealth(t *testing.T) {
 		{"all not listening", []heartbeat{{Role: "all", NATS: "connected", At: fresh}}, []string{closed}, "smtp"},
 		{"listener ignored for delivery", []heartbeat{{Role: "delivery", NATS: "connected", At: fresh}}, []string{closed}, ""},
 		{"one of two bad", []heartbeat{{Role: "delivery", NATS: "connected", At: fresh}, {Role: "badmail", NATS: "closed", At: fresh}}, nil, "badmail"},
+		{"left by a killed process", []heartbeat{{Role: "router", PID: deadPID, NATS: "connected", At: now.Add(-time.Hour)}}, nil, "no heartbeat"},
+		{"killed one ignored", []heartbeat{{Role: "delivery", PID: deadPID, NATS: "connected", At: now.Add(-time.Hour)}, {Role: "delivery", NATS: "connected", At: fresh}}, nil, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
+			live := 0
 			for _, hb := range tc.beats {
+				if hb.PID == 0 {
+					hb.PID = os.Getpid()
+					live++
+				}
 				writeHeartbeat(t, dir, hb)
 			}
 			cfg := config.Default()
@@ -72,8 +85,8 @@ func TestCheckHealth(t *testing.T) {
 				t.Fatalf("healthy (%v), want error containing %q", roles, tc.wantErr)
 			case tc.wantErr != "" && !strings.Contains(err.Error(), tc.wantErr):
 				t.Fatalf("error %q, want it to contain %q", err, tc.wantErr)
-			case tc.wantErr == "" && len(roles) != len(tc.beats):
-				t.Fatalf("roles %v, want %d", roles, len(tc.beats))
+			case tc.wantErr == "" && len(roles) != live:
+				t.Fatalf("roles %v, want %d", roles, live)
 			}
 		})
 	}
@@ -101,7 +114,7 @@ func TestHeartbeatFollowsConnection(t *testing.T) {
 		return err != nil && strings.Contains(err.Error(), "NATS connection is")
 	})
 	stop()
-	if _, err := os.Stat(heartbeatPath(dir, "router")); !os.IsNotExist(err) {
+	if _, err := os.Stat(heartbeatPath(dir, "router", strconv.Itoa(os.Getpid()))); !os.IsNotExist(err) {
 		t.Fatalf("heartbeat file left behind: %v", err)
 	}
 }
