@@ -81,6 +81,7 @@ type wire struct {
 
 	// Write side.
 	wbuf       []byte
+	pending    []byte // lines of an unfinished multi-line reply
 	bannerDone bool
 	ehloFirst  bool
 
@@ -521,20 +522,28 @@ func (w *wire) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	w.wbuf = append(w.wbuf, p...)
-	var out []byte
-	closeNow := false
+	// The lines of a multi-line reply (EHLO) go out in one write.
+	out := w.pending
+	w.pending = nil
+	closeNow, final := false, false
 	for {
 		i := bytes.IndexByte(w.wbuf, '\n')
 		if i < 0 {
 			break
 		}
+		line := w.wbuf[:i+1]
+		final = len(line) < 4 || line[3] != '-'
 		var c bool
-		out, c = w.filterReply(out, w.wbuf[:i+1])
+		out, c = w.filterReply(out, line)
 		closeNow = closeNow || c
 		w.wbuf = w.wbuf[i+1:]
 	}
 	if len(w.wbuf) == 0 {
 		w.wbuf = nil
+	}
+	if !final && !closeNow {
+		w.pending = out
+		return len(p), nil
 	}
 	var err error
 	if len(out) > 0 {
@@ -636,7 +645,9 @@ func (w *wire) extraKeywords() []string {
 // reply writes one reply line of ours.
 func (w *wire) reply(line string) {
 	_ = w.conn().SetWriteDeadline(time.Now().Add(w.site.cfg.Timeout.D()))
-	if _, err := io.WriteString(w.conn(), line+"\r\n"); err != nil {
+	out := append(w.pending, line+"\r\n"...)
+	w.pending = nil
+	if _, err := w.conn().Write(out); err != nil {
 		w.abort()
 	}
 	if strings.HasPrefix(line, "421") {
@@ -646,7 +657,8 @@ func (w *wire) reply(line string) {
 
 // replyBad writes a rejection of ours and counts it as a bad command.
 func (w *wire) replyBad(line string) {
-	out, closeNow := w.countBad([]byte(line + "\r\n"))
+	out, closeNow := w.countBad(append(w.pending, line+"\r\n"...))
+	w.pending = nil
 	_ = w.conn().SetWriteDeadline(time.Now().Add(w.site.cfg.Timeout.D()))
 	if _, err := w.conn().Write(out); err != nil || closeNow {
 		w.abort()
