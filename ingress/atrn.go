@@ -239,7 +239,7 @@ func (w *wire) sendHeld(ctx context.Context, c *smtp.Client, l *atrnLock, m jets
 		return false, true
 	}
 	log := w.log.With("qid", env.QueueID, "domain", l.domain)
-	stop := keepAlive(m, 30*time.Second)
+	stop := bus.KeepAlive(m, 30*time.Second)
 	defer stop()
 	body, err := svc.bodies.Open(ctx, env, m.Data())
 	if err != nil {
@@ -411,21 +411,4 @@ func errString(err error) string {
 		return ""
 	}
 	return sanitize(err.Error())
-}
-
-// keepAlive sends InProgress every interval until stop is called.
-func keepAlive(m jetstream.Msg, every time.Duration) (stop func()) {
-	t := time.NewTicker(every)
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-t.C:
-				_ = m.InProgress()
-			case <-done:
-				return
-			}
-		}
-	}()
-	return func() { t.Stop(); close(done) }
 }

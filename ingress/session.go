@@ -16,6 +16,7 @@ import (
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/users"
 )
@@ -134,7 +135,7 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 			r.Notify = append(r.Notify, string(n))
 		}
 		if opts.OriginalRecipient != "" {
-			r.ORcpt = string(opts.OriginalRecipientType) + ";" + xtext(opts.OriginalRecipient)
+			r.ORcpt = string(opts.OriginalRecipientType) + ";" + dsn.EncodeXtext(opts.OriginalRecipient)
 		}
 	}
 	ss.rcpts = append(ss.rcpts, r)
@@ -366,20 +367,6 @@ func dotAtom(s string) bool {
 		}
 	}
 	return true
-}
-
-// xtext encodes an ORCPT address (RFC 3461 §4): go-smtp decodes it.
-func xtext(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < '!' || c > '~' || c == '+' || c == '=' {
-			fmt.Fprintf(&b, "+%02X", c)
-			continue
-		}
-		b.WriteByte(c)
-	}
-	return b.String()
 }
 
 // reverseDNS looks the client's name up (reverse_dns), forward-confirmed:

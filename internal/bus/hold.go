@@ -205,3 +205,7 @@ func Unlock(ctx context.Context, js jetstream.JetStream, bucket, key string, rev
 	_, err := PutTTL(ctx, js, bucket, key, nil, time.Second, int64(rev))
 	return err
 }
+
+// KeepAlive sends InProgress for m every interval until stop is called
+// (for work on a message outside a Worker, such as an ATRN transfer).
+func KeepAlive(m jetstream.Msg, every time.Duration) (stop func()) { return keepAlive(m, every) }

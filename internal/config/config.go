@@ -479,21 +479,7 @@ func (c *Config) Validate() error {
 }
 
 // RelayPrefixes parses RelayNetworks.
-func (i Ingress) RelayPrefixes() ([]netip.Prefix, error) {
-	out := make([]netip.Prefix, 0, len(i.RelayNetworks))
-	for _, n := range i.RelayNetworks {
-		p, err := netip.ParsePrefix(n)
-		if err != nil {
-			a, aerr := netip.ParseAddr(n)
-			if aerr != nil {
-				return nil, fmt.Errorf("%q is not a CIDR", n)
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
-		}
-		out = append(out, p.Masked())
-	}
-	return out, nil
-}
+func (i Ingress) RelayPrefixes() ([]netip.Prefix, error) { return parseNetworks(i.RelayNetworks) }
 
 // IsLocal reports whether domain (any case, trailing dot) is a local
 // domain: listed in local_domains or a [[domain]] of type local.
