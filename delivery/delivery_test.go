@@ -594,6 +594,25 @@ func (b *tlsBackend) transactions() []bool {
 	return slices.Clone(b.tls)
 }
 
+// serveSMTP runs a go-smtp server for be on 127.0.0.1 until the test ends
+// (edit may change its settings first) and returns its port.
+func serveSMTP(t *testing.T, be smtp.Backend, edit func(*smtp.Server)) int {
+	t.Helper()
+	srv := smtp.NewServer(be)
+	srv.Domain = "mx.test"
+	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
+	if edit != nil {
+		edit(srv)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return l.Addr().(*net.TCPAddr).Port
+}
+
 func selfSigned(t *testing.T) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -631,19 +650,9 @@ func TestOpportunisticTLS(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := &tlsBackend{sink: &testutil.Sink{}}
-			srv := smtp.NewServer(b)
-			srv.Domain = "mx.tls.test"
-			srv.TLSConfig = tc.tls(t)
-			srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			go func() { _ = srv.Serve(l) }()
-			t.Cleanup(func() { _ = srv.Close() })
-
+			port := serveSMTP(t, b, func(srv *smtp.Server) { srv.TLSConfig = tc.tls(t) })
 			h := newHarness(t, "tls.test. MX 10 mx.tls.test.", "mx.tls.test. A 127.0.0.1")
-			h.cfg.Delivery.Port = l.Addr().(*net.TCPAddr).Port
+			h.cfg.Delivery.Port = port
 			var dials atomic.Int32
 			h.start(func(s *Service) {
 				dial := s.Dial

@@ -8,7 +8,6 @@ import (
 	"io"
 	"mime"
 	"mime/multipart"
-	"net"
 	"net/mail"
 	"net/textproto"
 	"os"
@@ -527,19 +526,9 @@ func TestSuccessNotice(t *testing.T) {
 	for _, withDSN := range []bool{false, true} {
 		t.Run(fmt.Sprintf("remote DSN %v", withDSN), func(t *testing.T) {
 			sink := &testutil.Sink{}
-			srv := smtp.NewServer(sink)
-			srv.Domain = "mx.ok.test"
-			srv.EnableDSN = withDSN
-			srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			go func() { _ = srv.Serve(l) }()
-			t.Cleanup(func() { _ = srv.Close() })
-
+			port := serveSMTP(t, sink, func(srv *smtp.Server) { srv.EnableDSN = withDSN })
 			h := newHarness(t, "ok.test. MX 10 mx.ok.test.", "mx.ok.test. A 127.0.0.1")
-			h.cfg.Delivery.Port = l.Addr().(*net.TCPAddr).Port
+			h.cfg.Delivery.Port = port
 			in := h.watchIn()
 			h.start(nil)
 			env := newEnv("ok.test", "x@ok.test", "quiet@ok.test")

@@ -115,16 +115,35 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 	if env.From == "" {
 		successors += len(perm)
 	}
-	if successors > 1 {
-		if err := s.bodies.Retain(ctx, env, successors-1); err != nil {
-			log.Error("retain body failed", "err", err)
-			_ = m.NakWithDelay(time.Minute)
-			return
-		}
-	}
 	fail := func(what string, err error) {
 		log.Error(what+" failed, will retry", "err", err)
 		_ = m.NakWithDelay(time.Minute)
+	}
+	if successors > 1 {
+		if err := s.bodies.Retain(ctx, env, successors-1); err != nil {
+			fail("retain body", err)
+			return
+		}
+	}
+	// notify publishes one notification about env (suffix names it in the
+	// Nats-Msg-Id); false means it failed and the message was given back.
+	notify := func(kind dsn.Kind, suffix string, st []dsn.Status, until time.Time) bool {
+		qid, err := s.notify.Send(ctx, dsn.Notice{
+			Kind: kind, ID: fmt.Sprintf("%s.%s.%s", env.QueueID, o.tok, suffix),
+			Env: envAt(env, attempt), Data: o.data, Rcpts: st, LastAttempt: now, RetryUntil: until,
+		})
+		if err != nil {
+			fail(kind.String()+" notification", err)
+			return false
+		}
+		if qid == "" {
+			if kind == dsn.Failure {
+				log.Info("no failure notification: the recipients asked for none (NOTIFY)", "attempt", attempt)
+			}
+		} else {
+			log.Info(kind.String()+" notification queued", "dsn_qid", qid, "to", env.From, "attempt", attempt)
+		}
+		return true
 	}
 
 	if len(perm) > 0 {
@@ -148,18 +167,8 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 				}
 				log.Warn("delivery failed permanently", "rcpts", describe(f.rcpts), "remote", remoteOf(f.err), "attempt", attempt, "reason", f.err.Error())
 			}
-			qid, err := s.notify.Send(ctx, dsn.Notice{
-				Kind: dsn.Failure, ID: fmt.Sprintf("%s.%s.dsn%d", env.QueueID, o.tok, attempt),
-				Env: envAt(env, attempt), Data: o.data, Rcpts: st, LastAttempt: now,
-			})
-			if err != nil {
-				fail("non-delivery report", err)
+			if !notify(dsn.Failure, fmt.Sprintf("dsn%d", attempt), st, time.Time{}) {
 				return
-			}
-			if qid == "" {
-				log.Info("no non-delivery report: the recipients asked for none (NOTIFY)", "attempt", attempt)
-			} else {
-				log.Info("non-delivery report queued", "dsn_qid", qid, "to", env.From)
 			}
 		}
 	}
@@ -173,16 +182,8 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 		for _, r := range delivered {
 			st = append(st, dsn.Status{Rcpt: r, Action: action, Status: "2.0.0", Remote: o.remote, Reply: reply})
 		}
-		qid, err := s.notify.Send(ctx, dsn.Notice{
-			Kind: dsn.Success, ID: fmt.Sprintf("%s.%s.ok%d", env.QueueID, o.tok, attempt),
-			Env: envAt(env, attempt), Data: o.data, Rcpts: st, LastAttempt: now,
-		})
-		if err != nil {
-			fail("success notice", err)
+		if !notify(dsn.Success, fmt.Sprintf("ok%d", attempt), st, time.Time{}) {
 			return
-		}
-		if qid != "" {
-			log.Info("success notice queued", "dsn_qid", qid, "to", env.From, "action", action)
 		}
 	}
 
@@ -192,18 +193,10 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 		for i, r := range temp {
 			st = append(st, statusOf(r, dsn.ActionDelayed, tempErrs[i]))
 		}
-		qid, err := s.notify.Send(ctx, dsn.Notice{
-			Kind: dsn.Delay, ID: fmt.Sprintf("%s.%s.delay", env.QueueID, o.tok),
-			Env: envAt(env, attempt), Data: o.data, Rcpts: st, LastAttempt: now, RetryUntil: expires,
-		})
-		if err != nil {
-			fail("delay notice", err)
+		if !notify(dsn.Delay, "delay", st, expires) {
 			return
 		}
 		delayNotified = true
-		if qid != "" {
-			log.Info("delay notice queued", "dsn_qid", qid, "to", env.From, "until", expires)
-		}
 	}
 
 	if len(temp) > 0 {
