@@ -3,6 +3,7 @@ package ingress
 import (
 	"bytes"
 	"crypto/tls"
+	"net"
 	"strings"
 	"testing"
 
@@ -112,5 +113,26 @@ func TestBannerIsTheSites(t *testing.T) {
 	}
 	if g := rawDial(t, f.svc.SiteAddrs("mta")[0]).greeting; g != "220 mx.local.test ESMTP Mailroot" {
 		t.Errorf("greeting %q", g)
+	}
+}
+
+// A site listens on IPv6 as well as IPv4.
+func TestIPv6Listener(t *testing.T) {
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skip("no IPv6 loopback here")
+	}
+	_ = l.Close()
+	f := start(t, func(c *config.Config) { c.Ingress.Listen = []string{"127.0.0.1:0", "[::1]:0"} }, nil)
+	addr := f.svc.Addrs()[1]
+	if !strings.HasPrefix(addr, "[::1]:") {
+		t.Fatalf("addresses %v", f.svc.Addrs())
+	}
+	c := dial(t, addr)
+	if _, err := send(t, c, "a@remote.test", []string{"b@local.test"}, "Subject: v6\r\n\r\nx\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if env, _ := decodeLast(t, f); env.ClientIP != "::1" {
+		t.Errorf("client %q", env.ClientIP)
 	}
 }
