@@ -5,9 +5,10 @@
 #   ci/chaos.sh            both
 #   ci/chaos.sh chaos      cluster overlay (3 NATS nodes, R3), two delivery workers; while
 #                          CHAOS_MESSAGES (5000) are sent at CHAOS_RATE (100/s): docker kill the
-#                          MAIL stream's leader node, then a delivery worker, then the router,
-#                          each started again after CHAOS_DOWN_SECONDS (5). Checks that every
-#                          accepted message reaches the sink, counts duplicates.
+#                          MAIL stream's leader node, then the node ingress is connected to, then
+#                          a delivery worker, then the router, each started again after
+#                          CHAOS_DOWN_SECONDS (5). Checks that every accepted message reaches the
+#                          sink, and counts duplicates.
 #   ci/chaos.sh scaling    single node; end-to-end and drain msgs/s with 1, 2 and 4 delivery
 #                          workers (SCALING_MESSAGES, 2000; SCALING_SINK_DELAYS, "0s,50ms").
 #

@@ -71,6 +71,34 @@ func mailStream(t testing.TB) (leader string, msgs uint64, ok bool) {
 	return "", 0, false
 }
 
+// nodeServing returns the NATS container a client connection with the
+// given name (e.g. "mailroot-ingress") is attached to.
+func nodeServing(t testing.TB, connName string) (container, bool) {
+	t.Helper()
+	for _, svc := range []string{"nats", "nats-2", "nats-3"} {
+		for _, c := range containers(t, svc) {
+			out, err := execOut("docker", "exec", c.Name, "wget", "-q", "-O", "-", "http://127.0.0.1:8222/connz?limit=4096")
+			if err != nil {
+				continue
+			}
+			var cz struct {
+				Conns []struct {
+					Name string `json:"name"`
+				} `json:"connections"`
+			}
+			if json.Unmarshal(out, &cz) != nil {
+				continue
+			}
+			for _, conn := range cz.Conns {
+				if conn.Name == connName {
+					return c, true
+				}
+			}
+		}
+	}
+	return container{}, false
+}
+
 // serviceOfServer maps a NATS server name (--name) to its compose service.
 func serviceOfServer(name string) string {
 	if name == "nats-1" {
@@ -88,8 +116,9 @@ type chaosEvent struct {
 }
 
 // TestChaos runs on the cluster overlay (ci/chaos.sh): while 5,000
-// messages are being sent, it kills the MAIL stream's leader node, later a
-// delivery worker, later the router, each with `docker kill` and started
+// messages are being sent, it kills the MAIL stream's leader node, then the
+// node ingress is connected to (it may be the same one, restarted), then a
+// delivery worker, then the router, each with `docker kill` and started
 // again after a pause. Every accepted message must reach the sink;
 // duplicates are counted and must stay within what was in flight.
 func TestChaos(t *testing.T) {
@@ -128,6 +157,13 @@ func TestChaos(t *testing.T) {
 				t.Fatal("no MAIL stream leader")
 			}
 			return containers(t, serviceOfServer(leader))[0]
+		}},
+		{0.30, "NATS node serving ingress", func() container {
+			c, ok := nodeServing(t, "mailroot-ingress")
+			if !ok {
+				t.Fatal("ingress is connected to no NATS node")
+			}
+			return c
 		}},
 		{0.45, "delivery worker", func() container { return containers(t, "delivery")[0] }},
 		{0.75, "router", func() container { return containers(t, "router")[0] }},
