@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/mailroot/mailroot/internal/testutil"
 )
 
 // TestComposeE2E runs against the unchanged docker-compose.yml plus the
@@ -190,14 +192,16 @@ func copyIn(t *testing.T, name, dir, file, content string) {
 	}
 }
 
-// waitFor polls cond every 500 ms.
+// waitFor is testutil.WaitFor with cond evaluated at most every 500 ms:
+// each evaluation runs docker.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+	var last time.Time
+	testutil.WaitFor(t, timeout, what, func() bool {
+		if time.Since(last) < 500*time.Millisecond {
+			return false
 		}
-		time.Sleep(500 * time.Millisecond)
-	}
+		last = time.Now()
+		return cond()
+	})
 }
