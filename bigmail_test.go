@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -125,12 +126,15 @@ retry = ["1s"]
 		}
 	})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	var c *smtp.Client
+	var conn net.Conn
 	testutil.WaitFor(t, 30*time.Second, "mailroot listening", func() bool {
 		var err error
-		c, err = smtp.Dial(addr)
+		conn, err = net.DialTimeout("tcp", addr, 5*time.Second)
 		return err == nil
 	})
+	// A stalled server fails the test instead of hanging it.
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	c := smtp.NewClient(conn)
 	defer c.Close()
 	idle, _ := vmHWM(cmd.Process.Pid)
 	start := time.Now()
