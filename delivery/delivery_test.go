@@ -316,6 +316,9 @@ func TestTemporaryFailureRetried(t *testing.T) {
 		if next.Attempt != want {
 			t.Errorf("Mta-Attempt %d, want %d", next.Attempt, want)
 		}
+		if d := time.Since(next.LastAttemptAt); d < 0 || d > wait {
+			t.Errorf("Mta-Last-Attempt %v is not the time of the attempt", next.LastAttemptAt)
+		}
 		if want := "451 4.7.1 try later (mx.retry.test[127.0.0.1])"; next.LastError != want {
 			t.Errorf("last error %q, want %q", next.LastError, want)
 		}
