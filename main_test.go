@@ -28,6 +28,35 @@ func buildBinary(t *testing.T) string {
 	return bin
 }
 
+// startProcess starts bin with args, its output captured. At test end it
+// gets SIGTERM and grace to stop (a test error if it does not), and its
+// output is logged if the test failed.
+func startProcess(t *testing.T, name string, grace time.Duration, bin string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	buf := &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = buf, buf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(grace):
+			_ = cmd.Process.Kill()
+			<-done
+			t.Errorf("%s did not stop on SIGTERM within %v", name, grace)
+		}
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, buf.String())
+		}
+	})
+	return cmd
+}
+
 func freePort(t *testing.T) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -98,30 +127,8 @@ interval = "100ms"
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var logs []*bytes.Buffer
 	for _, actor := range []string{"router", "delivery", "badmail", "pickupwatcher", "ingress"} {
-		cmd := exec.Command(bin, actor, "-config", cfgPath, "-nats", n.URL())
-		buf := &bytes.Buffer{}
-		cmd.Stdout, cmd.Stderr = buf, buf
-		logs = append(logs, buf)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { _ = cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(20 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-				t.Errorf("%s did not stop on SIGTERM", actor)
-			}
-			if t.Failed() {
-				t.Logf("%s output:\n%s", actor, buf.String())
-			}
-		})
+		startProcess(t, actor, 20*time.Second, bin, actor, "-config", cfgPath, "-nats", n.URL())
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
 	var c *smtp.Client
