@@ -133,7 +133,12 @@ func isNegative(err error) bool { return errors.Is(err, errNXDomain) || errors.I
 // resolve returns the hosts to try for domain in order, or the *Error that
 // ends the attempt for every recipient.
 func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error) {
-	if sh := s.cfg.Delivery.SmartHost; sh != "" {
+	// A [[domain]] smart host wins over the global one.
+	sh := s.cfg.Delivery.SmartHost
+	if d, ok := s.cfg.Domain(domain); ok && d.SmartHost != "" {
+		sh = d.SmartHost
+	}
+	if sh != "" {
 		host, p, err := net.SplitHostPort(sh)
 		port, perr := strconv.Atoi(p)
 		if err != nil || perr != nil {

@@ -335,7 +335,8 @@ func (s *Service) permanentFailure(ctx context.Context, env *envelope.Envelope, 
 
 // reschedule publishes the pending recipients as a message schedule on
 // mail.defer.<tok>.<qid> that fires into o.target at the next step of the
-// retry ladder, and returns when it fires. The message is built from the
+// retry ladder, and returns when it fires; for a held domain it puts them
+// back on hold instead. The message is built from the
 // envelope alone, so no Nats-* header of the fired schedule is carried
 // over.
 func (s *Service) reschedule(ctx context.Context, o outcome, rcpts []envelope.Rcpt, last *Error, attempt int, now, expires time.Time, delayNotified bool) (time.Time, error) {
@@ -353,6 +354,18 @@ func (s *Service) reschedule(ctx context.Context, o outcome, rcpts []envelope.Rc
 	data := o.data
 	if env.Body == envelope.BodyObject {
 		data = nil
+	}
+	if d, ok := s.cfg.Domain(env.Domain); ok && d.Hold && !o.local {
+		// A held domain's site is usually offline again: its mail goes
+		// back to mail.hold.<tok> to wait for the next ETRN or ATRN
+		// rather than onto the retry ladder.
+		next.MsgID = fmt.Sprintf("%s.%s.h%d", env.QueueID, o.tok, attempt)
+		msg, err := next.Msg(bus.Hold(o.tok), data)
+		if err != nil {
+			return now, fmt.Errorf("hold envelope: %w", err)
+		}
+		_, err = bus.Publish(ctx, s.js, msg, next.MsgID)
+		return now, err
 	}
 	at := retryAt(now, s.cfg.Delivery.RetryDelay(attempt), expires, s.cfg.Delivery.RetryJitter)
 	msg, err := next.Msg(bus.Defer(o.tok, env.QueueID), data)

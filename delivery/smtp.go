@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -70,6 +71,8 @@ func (s *Service) deliver(ctx context.Context, env *envelope.Envelope, domain st
 	}
 	var loop *Error
 	connects := 0
+	d, _ := s.cfg.Domain(domain)
+	requireTLS := d.RequireTLS
 targets:
 	for _, t := range targets {
 		if connects >= maxConnects || ctx.Err() != nil {
@@ -99,7 +102,7 @@ targets:
 				break
 			}
 			connects++
-			res, herr := s.tryHost(ctx, t, ip, env, body, false)
+			res, herr := s.tryHost(ctx, t, ip, env, body, false, requireTLS)
 			if herr == nil {
 				return res
 			}
@@ -139,17 +142,25 @@ var errTLSFailed = errors.New("delivery: STARTTLS handshake failed")
 // result holds definitive per-recipient answers; otherwise the host failed
 // as a whole (connection, greeting, EHLO, 4xx to MAIL, ...) and the next
 // one should be tried.
-func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *envelope.Envelope, body bodyFunc, plain bool) (result, *Error) {
+//
+// With requireTLS (the domain's require_tls) a host that does not offer
+// STARTTLS, or whose handshake fails, is a temporary failure, as Postfix's
+// "encrypt" security level: the mail waits rather than travel in clear.
+func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *envelope.Envelope, body bodyFunc, plain, requireTLS bool) (result, *Error) {
 	remote := remoteName(t.host, ip)
 	c, tlsDesc, herr := s.open(ctx, t, ip, remote, plain)
-	if herr != nil && errors.Is(herr.Err, errTLSFailed) {
+	if herr != nil && errors.Is(herr.Err, errTLSFailed) && !requireTLS {
 		s.log.Info("STARTTLS failed, retrying in plain text", "qid", env.QueueID, "remote", remote, "err", herr.Err)
-		return s.tryHost(ctx, t, ip, env, body, true)
+		return s.tryHost(ctx, t, ip, env, body, true, false)
 	}
 	if herr != nil {
 		return result{}, herr
 	}
 	defer c.Close()
+	if requireTLS && tlsDesc == "" {
+		_ = c.Quit()
+		return result{}, &Error{Enhanced: "4.7.10", Message: fmt.Sprintf("TLS is required for %s, but %s did not offer STARTTLS", env.Domain, remote), Remote: remote}
+	}
 	res, herr := s.transact(ctx, c, env, remote, tlsDesc != "", body)
 	if herr != nil {
 		return result{}, herr
