@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
 )
 
@@ -254,7 +255,7 @@ func (w *wire) sendHeld(ctx context.Context, c *smtp.Client, l *atrnLock, m jets
 		opts.Body = smtp.BodyType(env.BodyType)
 	}
 	if ok, _ := c.Extension("DSN"); ok {
-		opts.Return, opts.EnvelopeID = smtp.DSNReturn(env.Ret), env.EnvID
+		opts.Return, opts.EnvelopeID = smtp.DSNReturn(env.Ret), dsn.DecodeXtext(env.EnvID)
 	}
 	if env.RequireTLS {
 		if _, isTLS := w.tlsState(); !isTLS {

@@ -125,10 +125,6 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		ss.s.log.Info("relay denied (routed address)", "site", ss.site.cfg.Name, "client", ss.w.ip.String(), "rcpt", to)
 		return smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Unable to relay for "+to)
 	}
-	if alias {
-		// Alias domains are the default domain (IIS).
-		to = local + "@" + cfg.DefaultDomainName()
-	}
 	r := envelope.Rcpt{Addr: to}
 	if opts != nil {
 		for _, n := range opts.Notify {
@@ -136,6 +132,14 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		}
 		if opts.OriginalRecipient != "" {
 			r.ORcpt = string(opts.OriginalRecipientType) + ";" + dsn.EncodeXtext(opts.OriginalRecipient)
+		}
+	}
+	if alias {
+		// Alias domains are the default domain (IIS). The address as
+		// given stays the original recipient for reports (RFC 3461 §4.2).
+		r.Addr, _ = cfg.Unalias(to)
+		if r.ORcpt == "" {
+			r.ORcpt = "rfc822;" + dsn.EncodeXtext(to)
 		}
 	}
 	ss.rcpts = append(ss.rcpts, r)
@@ -166,7 +170,7 @@ func (ss *session) Data(r io.Reader) error {
 		BodyType:   string(ss.mailOpts.Body),
 		SMTPUTF8:   ss.mailOpts.UTF8,
 		Ret:        string(ss.mailOpts.Return),
-		EnvID:      ss.mailOpts.EnvelopeID,
+		EnvID:      dsn.EncodeXtext(ss.mailOpts.EnvelopeID), // the envelope keeps xtext, as it travels
 		RequireTLS: ss.mailOpts.RequireTLS,
 		Size:       ss.mailOpts.Size,
 		ReceivedAt: now,

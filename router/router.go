@@ -143,6 +143,14 @@ func (s *Service) plan(h map[string][]string, data []byte) (*envelope.Envelope, 
 	byDomain := map[string][]envelope.Rcpt{}
 	seen := map[string]bool{}
 	for _, r := range env.Rcpts {
+		if addr, ok := s.cfg.Unalias(r.Addr); ok {
+			// Mail from Pickup or NATS for an alias domain: the default
+			// domain, as ingress does for SMTP.
+			if r.ORcpt == "" {
+				r.ORcpt = "rfc822;" + dsn.EncodeXtext(r.Addr)
+			}
+			r.Addr = addr
+		}
 		d := envelope.Domain(r.Addr)
 		if d == "" {
 			return nil, nil, fmt.Errorf("%w: recipient %q has no domain", errReject, r.Addr)

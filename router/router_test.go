@@ -158,3 +158,31 @@ func TestBadInputGoesToBadmail(t *testing.T) {
 		})
 	}
 }
+
+// Mail for an alias domain that did not come through SMTP (Pickup, NATS)
+// is rewritten to the default domain by the router.
+func TestAliasDomainRewritten(t *testing.T) {
+	n := testutil.StartNATS(t)
+	_, js := n.Connect(t)
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	cfg.LocalDomains = []string{"local.test"}
+	cfg.Domains = []config.Domain{{Name: "old-name.test", Type: config.DomainAlias}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := New(cfg, testutil.Logger(t), js)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = r.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	env := &envelope.Envelope{QueueID: envelope.NewQueueID(), From: "s@remote.test", Rcpts: []envelope.Rcpt{{Addr: "Bob@Old-Name.test"}}}
+	publishIn(t, js, env, "Subject: alias\r\n\r\nx\r\n")
+	got, err := envelope.Decode(waitSubject(t, js, bus.SubjDrop).Header)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Rcpts[0].Addr != "Bob@local.test" || got.Rcpts[0].ORcpt != "rfc822;Bob@Old-Name.test" || got.Domain != "local.test" {
+		t.Errorf("rewritten to %+v in %s", got.Rcpts[0], got.Domain)
+	}
+}

@@ -522,6 +522,19 @@ func (c Config) DefaultDomainName() string {
 	return c.Hostname
 }
 
+// Unalias rewrites an address in an alias domain to the same local part
+// in the default domain (as IIS did) and reports whether it did.
+func (c Config) Unalias(addr string) (string, bool) {
+	local, dom, err := envelope.Split(addr)
+	if err != nil || dom == "" {
+		return addr, false
+	}
+	if d, ok := c.Domain(dom); ok && d.Type == DomainAlias {
+		return local + "@" + c.DefaultDomainName(), true
+	}
+	return addr, false
+}
+
 // DropDirFor is the Drop directory of a local domain.
 func (c Config) DropDirFor(domain string) string {
 	d := envelope.NormalizeDomain(domain)
