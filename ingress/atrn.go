@@ -3,6 +3,7 @@ package ingress
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"io"
 	"log/slog"
@@ -349,8 +350,9 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 	if len(temp) > 0 {
 		successors++
 	}
-	if len(perm) > 0 {
-		successors++
+	nullSender := env.From == ""
+	if len(perm) > 0 && nullSender {
+		successors++ // the Badmail copy refers to the body; a report has its own
 	}
 	data := m.Data()
 	if env.Body == envelope.BodyObject {
@@ -381,9 +383,18 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 			return true
 		}
 	}
-	if len(perm) > 0 {
+	if len(perm) > 0 && nullSender {
+		// Nobody to tell: Badmail, as for any failed null-sender mail.
 		if err := publish(bus.SubjBad, "atrnbad", perm, "5.0.0 refused by the ATRN client: "+errString(last)); err != nil {
 			log.Error("ATRN: move refused recipients to badmail", "err", err)
+			_ = m.NakWithDelay(time.Minute)
+			return true
+		}
+	}
+	if len(perm) > 0 && !nullSender {
+		// The sender gets a non-delivery report, as for any refusal.
+		if err := w.bounceRefused(ctx, env, m.Data(), l.tok, seq, perm, last); err != nil {
+			log.Error("ATRN: report refused recipients", "err", err)
 			_ = m.NakWithDelay(time.Minute)
 			return true
 		}
@@ -395,6 +406,34 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 	_ = svc.bodies.Release(ctx, env)
 	log.Info("ATRN: delivered", "rcpts", len(delivered), "deferred", len(temp), "refused", len(perm))
 	return true
+}
+
+// bounceRefused sends the sender an RFC 3464 report for recipients the
+// ATRN client refused with a 5xx reply.
+func (w *wire) bounceRefused(ctx context.Context, env *envelope.Envelope, data []byte, tok, seq string, rcpts []envelope.Rcpt, last error) error {
+	svc := w.site.svc
+	status, reply := "5.0.0", errString(last)
+	var se *smtp.SMTPError
+	if errors.As(last, &se) {
+		if se.EnhancedCode != (smtp.EnhancedCode{}) && se.EnhancedCode != smtp.NoEnhancedCode {
+			status = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+		}
+		reply = fmt.Sprintf("%d %s %s", se.Code, status, se.Message) // as the client said it
+	}
+	remote := "the ATRN client"
+	if ip := w.ip; ip.IsValid() {
+		remote = "[" + ip.String() + "]"
+	}
+	statuses := make([]dsn.Status, len(rcpts))
+	for i, r := range rcpts {
+		statuses[i] = dsn.Status{Rcpt: r, Action: dsn.ActionFailed, Status: status, Remote: remote, Reply: reply,
+			Detail: reply + " (refused by " + remote + " over ATRN)"}
+	}
+	_, err := dsn.NewNotifier(svc.cfg, svc.js, svc.bodies).Send(ctx, dsn.Notice{
+		Kind: dsn.Failure, ID: env.QueueID + "." + tok + ".atrndsn" + seq, Env: env, Data: data,
+		Rcpts: statuses, LastAttempt: time.Now(),
+	})
+	return err
 }
 
 func isSMTPErr(err error) bool {

@@ -218,3 +218,43 @@ func TestATRNInterruptedLosesNothing(t *testing.T) {
 	testutil.WaitFor(t, 20*time.Second, "the message on the second try", func() bool { return sink.Count() == 1 })
 	testutil.WaitFor(t, 10*time.Second, "hold queue empty", func() bool { return subjectCount(t, f.js, bus.Hold(tok)) == 0 })
 }
+
+// A recipient the customer's server refuses with 5xx is reported to the
+// sender with a non-delivery report on mail.in, not left in Badmail.
+func TestATRNRefusedRecipientBounces(t *testing.T) {
+	f, addr := atrnFixture(t)
+	tok := bus.Token("dialup.test")
+	publishHeld(t, f.js, tok, "q1", "Subject: one\r\n\r\nfirst\r\n", "gone@dialup.test", "here@dialup.test")
+	tc := atrnLogin(t, addr, "dialup")
+	if code, text := tc.cmd("ATRN"); code != 250 {
+		t.Fatalf("ATRN: %q", text)
+	}
+	sink := serveTurned(t, tc)
+	sink.RcptFunc = func(to string) error {
+		if to == "gone@dialup.test" {
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such mailbox"}
+		}
+		return nil
+	}
+	testutil.WaitFor(t, 20*time.Second, "delivery of the accepted recipient", func() bool { return sink.Count() == 1 })
+	s, err := f.js.Stream(t.Context(), bus.StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var report string
+	testutil.WaitFor(t, 10*time.Second, "a report on mail.in", func() bool {
+		m, err := s.GetLastMsgForSubject(t.Context(), bus.SubjIn)
+		if err == nil {
+			report = string(m.Data)
+		}
+		return err == nil
+	})
+	for _, want := range []string{"report-type=delivery-status", "Final-Recipient: rfc822; gone@dialup.test", "Action: failed", "Status: 5.1.1", "Diagnostic-Code: smtp; 550 5.1.1 no such mailbox"} {
+		if !strings.Contains(report, want) {
+			t.Errorf("report lacks %q:\n%s", want, report)
+		}
+	}
+	if n := subjectCount(t, f.js, bus.SubjBad); n != 0 {
+		t.Errorf("%d messages in Badmail, want none", n)
+	}
+}
