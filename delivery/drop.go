@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailroot/mailroot/internal/atomicfile"
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/envelope"
 )
@@ -62,7 +62,7 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 	if s.cfg.Drop.EnvelopeLines {
 		r = io.MultiReader(strings.NewReader(envelopeLines(env)), body)
 	}
-	err = writeFileAtomic(dir, env.QueueID+".eml", r)
+	err = atomicfile.Write(filepath.Join(dir, env.QueueID+".eml"), r, 0o640)
 	_ = body.Close()
 	errs := make([]*Error, len(env.Rcpts))
 	if err != nil {
@@ -99,46 +99,4 @@ func envelopeLines(env *envelope.Envelope) string {
 // under Drop/ without escaping it.
 func safeDirName(d string) bool {
 	return d != "" && !strings.HasPrefix(d, ".") && !strings.ContainsAny(d, "/\\\x00") && filepath.IsLocal(d)
-}
-
-// writeFileAtomic writes r to dir/name so that readers see either no file
-// or the whole file: a hidden temporary file in the same directory,
-// fsynced, renamed over name, then the directory fsynced. On error nothing
-// is left behind.
-func writeFileAtomic(dir, name string, r io.Reader) (err error) {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+name+".*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if _, err = io.Copy(f, r); err != nil {
-		return err
-	}
-	if err = f.Chmod(0o640); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

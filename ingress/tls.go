@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/mailroot/mailroot/internal/atomicfile"
 )
 
 // tlsString names the protocol version and cipher for Received: and logs,
@@ -166,25 +168,7 @@ func selfSigned(dir, hostname string) (certFile, keyFile string, err error) {
 }
 
 func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return fmt.Errorf("ingress: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	err = tmp.Chmod(mode)
-	if err == nil {
-		_, err = tmp.Write(data)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
+	if err := atomicfile.WriteBytes(path, data, mode); err != nil {
 		return fmt.Errorf("ingress: write %s: %w", path, err)
 	}
 	return nil

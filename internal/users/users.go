@@ -30,6 +30,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/mailroot/mailroot/internal/atomicfile"
 	"github.com/mailroot/mailroot/internal/envelope"
 )
 
@@ -183,25 +184,7 @@ func Save(path string, list []User) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("users: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".users-*")
-	if err != nil {
-		return fmt.Errorf("users: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	err = tmp.Chmod(0o600)
-	if err == nil {
-		_, err = tmp.Write(Format(list))
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
+	if err := atomicfile.WriteBytes(path, Format(list), 0o600); err != nil {
 		return fmt.Errorf("users: save %s: %w", path, err)
 	}
 	return nil
