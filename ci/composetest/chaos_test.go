@@ -45,58 +45,63 @@ type jsz struct {
 	} `json:"account_details"`
 }
 
-// mailStream asks a running NATS node (the stand-in and the official
-// alpine image both have wget) for the MAIL stream's leader and size.
-func mailStream(t testing.TB) (leader string, msgs uint64, ok bool) {
+// eachNATSNode fetches a monitoring path from each running NATS node (the
+// stand-in and the official alpine image both have wget), decodes the JSON
+// and returns the first node for which found is true.
+func eachNATSNode[V any](t testing.TB, path string, found func(c container, v *V) bool) (container, bool) {
 	t.Helper()
 	for _, svc := range []string{"nats", "nats-2", "nats-3"} {
 		for _, c := range containers(t, svc) {
-			out, err := execOut("docker", "exec", c.Name, "wget", "-q", "-O", "-", "http://127.0.0.1:8222/jsz?streams=true")
+			out, err := execOut("docker", "exec", c.Name, "wget", "-q", "-O", "-", "http://127.0.0.1:8222"+path)
 			if err != nil {
 				continue
 			}
-			var j jsz
-			if json.Unmarshal(out, &j) != nil {
-				continue
-			}
-			for _, a := range j.Accounts {
-				for _, s := range a.Streams {
-					if s.Name == "MAIL" && s.Cluster.Leader != "" {
-						return s.Cluster.Leader, s.State.Messages, true
-					}
-				}
+			var v V
+			if json.Unmarshal(out, &v) == nil && found(c, &v) {
+				return c, true
 			}
 		}
 	}
-	return "", 0, false
+	return container{}, false
+}
+
+// mailStream returns the MAIL stream's leader and size, as a node that
+// knows the leader reports them.
+func mailStream(t testing.TB) (leader string, msgs uint64, ok bool) {
+	t.Helper()
+	_, ok = eachNATSNode(t, "/jsz?streams=true", func(_ container, j *jsz) bool {
+		for _, a := range j.Accounts {
+			for _, s := range a.Streams {
+				if s.Name == "MAIL" && s.Cluster.Leader != "" {
+					leader, msgs = s.Cluster.Leader, s.State.Messages
+					return true
+				}
+			}
+		}
+		return false
+	})
+	return leader, msgs, ok
+}
+
+// connz is the part of /connz the tests read.
+type connz struct {
+	Conns []struct {
+		Name string `json:"name"`
+	} `json:"connections"`
 }
 
 // nodeServing returns the NATS container a client connection with the
 // given name (e.g. "mailroot-ingress") is attached to.
 func nodeServing(t testing.TB, connName string) (container, bool) {
 	t.Helper()
-	for _, svc := range []string{"nats", "nats-2", "nats-3"} {
-		for _, c := range containers(t, svc) {
-			out, err := execOut("docker", "exec", c.Name, "wget", "-q", "-O", "-", "http://127.0.0.1:8222/connz?limit=4096")
-			if err != nil {
-				continue
-			}
-			var cz struct {
-				Conns []struct {
-					Name string `json:"name"`
-				} `json:"connections"`
-			}
-			if json.Unmarshal(out, &cz) != nil {
-				continue
-			}
-			for _, conn := range cz.Conns {
-				if conn.Name == connName {
-					return c, true
-				}
+	return eachNATSNode(t, "/connz?limit=4096", func(_ container, cz *connz) bool {
+		for _, conn := range cz.Conns {
+			if conn.Name == connName {
+				return true
 			}
 		}
-	}
-	return container{}, false
+		return false
+	})
 }
 
 // serviceOfServer maps a NATS server name (--name) to its compose service.
