@@ -18,31 +18,8 @@ SMTP_PORT=${SMTP_PORT:-2625}
 SINK_PORT=${SINK_PORT:-2626}
 TIMEOUT=${TIMEOUT:-600}
 
-cd "$(dirname "$0")/.."
-if ! command -v smtp-source >/dev/null || ! command -v smtp-sink >/dev/null; then
-	echo "installing postfix for smtp-source/smtp-sink" >&2
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
-fi
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-go build -o "$work/mailroot" .
-
+source "$(dirname "$0")/lib.sh"
 now() { date +%s.%N; }
-sink_count() { tr '\r' '\n' <"$1" | sed -n 's/.*mesg=\([0-9]*\).*/\1/p' | tail -1; }
-wait_port() {
-	for _ in $(seq 1 300); do
-		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-		sleep 0.1
-	done
-	echo "port $1 never opened" >&2
-	return 1
-}
 
 acc=(); e2e=()
 for run in $(seq 1 "$RUNS"); do
@@ -88,5 +65,4 @@ CFG
 	kill "$sinkpid"; wait "$sinkpid" 2>/dev/null || true
 	pids=()
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 printf 'median of %d: accepted %.0f msgs/s, end to end %.0f msgs/s (sync=%s)\n' "$RUNS" "$(median "${acc[@]}")" "$(median "${e2e[@]}")" "$SYNC"

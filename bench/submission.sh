@@ -25,31 +25,9 @@ MODES=${MODES:-"plain starttls smtps reconnect"}
 BASE=${BASE:-2700}
 SINK_PORT=$((BASE + 6))
 
-cd "$(dirname "$0")/.."
-if ! command -v smtp-sink >/dev/null; then
-	echo "installing postfix for smtp-sink" >&2
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
-fi
-work=$(mktemp -d)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-go build -o "$work/mailroot" .
+source "$(dirname "$0")/lib.sh"
 go build -o "$work/smtpload" ./bench/smtpload
 
-wait_port() {
-	for _ in $(seq 1 300); do
-		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-		sleep 0.1
-	done
-	echo "port $1 never opened" >&2
-	return 1
-}
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 
 declare -A results
 for run in $(seq 1 "$RUNS"); do
