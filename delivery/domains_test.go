@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go/jetstream"
@@ -111,5 +112,46 @@ func TestHeldDomainTempFailureBackToHold(t *testing.T) {
 	}
 	if _, err := h.stream.GetLastMsgForSubject(t.Context(), bus.Defer(tok, env.QueueID)); err == nil {
 		t.Errorf("a retry schedule was made for a held domain")
+	}
+}
+
+// Held mail expires like any other: its sender gets a 4.4.7 report (the
+// null sender's goes to Badmail), and it leaves the hold queue; mail not
+// yet expired stays held.
+func TestHeldMailExpires(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.Domains = []config.Domain{{Name: "site.test", Type: config.DomainRemote, Hold: true}}
+	tok := bus.Token("site.test")
+	expired := newEnv("site.test", "a@site.test")
+	expired.ReceivedAt, expired.ExpiresAt = time.Now().Add(-72*time.Hour), time.Now().Add(-time.Hour)
+	bounceless := newEnv("site.test", "b@site.test")
+	bounceless.From = ""
+	bounceless.ReceivedAt, bounceless.ExpiresAt = expired.ReceivedAt, expired.ExpiresAt
+	fresh := newEnv("site.test", "c@site.test")
+	for _, e := range []*envelope.Envelope{expired, bounceless, fresh} {
+		h.publish(bus.Hold(tok), e, sampleBody)
+	}
+	h.start(func(s *Service) { s.HoldSweep = 100 * time.Millisecond })
+
+	report := h.waitLast(bus.SubjIn)
+	for _, want := range []string{"report-type=delivery-status", "Final-Recipient: rfc822; a@site.test", "Status: 4.4.7", "expired while held for site.test"} {
+		if !strings.Contains(string(report.Data), want) {
+			t.Errorf("report lacks %q:\n%s", want, report.Data)
+		}
+	}
+	if got := report.Header.Get(envelope.HdrRcpt); got != "<sender@origin.test>" {
+		t.Errorf("report to %q", got)
+	}
+	bad := h.waitLast(bus.SubjBad)
+	if got := bad.Header.Get(envelope.HdrQueueID); got != bounceless.QueueID || !strings.Contains(bad.Header.Get(envelope.HdrReason), "expired while held") {
+		t.Errorf("badmail %s: %q", got, bad.Header.Get(envelope.HdrReason))
+	}
+	testutil.WaitFor(t, wait, "only the fresh message left on hold", func() bool {
+		info, err := h.stream.Info(t.Context(), jetstream.WithSubjectFilter(bus.Hold(tok)))
+		return err == nil && info.State.Subjects[bus.Hold(tok)] == 1
+	})
+	left, err := h.stream.GetLastMsgForSubject(t.Context(), bus.Hold(tok))
+	if err != nil || left.Header.Get(envelope.HdrQueueID) != fresh.QueueID {
+		t.Errorf("left on hold: %v %v", left, err)
 	}
 }

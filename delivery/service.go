@@ -45,6 +45,9 @@ type Service struct {
 	// DropRetryDelay is how long a message waits before the Drop writer
 	// tries again after a write error (default 30 s).
 	DropRetryDelay time.Duration
+	// HoldSweep is how often held mail is checked for expiry
+	// (DefaultHoldSweep when zero).
+	HoldSweep time.Duration
 	// Grace is how long in-flight messages may finish after Run's context
 	// is done (default: bus.Worker's 10 s).
 	Grace time.Duration
@@ -136,6 +139,7 @@ func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	// ETRN release worker (issue 6): answers mta.ctl.release requests.
 	wg.Go(func() { _ = release.New(s.cfg, s.log, s.js).Run(ctx) })
+	wg.Go(func() { s.sweepHeldLoop(ctx) })
 	for i, w := range workers {
 		wg.Go(func() {
 			if errs[i] = w.w.Run(ctx, w.h); errs[i] != nil {
