@@ -44,6 +44,7 @@ import (
 	"github.com/mailroot/mailroot/internal/badfile"
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
 )
 
@@ -73,6 +74,7 @@ type Service struct {
 	js     jetstream.JetStream
 	dir    string
 	bodies *bus.Bodies
+	notify *dsn.Notifier
 	// streamCreated tells stream incarnations apart in entry keys, so a
 	// recreated stream reusing sequence numbers is not mistaken for a
 	// redelivery.
@@ -89,13 +91,16 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Service{
-		cfg: cfg,
-		log: log.With("svc", "badmail"),
-		js:  js,
-		dir: cfg.BadmailDir(),
-		now: time.Now,
-	}, nil
+	s := &Service{
+		cfg:    cfg,
+		log:    log.With("svc", "badmail"),
+		js:     js,
+		dir:    cfg.BadmailDir(),
+		now:    time.Now,
+		notify: dsn.NewNotifier(cfg, js, nil), // Run adds the bodies
+	}
+	s.notify.Now = func() time.Time { return s.now() }
+	return s, nil
 }
 
 // Run consumes mail.bad until ctx is done, then lets the messages in hand
@@ -114,6 +119,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("badmail: %w", err)
 	}
+	s.notify.Bodies = s.bodies
 	if st, err := s.js.Stream(ctx, bus.StreamMail); err == nil {
 		s.streamCreated = st.CachedInfo().Created
 	}
@@ -153,6 +159,18 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	log := s.log.With("qid", qid, "seq", seq)
 	env, derr := envelope.Decode(h)
 
+	// Mail with a sender is never parked here in silence: the sender gets
+	// a non-delivery report first (idempotent: a redelivery republishes the
+	// same id), and the .BDR says so.
+	var told string
+	if derr == nil {
+		var err error
+		if told, err = s.tellSender(ctx, seq, env, h.Get(envelope.HdrReason), m.Data()); err != nil {
+			s.retry(log, m, delivered, fmt.Errorf("report to the sender: %w", err))
+			return
+		}
+	}
+
 	body, note, err := s.openBody(ctx, h, env, derr, m.Data())
 	if err != nil {
 		s.retry(log, m, delivered, err)
@@ -161,6 +179,9 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 	defer body.Close()
 
 	report := s.report(m.Subject(), seq, qid, h, env, derr, note, len(m.Data()))
+	if told != "" {
+		report = strings.Replace(report, "\nOriginal headers:\n", "\n"+told+"\n\nOriginal headers:\n", 1)
+	}
 	res, err := badfile.Write(s.dir, badfile.Entry{
 		Name:   qid,
 		Alt:    strconv.FormatUint(seq, 10),
@@ -188,6 +209,35 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	log.Warn("badmail", "reason", reason, "file", res.Name+badfile.ExtBAD, "subject", h.Get(envelope.HdrBadSubject))
+}
+
+// tellSender sends the sender of env a failure report for every
+// recipient, with the reason the message is in Badmail, and returns the
+// line the .BDR gets about it ("" for mail that has no one to tell: the
+// null sender, a report itself).
+func (s *Service) tellSender(ctx context.Context, seq uint64, env *envelope.Envelope, reason string, data []byte) (string, error) {
+	if env.From == "" || env.Source == dsn.Source {
+		return "", nil
+	}
+	status := enhancedRE.FindString(reason)
+	if status == "" || status[0] != '5' {
+		status = "5.3.0" // other or undefined mail system status (RFC 3463)
+	}
+	detail := "the message could not be processed and was moved to Badmail: " + reason
+	st := make([]dsn.Status, len(env.Rcpts))
+	for i, r := range env.Rcpts {
+		st[i] = dsn.Status{Rcpt: r, Action: dsn.ActionFailed, Status: status, Detail: detail}
+	}
+	qid, err := s.notify.Send(ctx, dsn.Notice{
+		Kind: dsn.Failure, ID: env.QueueID + ".bad" + strconv.FormatUint(seq, 10) + ".dsn", Env: env, Data: data, Rcpts: st, LastAttempt: s.now(),
+	})
+	if err != nil {
+		return "", err
+	}
+	if qid == "" {
+		return "Sender report:   none: the recipients asked for none (NOTIFY=NEVER)", nil
+	}
+	return "Sender report:   non-delivery report " + qid + " queued to <" + env.From + ">", nil
 }
 
 // retry logs a failed write and asks for the message again later. Badmail

@@ -70,17 +70,53 @@ func (h *harness) publish(t *testing.T, msg *nats.Msg, id string) uint64 {
 	return ack.Sequence
 }
 
+// streamMsgs counts the messages left on mail.bad (the reports to senders
+// go to mail.in).
 func (h *harness) streamMsgs(t *testing.T) uint64 {
 	t.Helper()
 	st, err := h.js.Stream(testutil.Context(t), bus.StreamMail)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(testutil.Context(t))
+	info, err := st.Info(testutil.Context(t), jetstream.WithSubjectFilter(bus.SubjBad))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return info.State.Msgs
+	return info.State.Subjects[bus.SubjBad]
+}
+
+// reports returns the envelopes and bodies of the reports on mail.in.
+func (h *harness) reports(t *testing.T) (envs []*envelope.Envelope, bodies []string) {
+	t.Helper()
+	ctx := testutil.Context(t)
+	st, err := h.js.Stream(ctx, bus.StreamMail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq := uint64(1); ; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			info, ierr := st.Info(ctx)
+			if ierr != nil {
+				t.Fatal(ierr)
+			}
+			if seq > info.State.LastSeq {
+				return envs, bodies
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Subject != bus.SubjIn {
+			continue
+		}
+		env, err := envelope.Decode(m.Header)
+		if err != nil {
+			t.Fatal(err)
+		}
+		envs, bodies = append(envs, env), append(bodies, string(m.Data))
+	}
 }
 
 func exists(path string) bool {
@@ -152,8 +188,44 @@ func TestWellFormed(t *testing.T) {
 		"Envelope:         well-formed",
 		"Original headers:",
 		"  Mta-Queue-Id: "+qid,
+		"Sender report:   non-delivery report ",
 	)
 	testutil.WaitFor(t, 10*time.Second, "ack", func() bool { return h.streamMsgs(t) == 0 })
+
+	// The sender is told, about every recipient, with the reason.
+	envs, bodies := h.reports(t)
+	if len(envs) != 1 {
+		t.Fatalf("%d reports on mail.in, want 1", len(envs))
+	}
+	if e := envs[0]; e.From != "" || len(e.Rcpts) != 1 || e.Rcpts[0].Addr != "alice@example.org" || e.Source != "dsn" {
+		t.Errorf("report envelope %+v", e)
+	}
+	if !strings.Contains(readFile(t, bdr), "Sender report:   non-delivery report "+envs[0].QueueID+" queued to <alice@example.org>") {
+		t.Errorf(".BDR does not name the report %s", envs[0].QueueID)
+	}
+	mustContain(t, "report", bodies[0],
+		"Final-Recipient: rfc822; bob@example.net", "Final-Recipient: rfc822; carol@example.net",
+		"Action: failed", "Status: 5.1.1", "moved to Badmail: 550 5.1.1 <bob@example.net>: user unknown", "Subject: hi")
+}
+
+// Mail from the null sender has nobody to tell: Badmail is the end.
+func TestNullSenderNoReport(t *testing.T) {
+	h := start(t)
+	qid := envelope.NewQueueID()
+	env := badEnvelope(qid)
+	env.From = ""
+	msg, err := env.Msg(bus.SubjBad, []byte("Subject: bounce\r\n\r\nx\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.publish(t, msg, "null")
+	testutil.WaitFor(t, 10*time.Second, "ack", func() bool { return h.streamMsgs(t) == 0 })
+	if envs, _ := h.reports(t); len(envs) != 0 {
+		t.Errorf("%d reports for the null sender", len(envs))
+	}
+	if bdr := readFile(t, filepath.Join(h.dir, qid+".BDR")); strings.Contains(bdr, "Sender report") {
+		t.Errorf(".BDR mentions a report:\n%s", bdr)
+	}
 }
 
 func TestMalformed(t *testing.T) {
@@ -279,6 +351,9 @@ func TestRedeliveryWritesOnce(t *testing.T) {
 	_, js := n.Connect(t)
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
+	if _, err := bus.Setup(testutil.Context(t), js, cfg); err != nil {
+		t.Fatal(err)
+	}
 	svc, err := New(cfg, testutil.Logger(t), js)
 	if err != nil {
 		t.Fatal(err)

@@ -373,7 +373,7 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 		if err != nil {
 			return err
 		}
-		_, err = bus.Publish(ctx, svc.js, msg, next.MsgID)
+		_, err = bus.Forward(ctx, svc.js, msg, next.MsgID)
 		return err
 	}
 	if len(temp) > 0 {

@@ -68,6 +68,11 @@ type Service struct {
 	// Resolver looks up client host names (reverse_dns); New points it at
 	// delivery.dns_server when that is set.
 	Resolver *net.Resolver
+	// Room says whether there is room for new mail (nats.reserve): MAIL
+	// FROM and the end of DATA get 452 4.3.1 at once when there is not.
+	// New checks the store's limit; `mailroot all` adds the file system
+	// of its store and the store's write faults.
+	Room *bus.Room
 }
 
 // New binds the listen addresses of every site, so that errors such as a
@@ -88,6 +93,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		ready:    make(chan struct{}),
 		Now:      time.Now, StoreTimeout: 2 * bus.PublishTimeout,
 		Resolver: resolverFor(cfg.Delivery.DNSServer),
+		Room:     &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
 	}
 	for _, sc := range cfg.EffectiveSites() {
 		st, err := newSite(s, sc)

@@ -90,6 +90,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 			return smtpErr(553, smtp.EnhancedCode{5, 7, 1}, "Sender address not owned by user "+ss.user.Name)
 		}
 	}
+	if err := ss.s.Room.Check(context.Background(), opts.Size); err != nil {
+		return ss.storeErr("", err)
+	}
 	ss.from = from
 	ss.mailOpts = *opts
 	ss.rcpts = ss.rcpts[:0]
@@ -201,6 +204,13 @@ func (ss *session) Data(r io.Reader) error {
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.StoreTimeout)
 	defer cancel()
+	size := int64(buf.Len())
+	if !small {
+		size = max(ss.mailOpts.Size, size)
+	}
+	if err := s.Room.Check(ctx, size); err != nil {
+		return ss.storeErr(qid, err)
+	}
 	var data []byte
 	if small {
 		if what := ss.w.bareNewline(); what != "" {
@@ -258,7 +268,7 @@ func (ss *session) refuseBare(qid, what string) error {
 
 func (ss *session) storeErr(qid string, err error) error {
 	if errors.Is(err, bus.ErrStoreFull) {
-		ss.s.log.Error("store full, mail refused", "qid", qid, "err", err)
+		ss.s.log.Warn("no room for new mail, refused", "qid", qid, "site", ss.site.cfg.Name, "client", ss.w.ip.String(), "err", err)
 		return smtpErr(452, smtp.EnhancedCode{4, 3, 1}, "Insufficient system storage")
 	}
 	ss.s.log.Error("store failed, mail refused", "qid", qid, "err", err)

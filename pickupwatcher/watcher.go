@@ -58,6 +58,9 @@ type Service struct {
 	// Workers is how many claimed files are handled at once
 	// (DefaultWorkers when zero): a burst of files is queued in parallel.
 	Workers int
+	// Room says whether there is room for new mail (nats.reserve); while
+	// there is not, files stay where they are and are tried again later.
+	Room *bus.Room
 
 	cfg       config.Config
 	log       *slog.Logger
@@ -107,6 +110,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		cfg:       cfg,
 		log:       log.With("svc", "pickupwatcher"),
 		js:        js,
+		Room:      &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
 		dir:       cfg.PickupDir(),
 		work:      filepath.Join(cfg.PickupDir(), WorkDir),
 		badDir:    cfg.BadmailDir(),
@@ -491,6 +495,9 @@ func (s *Service) setPending(name string) {
 // publish queues the parsed file on mail.in and waits for the PubAck.
 // dup reports that JetStream already had it (same Nats-Msg-Id).
 func (s *Service) publish(ctx context.Context, qid string, p *Parsed, now time.Time) (dup bool, err error) {
+	if err := s.Room.Check(ctx, int64(len(p.Message))); err != nil {
+		return false, err
+	}
 	env := &envelope.Envelope{
 		QueueID:    qid,
 		MsgID:      MsgIDPrefix + qid,

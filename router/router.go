@@ -81,7 +81,7 @@ func (s *Service) route(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	if env.Body == envelope.BodyObject {
-		if err := s.bodies.Share(ctx, env.QueueID, len(parts)); err != nil {
+		if err := bus.WaitForRoom(ctx, "share body "+env.QueueID, func() error { return s.bodies.Share(ctx, env.QueueID, len(parts)) }); err != nil {
 			s.log.Error("share body failed", "qid", env.QueueID, "err", err)
 			_ = m.NakWithDelay(5 * time.Second)
 			return
@@ -90,7 +90,7 @@ func (s *Service) route(ctx context.Context, m jetstream.Msg) {
 	for _, p := range parts {
 		msg, err := p.env.Msg(p.subject, m.Data())
 		if err == nil {
-			_, err = bus.Publish(ctx, s.js, msg, p.env.MsgID)
+			_, err = bus.Forward(ctx, s.js, msg, p.env.MsgID)
 		}
 		if err != nil {
 			s.log.Error("publish failed, will retry", "qid", env.QueueID, "subject", p.subject, "err", err)

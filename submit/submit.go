@@ -30,6 +30,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
 )
 
@@ -98,6 +99,12 @@ func Submit(ctx context.Context, js jetstream.JetStream, msg *Message) (string, 
 			return "", fmt.Errorf("%w: recipient: %v", ErrInvalid, err)
 		}
 		env.Rcpts = append(env.Rcpts, envelope.Rcpt{Addr: to, Notify: msg.Notify})
+	}
+	// The same reserve as SMTP and Pickup: new mail leaves room for the
+	// mail already queued.
+	room := &bus.Room{JS: js, Reserve: config.Default().NATS.Reserve}
+	if err := room.Check(ctx, int64(len(msg.Data))); err != nil {
+		return "", err
 	}
 	data := msg.Data
 	if len(data) > envelope.InlineMax {

@@ -53,7 +53,11 @@ type Node struct {
 	JS jetstream.JetStream
 	// Ingress is the SMTP server, when started.
 	Ingress *ingress.Service
+	// Guard watches the embedded server's store (nil when connected to an
+	// external one).
+	Guard *bus.StoreGuard
 
+	stopGuard func()
 	log     *slog.Logger
 	order   []string
 	cancels map[string]context.CancelFunc
@@ -73,19 +77,31 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 	if cfg.NATS.Sync != "always" {
 		log.Warn("nats.sync is not \"always\": an OS crash or power cut can lose mail that got its 250", "sync", cfg.NATS.Sync)
 	}
+	guard := bus.GuardStore(ns, eo, cfg.NATS.Reserve, log)
+	gctx, gcancel := context.WithCancel(context.WithoutCancel(ctx))
+	gdone := make(chan struct{})
+	go func() { guard.Run(gctx); close(gdone) }()
+	stopGuard := func() { gcancel(); <-gdone }
 	nc, err := bus.ConnectInProcess(ns, "mailroot-all")
 	if err != nil {
+		stopGuard()
 		ns.Shutdown()
 		return nil, err
 	}
-	n, err := start(ctx, cfg, log, nc, actors)
+	// New mail needs room in the store's limit and on its file system,
+	// and a store that can be written.
+	room := func(js jetstream.JetStream) *bus.Room {
+		return &bus.Room{JS: js, Reserve: cfg.NATS.Reserve, Dir: cfg.NATSDir(), Fault: guard.Err}
+	}
+	n, err := start(ctx, cfg, log, nc, actors, room)
 	if err != nil {
 		nc.Close()
+		stopGuard()
 		ns.Shutdown()
 		ns.WaitForShutdown()
 		return nil, err
 	}
-	n.Server = ns
+	n.Server, n.Guard, n.stopGuard = ns, guard, stopGuard
 	return n, nil
 }
 
@@ -103,7 +119,7 @@ func Connect(ctx context.Context, cfg config.Config, log *slog.Logger, actors ..
 	if err != nil {
 		return nil, err
 	}
-	n, err := start(ctx, cfg, log, nc, actors)
+	n, err := start(ctx, cfg, log, nc, actors, nil)
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -111,7 +127,10 @@ func Connect(ctx context.Context, cfg config.Config, log *slog.Logger, actors ..
 	return n, nil
 }
 
-func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Conn, actors []string) (*Node, error) {
+// start starts the actors on nc. room, when not nil, makes the Room that
+// the front doors (ingress, pickupwatcher) check before taking new mail;
+// by default they check the store's limit alone.
+func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Conn, actors []string, room func(jetstream.JetStream) *bus.Room) (*Node, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("app: jetstream: %w", err)
@@ -126,6 +145,10 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 		actors = Actors
 	}
 	n := &Node{Conn: nc, JS: js, log: log, cancels: map[string]context.CancelFunc{}, dones: map[string]chan error{}, errc: make(chan error, len(Actors))}
+	var shared *bus.Room
+	if room != nil {
+		shared = room(js)
+	}
 	services := map[string]runner{}
 	for _, a := range Actors {
 		if !contains(actors, a) {
@@ -137,6 +160,9 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 		case Ingress:
 			var s *ingress.Service
 			s, err = ingress.New(cfg, log, js)
+			if s != nil && shared != nil {
+				s.Room = shared
+			}
 			n.Ingress, r = s, s
 		case Router:
 			r, err = router.New(cfg, log, js)
@@ -145,7 +171,12 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 		case Badmail:
 			r, err = badmail.New(cfg, log, js)
 		case Pickupwatcher:
-			r, err = pickupwatcher.New(cfg, log, js)
+			var p *pickupwatcher.Service
+			p, err = pickupwatcher.New(cfg, log, js)
+			if p != nil && shared != nil {
+				p.Room = shared
+			}
+			r = p
 		}
 		if err != nil {
 			return nil, err
@@ -205,6 +236,9 @@ func (n *Node) Stop() {
 			time.Sleep(20 * time.Millisecond)
 		}
 		n.Conn.Close()
+		if n.stopGuard != nil {
+			n.stopGuard()
+		}
 		if n.Server != nil {
 			n.Server.Shutdown()
 			n.Server.WaitForShutdown()
@@ -223,6 +257,9 @@ func (n *Node) Kill() {
 		}
 		for _, a := range n.order {
 			<-n.dones[a]
+		}
+		if n.stopGuard != nil {
+			n.stopGuard()
 		}
 		if n.Server != nil {
 			n.Server.Shutdown()

@@ -39,7 +39,7 @@ func StartEmbedded(o EmbeddedOptions, log *slog.Logger) (*server.Server, error) 
 		NoSigs:             true,
 		DontListen:         o.Listen == "",
 		MaxPayload:         2 << 20,
-		JetStreamMaxMemory: 256 << 20,
+		JetStreamMaxMemory: embeddedMaxMemory,
 	}
 	if o.Listen != "" {
 		host, port, err := net.SplitHostPort(o.Listen)
@@ -55,7 +55,7 @@ func StartEmbedded(o EmbeddedOptions, log *slog.Logger) (*server.Server, error) 
 	if err != nil {
 		return nil, fmt.Errorf("bus: embedded server: %w", err)
 	}
-	ns.SetLoggerV2(slogAdapter{log.With("svc", "nats")}, false, false, false)
+	ns.SetLoggerV2(slogAdapter{l: log.With("svc", "nats")}, false, false, false)
 	ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {
 		ns.Shutdown()
@@ -63,6 +63,9 @@ func StartEmbedded(o EmbeddedOptions, log *slog.Logger) (*server.Server, error) 
 	}
 	return ns, nil
 }
+
+// embeddedMaxMemory caps JetStream memory storage of the embedded server.
+const embeddedMaxMemory = 256 << 20
 
 // ConnectInProcess connects to an embedded server without a socket.
 func ConnectInProcess(ns *server.Server, name string) (*nats.Conn, error) {
@@ -73,15 +76,25 @@ func ConnectInProcess(ns *server.Server, name string) (*nats.Conn, error) {
 	return nc, nil
 }
 
-// slogAdapter lets nats-server log through slog.
-type slogAdapter struct{ l *slog.Logger }
+// slogAdapter lets nats-server log through slog. onError, when set, sees
+// every error line (StoreGuard looks for failed writes in them).
+type slogAdapter struct {
+	l       *slog.Logger
+	onError func(msg string)
+}
 
 // Noticef is the server's chatty start-up banner: debug level here.
 func (a slogAdapter) Noticef(f string, v ...any) { a.l.Debug(fmt.Sprintf(f, v...)) }
 func (a slogAdapter) Warnf(f string, v ...any)   { a.l.Warn(fmt.Sprintf(f, v...)) }
 func (a slogAdapter) Fatalf(f string, v ...any)  { a.l.Error(fmt.Sprintf(f, v...)) }
-func (a slogAdapter) Errorf(f string, v ...any)  { a.l.Error(fmt.Sprintf(f, v...)) }
-func (a slogAdapter) Debugf(f string, v ...any)  { a.l.Debug(fmt.Sprintf(f, v...)) }
+func (a slogAdapter) Errorf(f string, v ...any) {
+	msg := fmt.Sprintf(f, v...)
+	a.l.Error(msg)
+	if a.onError != nil {
+		a.onError(msg)
+	}
+}
+func (a slogAdapter) Debugf(f string, v ...any) { a.l.Debug(fmt.Sprintf(f, v...)) }
 func (a slogAdapter) Tracef(f string, v ...any) {
 	a.l.Log(nil, slog.LevelDebug-4, fmt.Sprintf(f, v...))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -62,6 +63,65 @@ func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, msgID s
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// Forward is Publish for the pipeline: the successor of a message in hand
+// (a routed part, a retry, a bounce, a Badmail copy). The front doors stop
+// taking new mail while a reserve is left (Room), and Forward may use it;
+// should even the reserve run out, or the store be recovering from a
+// failed write, Forward waits for room, retrying with the same id until
+// the publish is stored or ctx is done, instead of failing. The message
+// in hand stays with its handler meanwhile (bus.Worker keeps it alive), so
+// a full store never counts as a failed delivery toward the poison limit.
+// A definite refusal (bad request) still fails at once.
+func Forward(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, msgID string, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	var ack *jetstream.PubAck
+	err := WaitForRoom(ctx, msg.Subject+" "+msgID, func() error {
+		var err error
+		ack, err = Publish(ctx, js, msg, msgID, opts...)
+		return err
+	})
+	return ack, err
+}
+
+// WaitForRoom runs op, and again after a growing pause (up to 5 s) for as
+// long as it fails for want of room or of an answer from the store (see
+// Forward), until ctx is done. what names the write in the log line said
+// every 30 s while it waits.
+func WaitForRoom(ctx context.Context, what string, op func() error) error {
+	wait := 250 * time.Millisecond
+	var logged time.Time
+	for {
+		err := op()
+		if err == nil || ctx.Err() != nil || !waitable(err) {
+			return err
+		}
+		if time.Since(logged) > 30*time.Second {
+			logged = time.Now()
+			slog.Default().Warn("no room to store, waiting for room", "write", what, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// waitable reports whether a failed publish may succeed later by itself:
+// a full store, or a store that did not answer (one that is recovering
+// from a failed write answers nothing until it is open again, and a
+// cluster electing a leader answers 503).
+func waitable(err error) bool {
+	if errors.Is(err, ErrStoreFull) || isStoreFull(err) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Code == 503
+	}
+	return !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubject) && !errors.Is(err, nats.ErrMaxPayload)
 }
 
 func isStoreFull(err error) bool {

@@ -181,7 +181,7 @@ func MoveToBad(ctx context.Context, js jetstream.JetStream, m jetstream.Msg, rea
 	}
 	bad.Header.Set(envelope.HdrReason, sanitize(reason))
 	bad.Header.Set(envelope.HdrBadSubject, m.Subject())
-	if _, err := Publish(ctx, js, bad, "bad."+strconv.FormatUint(seq, 10)+"."+qid); err != nil {
+	if _, err := Forward(ctx, js, bad, "bad."+strconv.FormatUint(seq, 10)+"."+qid); err != nil {
 		return err
 	}
 	Emit(js, Event{Type: EventBadmail, QueueID: qid, Reason: bad.Header.Get(envelope.HdrReason), Subject: m.Subject()})

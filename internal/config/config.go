@@ -211,6 +211,12 @@ type NATS struct {
 	Replicas int `toml:"replicas"`
 	// MaxStore caps the embedded server's JetStream file store in bytes.
 	MaxStore int64 `toml:"max_store"`
+	// Reserve is the room kept for mail already accepted: new mail is
+	// refused (452 4.3.1) once less than this is left, in the store's
+	// limit and on the file system of the embedded store, so the pipeline
+	// can always route, retry and bounce what it holds. "5%" (of the
+	// limit, and of the file system's size) or a size like "64MiB".
+	Reserve Reserve `toml:"reserve"`
 	// User, Password, Token and CredsFile authenticate to NATS.
 	User      string `toml:"user"`
 	Password  string `toml:"password"`
@@ -271,7 +277,7 @@ func Default() Config {
 		},
 		Pickup: Pickup{Interval: Duration(time.Second), StableFor: Duration(2 * time.Second)},
 		Drop:   Drop{EnvelopeLines: true},
-		NATS:   NATS{Sync: "always", Replicas: 1},
+		NATS:   NATS{Sync: "always", Replicas: 1, Reserve: Reserve{Percent: 5}},
 	}
 }
 
@@ -469,6 +475,9 @@ func (c *Config) Validate() error {
 	}
 	if c.NATS.MaxStore < 0 {
 		return &KeyError{"nats.max_store", "must not be negative"}
+	}
+	if c.NATS.Reserve.Percent < 0 || c.NATS.Reserve.Percent > 50 || c.NATS.Reserve.Bytes < 0 {
+		return &KeyError{"nats.reserve", "must be a percentage from 0% to 50% or a size like \"64MiB\""}
 	}
 	if c.NATS.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.NATS.Listen); err != nil {

@@ -258,7 +258,11 @@ func (n *Notifier) Send(ctx context.Context, no Notice) (string, error) {
 			return "", err
 		}
 		if buf.Len() > envelope.InlineMax {
-			if out.BodySize, err = n.Bodies.Put(ctx, qid, &buf); err != nil {
+			err := bus.WaitForRoom(ctx, "report body "+qid, func() (err error) {
+				out.BodySize, err = n.Bodies.Put(ctx, qid, bytes.NewReader(buf.Bytes()))
+				return err
+			})
+			if err != nil {
 				return "", err
 			}
 			out.Body = envelope.BodyObject
@@ -268,7 +272,11 @@ func (n *Notifier) Send(ctx context.Context, no Notice) (string, error) {
 		}
 	} else {
 		// Stream the original through the report into the Object Store.
-		if out.BodySize, err = n.putLarge(ctx, qid, m, env, no.Data); err != nil {
+		err := bus.WaitForRoom(ctx, "report body "+qid, func() (err error) {
+			out.BodySize, err = n.putLarge(ctx, qid, m, env, no.Data)
+			return err
+		})
+		if err != nil {
 			return "", err
 		}
 		out.Body = envelope.BodyObject
@@ -277,7 +285,7 @@ func (n *Notifier) Send(ctx context.Context, no Notice) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("dsn: envelope: %w", err)
 	}
-	if _, err := bus.Publish(ctx, n.JS, msg, no.ID); err != nil {
+	if _, err := bus.Forward(ctx, n.JS, msg, no.ID); err != nil {
 		return "", err
 	}
 	return qid, nil

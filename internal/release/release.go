@@ -174,7 +174,7 @@ func (s *Service) move(ctx context.Context, tok string, m jetstream.Msg) error {
 	}
 	qid := out.Header.Get(envelope.HdrQueueID)
 	id := qid + "." + tok + ".rel" + strconv.FormatUint(md.Sequence.Stream, 10)
-	if _, err := bus.Publish(ctx, s.js, out, id); err != nil {
+	if _, err := bus.Forward(ctx, s.js, out, id); err != nil {
 		return fmt.Errorf("release: publish %s: %w", out.Subject, err)
 	}
 	if err := m.DoubleAck(ctx); err != nil {
@@ -212,7 +212,7 @@ func (s *Service) fireDeferred(ctx context.Context, tok string) (int, error) {
 		}
 		qid := msg.Header.Get(envelope.HdrQueueID)
 		id := qid + "." + tok + ".etrn" + strconv.FormatUint(raw.Sequence, 10)
-		_, err = bus.Publish(ctx, s.js, msg, id,
+		_, err = bus.Forward(ctx, s.js, msg, id,
 			jetstream.WithScheduleAt(time.Now()), jetstream.WithScheduleTarget(bus.Out(tok)),
 			jetstream.WithExpectLastSequencePerSubject(raw.Sequence))
 		var apiErr *jetstream.APIError

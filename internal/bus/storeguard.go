@@ -1,0 +1,155 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/mailroot/mailroot/internal/config"
+)
+
+// StoreGuard watches the embedded server's store and brings it back after
+// a failed write. When a write fails (the disk is full), nats-server
+// v2.15 keeps the error on the stream's file store and refuses, without
+// an answer, every later write until the store is opened again: a restart
+// used to be the only cure. The guard sees the server's "Critical write
+// error" / "no space left on device" log lines, reports the fault (Err, so
+// Room refuses new mail at once with 452 4.3.1 instead of letting clients
+// wait for a publish that never answers), and, once the file system has
+// room again, shuts JetStream down and enables it again in-process. That
+// reopens every stream from its files (rebuilding any index that the
+// failed write left short); client connections stay up, and the
+// pipeline's waiting publishes (Forward) go through.
+type StoreGuard struct {
+	ns      *server.Server
+	jcfg    server.JetStreamConfig
+	reserve config.Reserve
+	log     *slog.Logger
+	kick    chan struct{}
+	// Interval is how often the guard checks while faulted (default 1 s).
+	Interval time.Duration
+
+	mu      sync.Mutex
+	fault   error
+	since   time.Time
+	restart int
+}
+
+// errStoreFault is the fault the guard reports.
+var errStoreFault = errors.New("bus: the store could not be written")
+
+// GuardStore installs a guard on ns, whose store was opened with o. Run
+// must be called for it to recover anything.
+func GuardStore(ns *server.Server, o EmbeddedOptions, reserve config.Reserve, log *slog.Logger) *StoreGuard {
+	g := &StoreGuard{
+		ns: ns,
+		jcfg: server.JetStreamConfig{
+			StoreDir:   o.StoreDir,
+			SyncAlways: o.SyncAlways,
+			MaxStore:   o.MaxStore,
+			MaxMemory:  embeddedMaxMemory,
+			Strict:     true,
+		},
+		reserve: reserve,
+		log:     log.With("svc", "storeguard"),
+		kick:    make(chan struct{}, 1),
+	}
+	ns.SetLoggerV2(slogAdapter{l: log.With("svc", "nats"), onError: g.noteError}, false, false, false)
+	return g
+}
+
+// noteError looks at each error the server logs for a failed write.
+func (g *StoreGuard) noteError(msg string) {
+	if !strings.Contains(msg, "Critical write error") && !strings.Contains(msg, "no space left on device") &&
+		!strings.Contains(msg, "will be DISABLED") {
+		return
+	}
+	g.mu.Lock()
+	if g.fault == nil {
+		g.fault, g.since = errors.New(errStoreFault.Error()+": "+msg), time.Now()
+		g.log.Error("store write failed: new mail is refused until the store is open again", "err", msg)
+	}
+	g.mu.Unlock()
+	select {
+	case g.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Err is the current fault, or nil when the store is writable.
+func (g *StoreGuard) Err() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.fault != nil {
+		return g.fault
+	}
+	if !g.ns.JetStreamEnabled() {
+		return errors.New(errStoreFault.Error() + ": JetStream is disabled")
+	}
+	return nil
+}
+
+// Restarts is how many times the guard has reopened the store.
+func (g *StoreGuard) Restarts() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.restart
+}
+
+// Run recovers the store whenever it is faulted and its file system has
+// at least the reserve free, until ctx is done.
+func (g *StoreGuard) Run(ctx context.Context) {
+	every := g.Interval
+	if every <= 0 {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-g.kick:
+		}
+		if g.Err() == nil {
+			continue
+		}
+		free, total, err := Statfs(g.jcfg.StoreDir)
+		if err == nil && free < g.reserve.Of(total) {
+			continue // still no room: reopening would fail again at once
+		}
+		g.recover()
+	}
+}
+
+// recover shuts JetStream down and enables it again from its files.
+func (g *StoreGuard) recover() {
+	g.log.Warn("reopening the store")
+	if g.ns.JetStreamEnabled() {
+		if err := g.ns.ShutdownJetStream(); err != nil {
+			g.log.Error("shut JetStream down", "err", err)
+			return
+		}
+	}
+	// Clear the fault first: a write failing while the store opens
+	// faults it again.
+	g.mu.Lock()
+	since := g.since
+	g.fault = nil
+	g.mu.Unlock()
+	cfg := g.jcfg
+	if err := g.ns.EnableJetStream(&cfg); err != nil {
+		g.log.Error("reopen the store failed, will try again", "err", err)
+		return
+	}
+	g.mu.Lock()
+	g.restart++
+	g.mu.Unlock()
+	g.log.Warn("store reopened: new mail is accepted again", "faulted_for", time.Since(since).Round(time.Millisecond))
+}
