@@ -72,20 +72,36 @@ func TestConfigErrorsExit2(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	bin := buildBinary(t)
-	cfg := filepath.Join(t.TempDir(), "bad.toml")
-	if err := os.WriteFile(cfg, []byte("[delivery]\nconcurency = 5\n"), 0o644); err != nil {
-		t.Fatal(err)
+	dir := t.TempDir()
+	// Each bad file names its key; a listen port out of range is refused
+	// with the configuration, not at bind.
+	keys := map[string]string{
+		"unknown.toml": "[delivery]\nconcurency = 5\n",
+		"port.toml":    "[nats]\nlisten = \"127.0.0.1:99999\"\n",
 	}
-	for _, args := range [][]string{{"all", "-config", cfg}, {"router"}, {"frobnicate"}} {
-		cmd := exec.Command(bin, args...)
+	for name, file := range keys {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(file), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		args []string
+		key  string
+	}{
+		{[]string{"all", "-config", filepath.Join(dir, "unknown.toml")}, "delivery.concurency"},
+		{[]string{"all", "-config", filepath.Join(dir, "port.toml")}, "nats.listen"},
+		{[]string{"router"}, ""},
+		{[]string{"frobnicate"}, ""},
+	} {
+		cmd := exec.Command(bin, tt.args...)
 		cmd.Env = append(os.Environ(), "MAILROOT_NATS_URL=")
 		out, err := cmd.CombinedOutput()
 		var ee *exec.ExitError
 		if !errorsAs(err, &ee) || ee.ExitCode() != 2 {
-			t.Errorf("mailroot %v: %v, want exit status 2\n%s", args, err, out)
+			t.Errorf("mailroot %v: %v, want exit status 2\n%s", tt.args, err, out)
 		}
-		if args[0] == "all" && !bytes.Contains(out, []byte("delivery.concurency")) {
-			t.Errorf("error does not name the key:\n%s", out)
+		if !bytes.Contains(out, []byte(tt.key)) {
+			t.Errorf("mailroot %v: error does not name %s:\n%s", tt.args, tt.key, out)
 		}
 	}
 }

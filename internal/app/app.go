@@ -21,6 +21,7 @@ import (
 	"github.com/mailroot/mailroot/ingress"
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/dirlock"
 	"github.com/mailroot/mailroot/pickupwatcher"
 	"github.com/mailroot/mailroot/router"
 )
@@ -58,6 +59,8 @@ type Node struct {
 	Guard *bus.StoreGuard
 
 	stopGuard func()
+	// lock keeps other processes off the embedded server's store.
+	lock    *dirlock.Lock
 	log     *slog.Logger
 	order   []string
 	cancels map[string]context.CancelFunc
@@ -67,13 +70,39 @@ type Node struct {
 }
 
 // StartEmbedded starts an embedded nats-server in cfg.NATSDir() and the
-// given actors (all when none are named) connected in-process.
-func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, actors ...string) (*Node, error) {
+// given actors (all when none are named) connected in-process. It first
+// locks the store directory (nats/LOCK) for as long as the node runs: two
+// servers on one store lose mail that got its 250, so a second process on
+// the same data_dir fails at once, naming the first one's pid.
+func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, actors ...string) (_ *Node, err error) {
+	lock, err := dirlock.Acquire(cfg.NATSDir())
+	if err != nil {
+		var busy *dirlock.BusyError
+		if errors.As(err, &busy) {
+			who := "another process"
+			if busy.PID > 0 {
+				who = fmt.Sprintf("process %d", busy.PID)
+			}
+			return nil, fmt.Errorf("data_dir %s is in use by %s", cfg.DataDir, who)
+		}
+		return nil, fmt.Errorf("app: embedded server store: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			lock.Release()
+		}
+	}()
 	eo := bus.EmbeddedOptions{StoreDir: cfg.NATSDir(), Listen: cfg.NATS.Listen, SyncAlways: cfg.NATS.Sync == "always", MaxStore: cfg.NATS.MaxStore}
 	ns, err := bus.StartEmbedded(eo, log)
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+		}
+	}()
 	if cfg.NATS.Sync != "always" {
 		log.Warn("nats.sync is not \"always\": an OS crash or power cut can lose mail that got its 250", "sync", cfg.NATS.Sync)
 	}
@@ -82,10 +111,13 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 	gdone := make(chan struct{})
 	go func() { guard.Run(gctx); close(gdone) }()
 	stopGuard := func() { gcancel(); <-gdone }
+	defer func() {
+		if err != nil {
+			stopGuard()
+		}
+	}()
 	nc, err := bus.ConnectInProcess(ns, "mailroot-all")
 	if err != nil {
-		stopGuard()
-		ns.Shutdown()
 		return nil, err
 	}
 	// New mail needs room in the store's limit and on its file system,
@@ -96,12 +128,9 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 	n, err := start(ctx, cfg, log, nc, actors, room)
 	if err != nil {
 		nc.Close()
-		stopGuard()
-		ns.Shutdown()
-		ns.WaitForShutdown()
 		return nil, err
 	}
-	n.Server, n.Guard, n.stopGuard = ns, guard, stopGuard
+	n.Server, n.lock, n.Guard, n.stopGuard = ns, lock, guard, stopGuard
 	return n, nil
 }
 
@@ -236,13 +265,7 @@ func (n *Node) Stop() {
 			time.Sleep(20 * time.Millisecond)
 		}
 		n.Conn.Close()
-		if n.stopGuard != nil {
-			n.stopGuard()
-		}
-		if n.Server != nil {
-			n.Server.Shutdown()
-			n.Server.WaitForShutdown()
-		}
+		n.shutdownServer()
 		n.log.Info("stopped")
 	})
 }
@@ -258,12 +281,20 @@ func (n *Node) Kill() {
 		for _, a := range n.order {
 			<-n.dones[a]
 		}
-		if n.stopGuard != nil {
-			n.stopGuard()
-		}
-		if n.Server != nil {
-			n.Server.Shutdown()
-			n.Server.WaitForShutdown()
-		}
+		n.shutdownServer()
 	})
+}
+
+// shutdownServer shuts the embedded server down, if the node has one, and
+// only then gives up the store's lock: a process waiting to start must not
+// open the store while this one still writes it.
+func (n *Node) shutdownServer() {
+	if n.stopGuard != nil {
+		n.stopGuard()
+	}
+	if n.Server != nil {
+		n.Server.Shutdown()
+		n.Server.WaitForShutdown()
+	}
+	n.lock.Release()
 }

@@ -370,6 +370,21 @@ func TestDurableAcrossRestart(t *testing.T) {
 	}
 }
 
+// One node per store: a second StartEmbedded on the same data_dir fails at
+// once naming the holder (here this process, as flock locks belong to the
+// open file), and the lock is given back when the node stops.
+func TestOneNodePerStore(t *testing.T) {
+	w := newWorld(t)
+	cfg := testConfig(t, w, t.TempDir())
+	n1 := startNode(t, cfg, Router)
+	_, err := StartEmbedded(context.Background(), cfg, testutil.Logger(t), Router)
+	if want := fmt.Sprintf("data_dir %s is in use by process %d", cfg.DataDir, os.Getpid()); err == nil || err.Error() != want {
+		t.Fatalf("second node on the store: %v, want %q", err, want)
+	}
+	n1.Stop()
+	startNode(t, cfg, Router)
+}
+
 // An application publishing straight onto NATS: the same idempotency key
 // twice is one delivered message.
 func TestSubmitOntoNATSArrivesOnce(t *testing.T) {

@@ -28,7 +28,9 @@ type EmbeddedOptions struct {
 }
 
 // StartEmbedded starts a JetStream-enabled nats-server in this process and
-// waits until it accepts connections.
+// waits until it accepts connections. A start the server cannot finish (a
+// store it cannot open, a listen address in use) fails at once with the
+// server's own error.
 func StartEmbedded(o EmbeddedOptions, log *slog.Logger) (*server.Server, error) {
 	opts := &server.Options{
 		ServerName:         "mailroot",
@@ -55,17 +57,39 @@ func StartEmbedded(o EmbeddedOptions, log *slog.Logger) (*server.Server, error) 
 	if err != nil {
 		return nil, fmt.Errorf("bus: embedded server: %w", err)
 	}
-	ns.SetLoggerV2(slogAdapter{l: log.With("svc", "nats")}, false, false, false)
+	fatal := make(chan error, 1)
+	ns.SetLoggerV2(slogAdapter{l: log.With("svc", "nats"), fatal: fatal}, false, false, false)
 	ns.Start()
-	if !ns.ReadyForConnections(30 * time.Second) {
+	if err := waitReady(ns, fatal, 30*time.Second); err != nil {
 		ns.Shutdown()
-		return nil, errors.New("bus: embedded server not ready after 30s")
+		ns.WaitForShutdown()
+		return nil, err
 	}
 	return ns, nil
 }
 
 // embeddedMaxMemory caps JetStream memory storage of the embedded server.
 const embeddedMaxMemory = 256 << 20
+
+// waitReady waits until ns accepts connections or reports, through its
+// logger's Fatalf, the failure after which it never will ("Can't start
+// JetStream: …", "Error listening on port: …").
+func waitReady(ns *server.Server, fatal <-chan error, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case err := <-fatal:
+			return fmt.Errorf("bus: embedded server: %w", err)
+		default:
+		}
+		if ns.ReadyForConnections(50 * time.Millisecond) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bus: embedded server not ready after %v", timeout)
+		}
+	}
+}
 
 // ConnectInProcess connects to an embedded server without a socket.
 func ConnectInProcess(ns *server.Server, name string) (*nats.Conn, error) {
@@ -76,17 +100,27 @@ func ConnectInProcess(ns *server.Server, name string) (*nats.Conn, error) {
 	return nc, nil
 }
 
-// slogAdapter lets nats-server log through slog. onError, when set, sees
-// every error line (StoreGuard looks for failed writes in them).
+// slogAdapter lets nats-server log through slog. It hands the first
+// Fatalf to fatal (the server calls it instead of exiting), and onError,
+// when set, sees every error line (StoreGuard looks for failed writes in
+// them).
 type slogAdapter struct {
 	l       *slog.Logger
+	fatal   chan<- error
 	onError func(msg string)
 }
 
 // Noticef is the server's chatty start-up banner: debug level here.
 func (a slogAdapter) Noticef(f string, v ...any) { a.l.Debug(fmt.Sprintf(f, v...)) }
 func (a slogAdapter) Warnf(f string, v ...any)   { a.l.Warn(fmt.Sprintf(f, v...)) }
-func (a slogAdapter) Fatalf(f string, v ...any)  { a.l.Error(fmt.Sprintf(f, v...)) }
+func (a slogAdapter) Fatalf(f string, v ...any) {
+	msg := fmt.Sprintf(f, v...)
+	a.l.Error(msg)
+	select {
+	case a.fatal <- errors.New(msg):
+	default: // a failure is already waiting
+	}
+}
 func (a slogAdapter) Errorf(f string, v ...any) {
 	msg := fmt.Sprintf(f, v...)
 	a.l.Error(msg)

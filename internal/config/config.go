@@ -6,7 +6,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -354,8 +353,8 @@ func (c *Config) Validate() error {
 			return &KeyError{key, "smart_host, require_tls and hold are only for type = \"remote\""}
 		}
 		if d.SmartHost != "" {
-			if _, _, err := net.SplitHostPort(d.SmartHost); err != nil {
-				return &KeyError{key + ".smart_host", fmt.Sprintf("%q is not host:port or [ip]:port", d.SmartHost)}
+			if err := checkHostPort(key+".smart_host", d.SmartHost, remoteAddr); err != nil {
+				return err
 			}
 		}
 		for j := range i {
@@ -381,8 +380,8 @@ func (c *Config) Validate() error {
 		return &KeyError{"log_format", "must be text or json"}
 	}
 	for _, l := range c.Ingress.Listen {
-		if _, _, err := net.SplitHostPort(l); err != nil {
-			return &KeyError{"ingress.listen", fmt.Sprintf("%q is not host:port", l)}
+		if err := checkHostPort("ingress.listen", l, smtpListenAddr); err != nil {
+			return err
 		}
 	}
 	if _, err := c.Ingress.RelayPrefixes(); err != nil {
@@ -407,13 +406,13 @@ func (c *Config) Validate() error {
 		return &KeyError{"delivery.concurrency", "must be greater than 0"}
 	}
 	if c.Delivery.SmartHost != "" {
-		if _, _, err := net.SplitHostPort(c.Delivery.SmartHost); err != nil {
-			return &KeyError{"delivery.smart_host", fmt.Sprintf("%q is not host:port or [ip]:port", c.Delivery.SmartHost)}
+		if err := checkHostPort("delivery.smart_host", c.Delivery.SmartHost, remoteAddr); err != nil {
+			return err
 		}
 	}
 	if c.Delivery.DNSServer != "" {
-		if _, _, err := net.SplitHostPort(c.Delivery.DNSServer); err != nil {
-			return &KeyError{"delivery.dns_server", fmt.Sprintf("%q is not ip:port", c.Delivery.DNSServer)}
+		if err := checkHostPort("delivery.dns_server", c.Delivery.DNSServer, ipAddr); err != nil {
+			return err
 		}
 	}
 	if c.Delivery.Port <= 0 || c.Delivery.Port > 65535 {
@@ -480,9 +479,12 @@ func (c *Config) Validate() error {
 		return &KeyError{"nats.reserve", "must be a percentage from 0% to 50% or a size like \"64MiB\""}
 	}
 	if c.NATS.Listen != "" {
-		if _, _, err := net.SplitHostPort(c.NATS.Listen); err != nil {
-			return &KeyError{"nats.listen", fmt.Sprintf("%q is not host:port", c.NATS.Listen)}
+		if err := checkHostPort("nats.listen", c.NATS.Listen, listenAddr); err != nil {
+			return err
 		}
+	}
+	if err := checkNATSURLs(c.NATS.URL); err != nil {
+		return err
 	}
 	return c.validateSites()
 }

@@ -79,6 +79,61 @@ func TestErrorsNameTheKey(t *testing.T) {
 	}
 }
 
+// Every host:port key is checked with the configuration: a port that
+// cannot be bound or dialled, or a host that is no host, is a KeyError
+// naming the key, not a failure at start or at the first delivery.
+func TestAddressesValidated(t *testing.T) {
+	good := []string{
+		"[ingress]\nlisten = [\"127.0.0.1:25\", \":587\", \"[::1]:2525\", \"localhost:2525\", \"127.0.0.1:0\"]\n",
+		"[nats]\nlisten = \"127.0.0.1:4222\"\n",
+		"[nats]\nlisten = \":4222\"\n",
+		"[nats]\nurl = \"nats://u:p@nats1.test:4222, tls://[::1]:4223,nats2.test,nats3.test:4224\"\n",
+		"[delivery]\nsmart_host = \"relay.example.net:25\"\n",
+		"[delivery]\nsmart_host = \"[192.0.2.1]:2526\"\n",
+		"[delivery]\nsmart_host = \"[2001:db8::1]:25\"\n",
+		"[delivery]\ndns_server = \"127.0.0.1:5353\"\n",
+		"[delivery]\ndns_server = \"[::1]:53\"\n",
+		"[[domain]]\nname = \"p.test\"\ntype = \"remote\"\nsmart_host = \"mx.p.test.:25\"\n",
+	}
+	for _, file := range good {
+		if _, err := Load(write(t, file)); err != nil {
+			t.Errorf("%q: %v", file, err)
+		}
+	}
+	bad := []struct{ file, key, msg string }{
+		{"[ingress]\nlisten = [\"127.0.0.1:99999\"]\n", "ingress.listen", `port "99999" is not a number from 1 to 65535`},
+		{"[ingress]\nlisten = [\"127.0.0.1:-1\"]\n", "ingress.listen", `port "-1"`},
+		{"[ingress]\nlisten = [\"127.0.0.1:smtp\"]\n", "ingress.listen", `port "smtp"`},
+		{"[ingress]\nlisten = [\"127.0.0.1:\"]\n", "ingress.listen", `port ""`},
+		{"[ingress]\nlisten = [\"::1:25\"]\n", "ingress.listen", "is not host:port"},
+		{"[ingress]\nlisten = [\"bad host:25\"]\n", "ingress.listen", `host "bad host"`},
+		{"[ingress]\nlisten = [\"-x.test:25\"]\n", "ingress.listen", `host "-x.test"`},
+		{"[nats]\nlisten = \"127.0.0.1:99999\"\n", "nats.listen", `port "99999"`},
+		{"[nats]\nlisten = \"127.0.0.1:0\"\n", "nats.listen", `port "0"`},
+		{"[nats]\nlisten = \"4222\"\n", "nats.listen", "is not host:port"},
+		{"[nats]\nurl = \"nats://127.0.0.1:4222,nats://127.0.0.1:99999\"\n", "nats.url", `server 2 of the list: port "99999"`},
+		{"[nats]\nurl = \"nats://u:secret@h.test:x\"\n", "nats.url", "server 1 of the list is not a URL"},
+		{"[nats]\nurl = \"nats://:4222\"\n", "nats.url", "needs a host"},
+		{"[delivery]\nsmart_host = \"relay.test:0\"\n", "delivery.smart_host", `port "0"`},
+		{"[delivery]\nsmart_host = \"relay.test:65536\"\n", "delivery.smart_host", `port "65536"`},
+		{"[delivery]\nsmart_host = \":25\"\n", "delivery.smart_host", "needs a host"},
+		{"[delivery]\ndns_server = \"127.0.0.1:70000\"\n", "delivery.dns_server", `port "70000"`},
+		{"[delivery]\ndns_server = \"ns.test:53\"\n", "delivery.dns_server", `host "ns.test" is not an IP address`},
+		{"[delivery]\ndns_server = \":53\"\n", "delivery.dns_server", "needs a host"},
+		{"[[domain]]\nname = \"p.test\"\ntype = \"remote\"\nsmart_host = \"mx.p.test:99999\"\n", "domain[0].smart_host", `port "99999"`},
+	}
+	for _, tt := range bad {
+		_, err := Load(write(t, tt.file))
+		var ke *KeyError
+		if !errors.As(err, &ke) || ke.Key != tt.key || !strings.Contains(ke.Msg, tt.msg) {
+			t.Errorf("%q: %v, want a KeyError for %s saying %s", tt.file, err, tt.key, tt.msg)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("%q: the error shows the password: %v", tt.file, err)
+		}
+	}
+}
+
 func TestValuesApply(t *testing.T) {
 	c, err := Load(write(t, `
 hostname = "mx.test"

@@ -303,8 +303,8 @@ func (c *Config) validateSite(key string, s Site) error {
 		return &KeyError{key + ".listen", "needs at least one address"}
 	}
 	for _, l := range s.Listen {
-		if _, _, err := net.SplitHostPort(l); err != nil {
-			return &KeyError{key + ".listen", fmt.Sprintf("%q is not host:port", l)}
+		if err := checkHostPort(key+".listen", l, smtpListenAddr); err != nil {
+			return err
 		}
 	}
 	if strings.TrimSpace(s.Hostname) == "" || strings.ContainsAny(s.Hostname, " \t\r\n") {

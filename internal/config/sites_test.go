@@ -85,6 +85,9 @@ func TestSiteErrorsNameTheKey(t *testing.T) {
 	tests := []struct{ file, key string }{
 		{"[[site]]\nkind = \"pop3\"\nlisten=[\"127.0.0.1:1\"]\n", "site[0].kind"},
 		{"[[site]]\nlisten = [\"nocolon\"]\n", "site[0].listen"},
+		{"[[site]]\nlisten = [\"127.0.0.1:99999\"]\n", "site[0].listen"},
+		{"[[site]]\nlisten = [\"127.0.0.1:1\"]\n[[site]]\nkind = \"submission\"\nlisten = [\"127.0.0.1:submission\"]\n", "site[1].listen"},
+		{"[[site]]\nlisten = [\"no host:25\"]\n", "site[0].listen"},
 		{"[[site]]\nlisten = [\"127.0.0.1:1\"]\nauth = \"maybe\"\n", "site[0].auth"},
 		{"[[site]]\nlisten = [\"127.0.0.1:1\"]\n[[site]]\nlisten = [\"127.0.0.1:1\"]\nkind=\"submission\"\n", "site[1].listen"},
 		{"[[site]]\nlisten = [\"127.0.0.1:1\"]\n[[site]]\nlisten = [\"127.0.0.1:2\"]\n", "site[1].name"},
