@@ -68,6 +68,9 @@ type Service struct {
 	// Slots is how many messages are handled at once (DefaultSlots when
 	// zero).
 	Slots int
+	// Room publishes the reports to senders (Room.Forward); New makes one
+	// that checks the store's limit, `mailroot all` shares its own.
+	Room *bus.Room
 
 	cfg    config.Config
 	log    *slog.Logger
@@ -98,6 +101,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		dir:    cfg.BadmailDir(),
 		now:    time.Now,
 		notify: dsn.NewNotifier(cfg, js, nil), // Run adds the bodies
+		Room:   &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
 	}
 	s.notify.Now = func() time.Time { return s.now() }
 	return s, nil
@@ -119,7 +123,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("badmail: %w", err)
 	}
-	s.notify.Bodies = s.bodies
+	s.notify.Bodies, s.notify.Room = s.bodies, s.Room
 	if st, err := s.js.Stream(ctx, bus.StreamMail); err == nil {
 		s.streamCreated = st.CachedInfo().Created
 	}
@@ -131,7 +135,7 @@ func (s *Service) Run(ctx context.Context) error {
 		slots = DefaultSlots
 	}
 	w := &bus.Worker{
-		JS:       s.js,
+		Room:     s.Room,
 		Consumer: cons[bus.ConsumerBadmail],
 		Slots:    slots,
 		Log:      s.log,

@@ -51,6 +51,10 @@ type Service struct {
 	// Grace is how long in-flight messages may finish after Run's context
 	// is done (default: bus.Worker's 10 s).
 	Grace time.Duration
+	// Room publishes retries, reports and Badmail copies (Room.Forward);
+	// New makes one that checks the store's limit, `mailroot all` shares
+	// its own.
+	Room *bus.Room
 
 	cfg    config.Config
 	log    *slog.Logger
@@ -97,6 +101,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		cfg:            cfg,
 		log:            log.With("svc", "delivery"),
 		js:             js,
+		Room:           &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
 		dns:            res,
 		self:           newSelf(cfg.Hostname, cfg.Ingress.Listen, res.addrs),
 	}, nil
@@ -115,6 +120,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	if err == nil {
 		s.notify = dsn.NewNotifier(s.cfg, s.js, s.bodies)
+		s.notify.Room = s.Room
 		s.notify.Now = func() time.Time { return s.Now() }
 	}
 	if err != nil {
@@ -132,13 +138,13 @@ func (s *Service) Run(ctx context.Context) error {
 		w *bus.Worker
 		h bus.Handler
 	}{
-		{&bus.Worker{JS: s.js, Consumer: cons[bus.ConsumerDelivery], Slots: s.cfg.Delivery.Concurrency, Log: s.log, Grace: s.Grace, KeepAlive: keepAlive}, s.handleOut},
-		{&bus.Worker{JS: s.js, Consumer: cons[bus.ConsumerDrop], Slots: DropSlots, Log: s.log.With("part", "drop"), Grace: s.Grace, KeepAlive: keepAlive}, s.handleDrop},
+		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerDelivery], Slots: s.cfg.Delivery.Concurrency, Log: s.log, Grace: s.Grace, KeepAlive: keepAlive}, s.handleOut},
+		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerDrop], Slots: DropSlots, Log: s.log.With("part", "drop"), Grace: s.Grace, KeepAlive: keepAlive}, s.handleDrop},
 	}
 	errs := make([]error, len(workers))
 	var wg sync.WaitGroup
 	// ETRN release worker (issue 6): answers mta.ctl.release requests.
-	wg.Go(func() { _ = release.New(s.cfg, s.log, s.js).Run(ctx) })
+	wg.Go(func() { _ = release.New(s.cfg, s.log, s.Room).Run(ctx) })
 	wg.Go(func() { s.sweepHeldLoop(ctx) })
 	for i, w := range workers {
 		wg.Go(func() {
@@ -214,7 +220,7 @@ func (s *Service) alreadyRescheduled(ctx context.Context, tok string, env *envel
 // toBad moves an unusable message to mail.bad, or leaves it for a later
 // try if even that fails.
 func (s *Service) toBad(ctx context.Context, m jetstream.Msg, reason string) {
-	if err := bus.MoveToBad(ctx, s.js, m, reason); err != nil {
+	if err := bus.MoveToBad(ctx, s.Room, m, reason); err != nil {
 		s.log.Error("move to badmail failed", "subject", m.Subject(), "err", err)
 		_ = m.NakWithDelay(time.Minute)
 		return

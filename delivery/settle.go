@@ -326,7 +326,7 @@ func (s *Service) permanentFailure(ctx context.Context, env *envelope.Envelope, 
 	if err != nil {
 		return fmt.Errorf("badmail envelope: %w", err)
 	}
-	if _, err = bus.Forward(ctx, s.js, msg, msgID); err != nil {
+	if _, err = s.Room.Forward(ctx, msg, msgID); err != nil {
 		return err
 	}
 	bus.Emit(s.js, bus.Event{Type: bus.EventBadmail, QueueID: env.QueueID, Reason: bad.Reason, Subject: subject})
@@ -364,7 +364,7 @@ func (s *Service) reschedule(ctx context.Context, o outcome, rcpts []envelope.Rc
 		if err != nil {
 			return now, fmt.Errorf("hold envelope: %w", err)
 		}
-		_, err = bus.Forward(ctx, s.js, msg, next.MsgID)
+		_, err = s.Room.Forward(ctx, msg, next.MsgID)
 		return now, err
 	}
 	at := retryAt(now, s.cfg.Delivery.RetryDelay(attempt), expires, s.cfg.Delivery.RetryJitter)
@@ -372,7 +372,7 @@ func (s *Service) reschedule(ctx context.Context, o outcome, rcpts []envelope.Rc
 	if err != nil {
 		return at, fmt.Errorf("retry envelope: %w", err)
 	}
-	_, err = bus.Forward(ctx, s.js, msg, next.MsgID,
+	_, err = s.Room.Forward(ctx, msg, next.MsgID,
 		jetstream.WithScheduleAt(at), jetstream.WithScheduleTarget(o.target))
 	return at, err
 }

@@ -235,7 +235,7 @@ func (w *wire) sendHeld(ctx context.Context, c *smtp.Client, l *atrnLock, m jets
 	svc := w.site.svc
 	env, err := envelope.Decode(m.Headers())
 	if err != nil {
-		if merr := bus.MoveToBad(ctx, svc.js, m, "ATRN: "+err.Error()); merr != nil {
+		if merr := bus.MoveToBad(ctx, svc.Room, m, "ATRN: "+err.Error()); merr != nil {
 			_ = m.NakWithDelay(time.Minute)
 		}
 		return false, true
@@ -373,7 +373,7 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 		if err != nil {
 			return err
 		}
-		_, err = bus.Forward(ctx, svc.js, msg, next.MsgID)
+		_, err = svc.Room.Forward(ctx, msg, next.MsgID)
 		return err
 	}
 	if len(temp) > 0 {
@@ -429,7 +429,9 @@ func (w *wire) bounceRefused(ctx context.Context, env *envelope.Envelope, data [
 		statuses[i] = dsn.Status{Rcpt: r, Action: dsn.ActionFailed, Status: status, Remote: remote, Reply: reply,
 			Detail: reply + " (refused by " + remote + " over ATRN)"}
 	}
-	_, err := dsn.NewNotifier(svc.cfg, svc.js, svc.bodies).Send(ctx, dsn.Notice{
+	n := dsn.NewNotifier(svc.cfg, svc.js, svc.bodies)
+	n.Room = svc.Room
+	_, err := n.Send(ctx, dsn.Notice{
 		Kind: dsn.Failure, ID: env.QueueID + "." + tok + ".atrndsn" + seq, Env: env, Data: data,
 		Rcpts: statuses, LastAttempt: time.Now(),
 	})

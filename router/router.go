@@ -34,11 +34,14 @@ type Service struct {
 	notify *dsn.Notifier
 	// Slots is the number of messages routed at once.
 	Slots int
+	// Room publishes the routed parts (Room.Forward); New makes one that
+	// checks the store's limit, `mailroot all` shares its own.
+	Room *bus.Room
 }
 
 // New returns a router.
 func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service, error) {
-	return &Service{cfg: cfg, log: log.With("svc", "router"), js: js, Slots: 64}, nil
+	return &Service{cfg: cfg, log: log.With("svc", "router"), js: js, Slots: 64, Room: &bus.Room{JS: js, Reserve: cfg.NATS.Reserve}}, nil
 }
 
 // Run routes until ctx is done.
@@ -51,7 +54,8 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.notify = dsn.NewNotifier(s.cfg, s.js, s.bodies)
-	w := &bus.Worker{JS: s.js, Consumer: cons[bus.ConsumerRouter], Slots: s.Slots, Log: s.log}
+	s.notify.Room = s.Room
+	w := &bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerRouter], Slots: s.Slots, Log: s.log}
 	return w.Run(ctx, s.route)
 }
 
@@ -72,7 +76,7 @@ func (s *Service) route(ctx context.Context, m jetstream.Msg) {
 	}
 	if err != nil {
 		qid := m.Headers().Get(envelope.HdrQueueID)
-		if merr := bus.MoveToBad(ctx, s.js, m, err.Error()); merr != nil {
+		if merr := bus.MoveToBad(ctx, s.Room, m, err.Error()); merr != nil {
 			s.log.Error("move to badmail failed", "qid", qid, "err", merr)
 			_ = m.NakWithDelay(10 * time.Second)
 			return
@@ -90,7 +94,7 @@ func (s *Service) route(ctx context.Context, m jetstream.Msg) {
 	for _, p := range parts {
 		msg, err := p.env.Msg(p.subject, m.Data())
 		if err == nil {
-			_, err = bus.Forward(ctx, s.js, msg, p.env.MsgID)
+			_, err = s.Room.Forward(ctx, msg, p.env.MsgID)
 		}
 		if err != nil {
 			s.log.Error("publish failed, will retry", "qid", env.QueueID, "subject", p.subject, "err", err)

@@ -123,7 +123,7 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 	// New mail needs room in the store's limit and on its file system,
 	// and a store that can be written.
 	room := func(js jetstream.JetStream) *bus.Room {
-		return &bus.Room{JS: js, Reserve: cfg.NATS.Reserve, Dir: cfg.NATSDir(), Fault: guard.Err}
+		return &bus.Room{JS: js, Reserve: cfg.NATS.Reserve, Dir: cfg.NATSDir(), Fault: guard.Err, Limit: guard.Limit}
 	}
 	n, err := start(ctx, cfg, log, nc, actors, room)
 	if err != nil {
@@ -174,7 +174,9 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 		actors = Actors
 	}
 	n := &Node{Conn: nc, JS: js, log: log, cancels: map[string]context.CancelFunc{}, dones: map[string]chan error{}, errc: make(chan error, len(Actors))}
-	var shared *bus.Room
+	// One Room for every actor: what intake admits and what the pipeline
+	// forwards are counted against the same reserve.
+	shared := &bus.Room{JS: js, Reserve: cfg.NATS.Reserve}
 	if room != nil {
 		shared = room(js)
 	}
@@ -189,23 +191,34 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 		case Ingress:
 			var s *ingress.Service
 			s, err = ingress.New(cfg, log, js)
-			if s != nil && shared != nil {
+			if err == nil {
 				s.Room = shared
 			}
 			n.Ingress, r = s, s
 		case Router:
-			r, err = router.New(cfg, log, js)
-		case Delivery:
-			r, err = delivery.New(cfg, log, js)
-		case Badmail:
-			r, err = badmail.New(cfg, log, js)
-		case Pickupwatcher:
-			var p *pickupwatcher.Service
-			p, err = pickupwatcher.New(cfg, log, js)
-			if p != nil && shared != nil {
-				p.Room = shared
+			var s *router.Service
+			if s, err = router.New(cfg, log, js); err == nil {
+				s.Room = shared
 			}
-			r = p
+			r = s
+		case Delivery:
+			var s *delivery.Service
+			if s, err = delivery.New(cfg, log, js); err == nil {
+				s.Room = shared
+			}
+			r = s
+		case Badmail:
+			var s *badmail.Service
+			if s, err = badmail.New(cfg, log, js); err == nil {
+				s.Room = shared
+			}
+			r = s
+		case Pickupwatcher:
+			var s *pickupwatcher.Service
+			if s, err = pickupwatcher.New(cfg, log, js); err == nil {
+				s.Room = shared
+			}
+			r = s
 		}
 		if err != nil {
 			return nil, err

@@ -65,28 +65,9 @@ func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, msgID s
 	}
 }
 
-// Forward is Publish for the pipeline: the successor of a message in hand
-// (a routed part, a retry, a bounce, a Badmail copy). The front doors stop
-// taking new mail while a reserve is left (Room), and Forward may use it;
-// should even the reserve run out, or the store be recovering from a
-// failed write, Forward waits for room, retrying with the same id until
-// the publish is stored or ctx is done, instead of failing. The message
-// in hand stays with its handler meanwhile (bus.Worker keeps it alive), so
-// a full store never counts as a failed delivery toward the poison limit.
-// A definite refusal (bad request) still fails at once.
-func Forward(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, msgID string, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	var ack *jetstream.PubAck
-	err := WaitForRoom(ctx, msg.Subject+" "+msgID, func() error {
-		var err error
-		ack, err = Publish(ctx, js, msg, msgID, opts...)
-		return err
-	})
-	return ack, err
-}
-
 // WaitForRoom runs op, and again after a growing pause (up to 5 s) for as
 // long as it fails for want of room or of an answer from the store (see
-// Forward), until ctx is done. what names the write in the log line said
+// Room.Forward), until ctx is done. what names the write in the log line said
 // every 30 s while it waits.
 func WaitForRoom(ctx context.Context, what string, op func() error) error {
 	wait := 250 * time.Millisecond

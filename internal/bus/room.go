@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/config"
@@ -40,6 +41,10 @@ type Room struct {
 	// Fault, when set, returns an error while the store cannot be
 	// written (StoreGuard.Err).
 	Fault func() error
+	// Limit, when set, returns the server's own store limit (the embedded
+	// server's max_store, or the 75 % of the free disk nats-server takes
+	// without one), which applies besides any limit of the account.
+	Limit func() int64
 	// Refresh is how long a reading of the account is used (default
 	// 500 ms); sizes admitted meanwhile are added to it.
 	Refresh time.Duration
@@ -55,10 +60,46 @@ type Room struct {
 	statfsFn func(string) (free, total int64, err error)
 }
 
-// Check returns nil when there is room for a message of size bytes (0
-// when it is not known yet, e.g. at MAIL FROM without SIZE), or an error
-// wrapping ErrStoreFull that says why not.
+// Check returns nil when there is room for a new message of size bytes
+// (0 when it is not known yet, e.g. at MAIL FROM without SIZE), or an
+// error wrapping ErrStoreFull that says why not.
 func (r *Room) Check(ctx context.Context, size int64) error {
+	return r.check(ctx, size, 1)
+}
+
+// Forward is Publish for the pipeline: the successor of a message in hand
+// (a routed part, a retry, a bounce, a Badmail copy). It may use the
+// reserve that intake leaves, down to its last quarter, which stays free
+// for what the server writes by itself (message schedules firing into
+// their target; a schedule whose firing finds the store full stays stuck
+// until the store is reopened). While even that is used, or the store
+// is recovering from a failed write, Forward waits for room, retrying
+// with the same id until the publish is stored or ctx is done, instead of
+// failing. The message in hand stays with its handler meanwhile
+// (bus.Worker keeps it alive), so a full store never counts as a failed
+// delivery toward the poison limit. A definite refusal (bad request)
+// still fails at once.
+func (r *Room) Forward(ctx context.Context, msg *nats.Msg, msgID string, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	size := int64(len(msg.Data))
+	for k, vs := range msg.Header {
+		for _, v := range vs {
+			size += int64(len(k) + len(v) + 4)
+		}
+	}
+	var ack *jetstream.PubAck
+	err := WaitForRoom(ctx, msg.Subject+" "+msgID, func() error {
+		if err := r.check(ctx, size, 0.25); err != nil {
+			return err
+		}
+		var err error
+		ack, err = Publish(ctx, r.JS, msg, msgID, opts...)
+		return err
+	})
+	return ack, err
+}
+
+// check is Check keeping share (1 = all) of the reserve free.
+func (r *Room) check(ctx context.Context, size int64, share float64) error {
 	if r == nil {
 		return nil
 	}
@@ -85,10 +126,12 @@ func (r *Room) Check(ctx context.Context, size int64) error {
 			r.statAt = now
 		}
 		if r.statErr == nil {
-			if need := r.Reserve.Of(r.total) + size; r.free < need {
+			reserve := int64(float64(r.Reserve.Of(r.total)) * share)
+			if r.free < reserve+size {
 				return fmt.Errorf("%w: %s free on the file system of %s, less than the reserve of %s kept for queued mail (nats.reserve = %s)",
-					ErrStoreFull, config.FormatSize(r.free), r.Dir, config.FormatSize(r.Reserve.Of(r.total)), r.Reserve)
+					ErrStoreFull, config.FormatSize(r.free), r.Dir, config.FormatSize(reserve), r.Reserve)
 			}
+			r.free -= size
 		}
 	}
 	if now.Sub(r.at) >= refresh {
@@ -104,9 +147,14 @@ func (r *Room) Check(ctx context.Context, size int64) error {
 			return nil
 		}
 		r.used, r.limit, r.at = int64(ai.Store), ai.Limits.MaxStore, now
+		if r.Limit != nil {
+			if l := r.Limit(); l > 0 && (r.limit <= 0 || l < r.limit) {
+				r.limit = l
+			}
+		}
 	}
 	if r.limit > 0 {
-		reserve := r.Reserve.Of(r.limit)
+		reserve := int64(float64(r.Reserve.Of(r.limit)) * share)
 		if r.used+reserve+size > r.limit {
 			return fmt.Errorf("%w: %s of the store limit of %s in use, and %s is kept for queued mail (nats.reserve = %s)",
 				ErrStoreFull, config.FormatSize(r.used), config.FormatSize(r.limit), config.FormatSize(reserve), r.Reserve)

@@ -24,7 +24,13 @@ import (
 // room again, shuts JetStream down and enables it again in-process. That
 // reopens every stream from its files (rebuilding any index that the
 // failed write left short); client connections stay up, and the
-// pipeline's waiting publishes (Forward) go through.
+// pipeline's waiting publishes (Room.Forward) go through.
+//
+// The guard also reopens the store, once usage is back under its limit
+// less the reserve, after the server refused a write for the limit ("file
+// resource limits exceeded"): a message schedule (a retry) whose firing
+// is refused stays marked in flight, and never fires, until the store is
+// opened again.
 type StoreGuard struct {
 	ns      *server.Server
 	jcfg    server.JetStreamConfig
@@ -34,10 +40,11 @@ type StoreGuard struct {
 	// Interval is how often the guard checks while faulted (default 1 s).
 	Interval time.Duration
 
-	mu      sync.Mutex
-	fault   error
-	since   time.Time
-	restart int
+	mu       sync.Mutex
+	fault    error
+	since    time.Time
+	restart  int
+	limitHit bool // a write was refused for the store's limit
 }
 
 // errStoreFault is the fault the guard reports.
@@ -65,6 +72,12 @@ func GuardStore(ns *server.Server, o EmbeddedOptions, reserve config.Reserve, lo
 
 // noteError looks at each error the server logs for a failed write.
 func (g *StoreGuard) noteError(msg string) {
+	if strings.Contains(msg, "resource limits exceeded") {
+		g.mu.Lock()
+		g.limitHit = true
+		g.mu.Unlock()
+		return
+	}
 	if !strings.Contains(msg, "Critical write error") && !strings.Contains(msg, "no space left on device") &&
 		!strings.Contains(msg, "will be DISABLED") {
 		return
@@ -94,6 +107,14 @@ func (g *StoreGuard) Err() error {
 	return nil
 }
 
+// Limit is the server's store limit in bytes (0 while JetStream is off).
+func (g *StoreGuard) Limit() int64 {
+	if c := g.ns.JetStreamConfig(); c != nil {
+		return c.MaxStore
+	}
+	return 0
+}
+
 // Restarts is how many times the guard has reopened the store.
 func (g *StoreGuard) Restarts() int {
 	g.mu.Lock()
@@ -118,6 +139,10 @@ func (g *StoreGuard) Run(ctx context.Context) {
 		case <-g.kick:
 		}
 		if g.Err() == nil {
+			if g.belowLimit() {
+				g.log.Warn("the store refused a write for its limit: reopening it to restart message schedules stuck by the refusal")
+				g.recover()
+			}
 			continue
 		}
 		free, total, err := Statfs(g.jcfg.StoreDir)
@@ -126,6 +151,29 @@ func (g *StoreGuard) Run(ctx context.Context) {
 		}
 		g.recover()
 	}
+}
+
+// belowLimit reports whether a write was refused for the store's limit
+// and usage is now back under the limit less the reserve, and clears the
+// mark if so.
+func (g *StoreGuard) belowLimit() bool {
+	g.mu.Lock()
+	hit := g.limitHit
+	g.mu.Unlock()
+	if !hit {
+		return false
+	}
+	info, err := g.ns.Jsz(nil)
+	if err != nil || info.Config.MaxStore <= 0 {
+		return false
+	}
+	if int64(info.Store)+g.reserve.Of(info.Config.MaxStore) > info.Config.MaxStore {
+		return false
+	}
+	g.mu.Lock()
+	g.limitHit = false
+	g.mu.Unlock()
+	return true
 }
 
 // recover shuts JetStream down and enables it again from its files.

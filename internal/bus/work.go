@@ -25,8 +25,8 @@ type Handler func(ctx context.Context, m jetstream.Msg)
 // flight, keeps long handlers alive with InProgress, recovers panics and
 // moves poison messages to mail.bad before they reach MaxDeliver.
 type Worker struct {
-	// JS publishes poison messages to mail.bad.
-	JS jetstream.JetStream
+	// Room publishes poison messages to mail.bad.
+	Room *Room
 	// Consumer is the durable pull consumer to work.
 	Consumer jetstream.Consumer
 	// Slots is how many handlers run at once.
@@ -130,7 +130,7 @@ func (w *Worker) handle(ctx context.Context, m jetstream.Msg, h Handler) {
 }
 
 func (w *Worker) poison(ctx context.Context, m jetstream.Msg, reason string) {
-	if err := MoveToBad(ctx, w.JS, m, reason); err != nil {
+	if err := MoveToBad(ctx, w.Room, m, reason); err != nil {
 		w.Log.Error("move poison message to badmail failed", "subject", m.Subject(), "err", err)
 		_ = m.NakWithDelay(30 * time.Second)
 		return
@@ -158,7 +158,7 @@ func keepAlive(m jetstream.Msg, every time.Duration) (stop func()) {
 // MoveToBad publishes a copy of m to mail.bad with reason, then acks m.
 // It works for messages whose envelope does not even decode: the original
 // headers are kept as they are (minus Nats-*), so Badmail can show them.
-func MoveToBad(ctx context.Context, js jetstream.JetStream, m jetstream.Msg, reason string) error {
+func MoveToBad(ctx context.Context, room *Room, m jetstream.Msg, reason string) error {
 	md, err := m.Metadata()
 	seq := uint64(0)
 	if err == nil {
@@ -181,10 +181,10 @@ func MoveToBad(ctx context.Context, js jetstream.JetStream, m jetstream.Msg, rea
 	}
 	bad.Header.Set(envelope.HdrReason, sanitize(reason))
 	bad.Header.Set(envelope.HdrBadSubject, m.Subject())
-	if _, err := Forward(ctx, js, bad, "bad."+strconv.FormatUint(seq, 10)+"."+qid); err != nil {
+	if _, err := room.Forward(ctx, bad, "bad."+strconv.FormatUint(seq, 10)+"."+qid); err != nil {
 		return err
 	}
-	Emit(js, Event{Type: EventBadmail, QueueID: qid, Reason: bad.Header.Get(envelope.HdrReason), Subject: m.Subject()})
+	Emit(room.JS, Event{Type: EventBadmail, QueueID: qid, Reason: bad.Header.Get(envelope.HdrReason), Subject: m.Subject()})
 	return m.DoubleAck(ctx)
 }
 

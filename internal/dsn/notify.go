@@ -113,8 +113,9 @@ type Notice struct {
 // Notifier builds notifications and publishes them to mail.in as new mail
 // from the null sender. Router and delivery both use it.
 type Notifier struct {
-	// JS publishes; Bodies reads original bodies and stores large reports.
-	JS     jetstream.JetStream
+	// Room publishes (Room.Forward: reports are the pipeline's own mail);
+	// Bodies reads original bodies and stores large reports.
+	Room   *bus.Room
 	Bodies *bus.Bodies
 	// Hostname is the Reporting-MTA and the domain of MAILER-DAEMON.
 	Hostname string
@@ -129,7 +130,7 @@ type Notifier struct {
 // NewNotifier returns a notifier configured from cfg.
 func NewNotifier(cfg config.Config, js jetstream.JetStream, bodies *bus.Bodies) *Notifier {
 	return &Notifier{
-		JS:          js,
+		Room:        &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
 		Bodies:      bodies,
 		Hostname:    cfg.Hostname,
 		CopyTo:      cfg.Delivery.NDRCopyTo,
@@ -285,7 +286,7 @@ func (n *Notifier) Send(ctx context.Context, no Notice) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("dsn: envelope: %w", err)
 	}
-	if _, err := bus.Forward(ctx, n.JS, msg, no.ID); err != nil {
+	if _, err := n.Room.Forward(ctx, msg, no.ID); err != nil {
 		return "", err
 	}
 	return qid, nil

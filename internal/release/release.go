@@ -39,6 +39,8 @@ type Service struct {
 	cfg config.Config
 	log *slog.Logger
 	js  jetstream.JetStream
+	// room publishes the released messages (Room.Forward).
+	room *bus.Room
 
 	// Batch is how many held messages are pulled at once.
 	Batch int
@@ -48,9 +50,9 @@ type Service struct {
 	wg      sync.WaitGroup
 }
 
-// New returns a release worker.
-func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) *Service {
-	return &Service{cfg: cfg, log: log.With("svc", "release"), js: js, Batch: 50, running: map[string]bool{}}
+// New returns a release worker publishing through room.
+func New(cfg config.Config, log *slog.Logger, room *bus.Room) *Service {
+	return &Service{cfg: cfg, log: log.With("svc", "release"), js: room.JS, room: room, Batch: 50, running: map[string]bool{}}
 }
 
 // Run answers release requests until ctx is done, then waits for releases
@@ -174,7 +176,7 @@ func (s *Service) move(ctx context.Context, tok string, m jetstream.Msg) error {
 	}
 	qid := out.Header.Get(envelope.HdrQueueID)
 	id := qid + "." + tok + ".rel" + strconv.FormatUint(md.Sequence.Stream, 10)
-	if _, err := bus.Forward(ctx, s.js, out, id); err != nil {
+	if _, err := s.room.Forward(ctx, out, id); err != nil {
 		return fmt.Errorf("release: publish %s: %w", out.Subject, err)
 	}
 	if err := m.DoubleAck(ctx); err != nil {
@@ -212,7 +214,7 @@ func (s *Service) fireDeferred(ctx context.Context, tok string) (int, error) {
 		}
 		qid := msg.Header.Get(envelope.HdrQueueID)
 		id := qid + "." + tok + ".etrn" + strconv.FormatUint(raw.Sequence, 10)
-		_, err = bus.Forward(ctx, s.js, msg, id,
+		_, err = s.room.Forward(ctx, msg, id,
 			jetstream.WithScheduleAt(time.Now()), jetstream.WithScheduleTarget(bus.Out(tok)),
 			jetstream.WithExpectLastSequencePerSubject(raw.Sequence))
 		var apiErr *jetstream.APIError

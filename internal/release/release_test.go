@@ -56,7 +56,7 @@ func TestReleaseMovesHeldAndDeferred(t *testing.T) {
 	publish(t, js, bus.Hold("other_test"), "other1")
 	publish(t, js, bus.Defer(tok, "def1"), "def1.a1", jetstream.WithScheduleAt(time.Now().Add(time.Hour)), jetstream.WithScheduleTarget(bus.Out(tok)))
 
-	s := New(cfg, testutil.Logger(t), js)
+	s := New(cfg, testutil.Logger(t), &bus.Room{JS: js})
 	s.Batch = 1
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
