@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -113,16 +114,20 @@ func (h *harness) waitQueued(t *testing.T, n uint64) {
 	testutil.WaitFor(t, 20*time.Second, fmt.Sprintf("%d messages queued", n), func() bool { return h.streamMsgs(t) >= n })
 }
 
-// waitBadmail waits until Badmail holds n complete entries and returns
-// their .BDR paths (the .BDR of an entry is written after its .BAD).
+// waitBadmail waits until Badmail holds n complete entries, a .BDR and
+// its .BAD, and returns their .BDR paths.
 func (h *harness) waitBadmail(t *testing.T, n int) []string {
 	t.Helper()
-	var bdrs []string
+	var whole []string
 	testutil.WaitFor(t, 10*time.Second, fmt.Sprintf("%d Badmail entries", n), func() bool {
-		bdrs, _ = filepath.Glob(filepath.Join(h.cfg.BadmailDir(), "*"+badfile.ExtBDR))
-		return len(bdrs) >= n
+		bdrs, _ := filepath.Glob(filepath.Join(h.cfg.BadmailDir(), "*"+badfile.ExtBDR))
+		whole = slices.DeleteFunc(bdrs, func(bdr string) bool {
+			_, err := os.Lstat(strings.TrimSuffix(bdr, badfile.ExtBDR) + badfile.ExtBAD)
+			return err != nil
+		})
+		return len(whole) >= n
 	})
-	return bdrs
+	return whole
 }
 
 // leftover lists what is still in Pickup/ and .work/ (hidden names and
@@ -511,7 +516,7 @@ func TestIgnoredNames(t *testing.T) {
 	if err := os.WriteFile(hidden, []byte("From: a@example.com\nTo: b@example.net\n\nx\n"), 0o640); err != nil {
 		t.Fatal(err)
 	}
-	sub := filepath.Join(h.dir, "subdir")
+	sub := filepath.Join(h.dir, ".staging")
 	if err := os.Mkdir(sub, 0o750); err != nil {
 		t.Fatal(err)
 	}
