@@ -323,14 +323,18 @@ func (ss *session) received(qid string, now time.Time, env *envelope.Envelope) [
 	return []byte(b.String())
 }
 
+// sanitize drops the control characters of s.
 func sanitize(s string) string {
 	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
+		if isControl(r) {
 			return -1
 		}
 		return r
 	}, s)
 }
+
+// isControl reports whether r is an ASCII control character.
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
 // requote restores the quotes of a local part that needs them: go-smtp
 // hands over `"a b"@x` as `a b@x`, which is no longer one mailbox.

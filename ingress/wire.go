@@ -295,6 +295,12 @@ func (w *wire) fillCommand() error {
 	}
 	switch verb {
 	case "EHLO", "HELO":
+		// go-smtp echoes the argument in its 250 ("Hello <name>"): a
+		// control character (NUL, ESC, …) must never reach the client.
+		if strings.ContainsFunc(arg, isControl) {
+			w.replyBad("501 5.5.2 Syntax error: control character in the " + verb + " argument")
+			return nil
+		}
 		w.ehloFirst = verb == "EHLO"
 	case "MAIL":
 		w.bare.Store(0)
