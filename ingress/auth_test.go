@@ -193,3 +193,27 @@ func TestUsersFileReload(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// A failed login costs one bcrypt comparison whether the user is unknown,
+// known with a wrong password, or named with another identity: the time of
+// the 535 does not tell which user names exist.
+func TestAuthFailureCostsOneComparison(t *testing.T) {
+	f := start(t, func(c *config.Config) {
+		withUsers(t, c, testUser(t, "alice@local.test", nil, nil))
+		c.Auth.FailLimit = 1000
+	}, nil)
+	for _, tt := range []struct{ what, identity, user, password string }{
+		{"unknown user", "", "mallory@local.test", testPassword},
+		{"wrong password", "", "alice@local.test", "guess"},
+		{"other identity", "bob@local.test", "alice@local.test", testPassword},
+	} {
+		c := dialStartTLS(t, f.addr)
+		before := f.svc.authOK.compares.Load()
+		if err := c.Auth(sasl.NewPlainClient(tt.identity, tt.user, tt.password)); enhanced(err) != "535 5.7.8" {
+			t.Errorf("%s: %v, want 535 5.7.8", tt.what, err)
+		}
+		if n := f.svc.authOK.compares.Load() - before; n != 1 {
+			t.Errorf("%s: %d bcrypt comparisons, want 1 as for any failed login", tt.what, n)
+		}
+	}
+}
