@@ -1,41 +1,22 @@
 package ingress
 
 import (
-	"bytes"
 	"encoding/base64"
 	"log/slog"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-sasl"
 
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/testutil"
 	"github.com/mailroot/mailroot/internal/users"
 )
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestAuthSuccessAndFailure(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testutil.Logs{}
 	f := startLogged(t, func(c *config.Config) {
 		withUsers(t, c, testUser(t, "alice@local.test", nil, nil))
 		addSite(c, config.KindSubmission, "submission", nil)
