@@ -39,3 +39,30 @@ func TestHeloControlCharacters(t *testing.T) {
 		}
 	}
 }
+
+// A domain that is no domain name — a final dot, an empty label, a stray
+// character — is refused in MAIL FROM with 501 5.1.7 and in RCPT TO with
+// 501 5.1.3, from a relay network too: "victim@local.test.." was taken
+// with a 250 and then matched no domain.
+func TestBadDomainsRefused(t *testing.T) {
+	f := start(t, nil, nil) // 127.0.0.0/8 may relay: only the syntax refuses
+	bad := []string{"local.test.", "local.test..", "local..test", ".local.test", "-local.test", "local_test!", "local.test/x"}
+	rc := rawDial(t, f.addr)
+	rc.cmd("EHLO client.test")
+	for _, d := range bad {
+		if code, text := rc.cmd("MAIL FROM:<a@" + d + ">"); code != 501 || !strings.HasPrefix(text, "501 5.1.7 ") {
+			t.Errorf("MAIL FROM:<a@%s>: %q, want 501 5.1.7", d, text)
+		}
+	}
+	if code, text := rc.cmd("MAIL FROM:<a@remote.test>"); code != 250 {
+		t.Fatalf("MAIL: %s", text)
+	}
+	for _, d := range bad {
+		if code, text := rc.cmd("RCPT TO:<victim@" + d + ">"); code != 501 || !strings.HasPrefix(text, "501 5.1.3 ") {
+			t.Errorf("RCPT TO:<victim@%s>: %q, want 501 5.1.3", d, text)
+		}
+	}
+	if code, text := rc.cmd("RCPT TO:<victim@local.test>"); code != 250 {
+		t.Errorf("a good recipient after the bad ones: %s", text)
+	}
+}
