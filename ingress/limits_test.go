@@ -205,13 +205,7 @@ func TestRequestDeadlines(t *testing.T) {
 	})
 	t.Run("DATA trickled", func(t *testing.T) {
 		before := subjectCount(t, f.js, bus.SubjIn)
-		rc := rawDial(t, f.addr)
-		rc.cmd("EHLO client.test")
-		rc.cmd("MAIL FROM:<a@remote.test>")
-		rc.cmd("RCPT TO:<b@local.test>")
-		if code, text := rc.cmd("DATA"); code != 354 {
-			t.Fatalf("DATA: %s", text)
-		}
+		rc := rawData(t, f.addr)
 		trickle(t, rc.c, timeout/10)
 		cutOff(t, rc, "451 4.3.0", "421 4.4.2")
 		if n := subjectCount(t, f.js, bus.SubjIn); n != before {
@@ -219,13 +213,7 @@ func TestRequestDeadlines(t *testing.T) {
 		}
 	})
 	t.Run("DATA at a steady rate", func(t *testing.T) {
-		rc := rawDial(t, f.addr)
-		rc.cmd("EHLO client.test")
-		rc.cmd("MAIL FROM:<a@remote.test>")
-		rc.cmd("RCPT TO:<b@local.test>")
-		if code, text := rc.cmd("DATA"); code != 354 {
-			t.Fatalf("DATA: %s", text)
-		}
+		rc := rawData(t, f.addr)
 		rc.send("Subject: slow link\r\n\r\n")
 		line := strings.Repeat("y", 998) + "\r\n"
 		for i := 0; i < 30; i++ { // 20 kB/s for three timeouts

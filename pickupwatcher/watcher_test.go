@@ -114,6 +114,23 @@ func (h *harness) waitQueued(t *testing.T, n uint64) {
 	testutil.WaitFor(t, 20*time.Second, fmt.Sprintf("%d messages queued", n), func() bool { return h.streamMsgs(t) >= n })
 }
 
+// settle waits until n messages are queued, stops the watchers (each
+// finishes what it took), then checks that exactly n are queued and that
+// nothing is left in Pickup/ or .work/.
+func (h *harness) settle(t *testing.T, n uint64, stops ...func()) {
+	t.Helper()
+	h.waitQueued(t, n)
+	for _, stop := range stops {
+		stop()
+	}
+	if got := h.streamMsgs(t); got != n {
+		t.Fatalf("%d messages queued, want %d", got, n)
+	}
+	if left := h.leftover(t); len(left) != 0 {
+		t.Fatalf("left after queueing: %v", left)
+	}
+}
+
 // waitBadmail waits until Badmail holds n complete entries, a .BDR and
 // its .BAD, and returns their .BDR paths.
 func (h *harness) waitBadmail(t *testing.T, n int) []string {
@@ -403,31 +420,17 @@ func TestCrashAfterPublishQueuesOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	stop := h.run(t) // recovery at start handles .work/
-	h.waitQueued(t, 1)
-	stop()
-	if n := h.streamMsgs(t); n != 1 {
-		t.Fatalf("%d messages after the first run", n)
-	}
-	if left := h.leftover(t); len(left) != 0 {
-		t.Fatalf("left after the first run: %v", left)
-	}
+	h.settle(t, 1, h.run(t)) // recovery at start handles .work/
 
 	if err := os.Link(keep, claimed); err != nil {
 		t.Fatal(err)
 	}
-	stop = h.run(t)
+	stop := h.run(t)
 	// The first scan handles .work/ before it looks at Pickup/: once the
-	// probe is queued, the file put back has been handled again.
+	// probe is queued, the file put back has been handled again, and two
+	// messages mean it was not queued twice (dedup by Nats-Msg-Id).
 	h.drop(t, "probe.eml", "From: a@example.com\nTo: b@example.net\n\nprobe\n")
-	h.waitQueued(t, 2)
-	stop()
-	if n := h.streamMsgs(t); n != 2 {
-		t.Fatalf("%d messages after the second run, want 2: the file put back once (dedup by Nats-Msg-Id) and the probe", n)
-	}
-	if left := h.leftover(t); len(left) != 0 {
-		t.Fatalf("left after the second run: %v", left)
-	}
+	h.settle(t, 2, stop)
 }
 
 // A crash between the claim's link and unlink leaves the file in both
@@ -484,15 +487,7 @@ func TestTwoWatchersOneDir(t *testing.T) {
 	for i := range n {
 		h.drop(t, fmt.Sprintf("m%02d.eml", i), fmt.Sprintf("From: a@example.com\nTo: b%d@example.net\n\nmessage %d\n", i, i))
 	}
-	h.waitQueued(t, n)
-	stopA()
-	stopB()
-	if got := h.streamMsgs(t); got != n {
-		t.Fatalf("%d messages in the stream, want %d", got, n)
-	}
-	if left := h.leftover(t); len(left) != 0 {
-		t.Errorf("left after queueing: %v", left)
-	}
+	h.settle(t, n, stopA, stopB)
 	seen := map[string]bool{}
 	for _, m := range h.fetchIn(t, n) {
 		env, err := envelope.Decode(m.Headers())
@@ -524,15 +519,11 @@ func TestIgnoredNames(t *testing.T) {
 	// it is queued, the scan that took it has passed them, and the stop
 	// lets anything that scan took finish.
 	h.drop(t, "zz.eml", "From: a@example.com\nTo: b@example.net\n\nx\n")
-	h.waitQueued(t, 1)
-	stop()
+	h.settle(t, 1, stop)
 	for _, p := range []string{hidden, sub} {
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("%s: %v", p, err)
 		}
-	}
-	if n := h.streamMsgs(t); n != 1 {
-		t.Errorf("%d messages", n)
 	}
 }
 
@@ -587,12 +578,5 @@ func TestPublishFailureRetries(t *testing.T) {
 	if err := bus.EnsureStream(ctx, h.js, bus.LayoutOf(h.cfg)); err != nil {
 		t.Fatal(err)
 	}
-	h.waitQueued(t, 2)
-	stop()
-	if n := h.streamMsgs(t); n != 2 {
-		t.Fatalf("%d messages", n)
-	}
-	if left := h.leftover(t); len(left) != 0 {
-		t.Errorf("left after the retry: %v", left)
-	}
+	h.settle(t, 2, stop)
 }
