@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -71,7 +72,13 @@ func (ss *session) login(mech, identity, username, password string) error {
 	s := ss.s
 	log := s.log.With("site", ss.site.cfg.Name, "client", ss.w.ip.String(), "mech", mech, "user", sanitize(username))
 	u, ok := s.users.Lookup(username)
-	if ok && (identity == "" || identity == username) && s.authOK.check(u, password) {
+	if !ok {
+		// The same bcrypt work as for a wrong password: the time of the
+		// answer must not tell whether the user exists.
+		u = s.users.Decoy()
+	}
+	match := s.authOK.check(u, password)
+	if ok && (identity == "" || identity == username) && match {
 		ss.user = &u
 		log.Info("authenticated")
 		s.sessions.update(ss.w.id, func(i *sessionInfo) { i.User = u.Name })
@@ -185,6 +192,10 @@ func (l *authLimiter) prune(now time.Time) {
 type authCache struct {
 	mu sync.Mutex
 	m  map[[32]byte]time.Time
+
+	// compares counts bcrypt comparisons (a test seam: a failed login
+	// must cost one whether or not the user exists).
+	compares atomic.Int64
 }
 
 const authCacheTTL = 5 * time.Minute
@@ -200,6 +211,7 @@ func (c *authCache) check(u users.User, password string) bool {
 	if ok && now.Sub(t) < authCacheTTL {
 		return true
 	}
+	c.compares.Add(1)
 	if !u.Check(password) {
 		return false
 	}

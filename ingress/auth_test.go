@@ -1,41 +1,22 @@
 package ingress
 
 import (
-	"bytes"
 	"encoding/base64"
 	"log/slog"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-sasl"
 
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/testutil"
 	"github.com/mailroot/mailroot/internal/users"
 )
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestAuthSuccessAndFailure(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testutil.Logs{}
 	f := startLogged(t, func(c *config.Config) {
 		withUsers(t, c, testUser(t, "alice@local.test", nil, nil))
 		addSite(c, config.KindSubmission, "submission", nil)
@@ -191,5 +172,29 @@ func TestUsersFileReload(t *testing.T) {
 			t.Fatalf("new user never accepted: %v", err)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// A failed login costs one bcrypt comparison whether the user is unknown,
+// known with a wrong password, or named with another identity: the time of
+// the 535 does not tell which user names exist.
+func TestAuthFailureCostsOneComparison(t *testing.T) {
+	f := start(t, func(c *config.Config) {
+		withUsers(t, c, testUser(t, "alice@local.test", nil, nil))
+		c.Auth.FailLimit = 1000
+	}, nil)
+	for _, tt := range []struct{ what, identity, user, password string }{
+		{"unknown user", "", "mallory@local.test", testPassword},
+		{"wrong password", "", "alice@local.test", "guess"},
+		{"other identity", "bob@local.test", "alice@local.test", testPassword},
+	} {
+		c := dialStartTLS(t, f.addr)
+		before := f.svc.authOK.compares.Load()
+		if err := c.Auth(sasl.NewPlainClient(tt.identity, tt.user, tt.password)); enhanced(err) != "535 5.7.8" {
+			t.Errorf("%s: %v, want 535 5.7.8", tt.what, err)
+		}
+		if n := f.svc.authOK.compares.Load() - before; n != 1 {
+			t.Errorf("%s: %d bcrypt comparisons, want 1 as for any failed login", tt.what, n)
+		}
 	}
 }

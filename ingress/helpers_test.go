@@ -132,6 +132,20 @@ func rawDial(t testing.TB, addr string) *rawConn {
 	return rc
 }
 
+// rawData dials addr and goes as far as the 354 of DATA, for a message
+// from a@remote.test to b@local.test.
+func rawData(t testing.TB, addr string) *rawConn {
+	t.Helper()
+	rc := rawDial(t, addr)
+	rc.cmd("EHLO client.test")
+	rc.cmd("MAIL FROM:<a@remote.test>")
+	rc.cmd("RCPT TO:<b@local.test>")
+	if code, text := rc.cmd("DATA"); code != 354 {
+		t.Fatalf("DATA: %s", text)
+	}
+	return rc
+}
+
 // send writes s as is.
 func (rc *rawConn) send(s string) {
 	rc.t.Helper()

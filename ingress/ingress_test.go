@@ -180,7 +180,7 @@ func TestRelayControl(t *testing.T) {
 		code int
 	}{
 		{"user@local.test", 0},
-		{"User@LOCAL.TEST.", 0},
+		{"User@LOCAL.TEST.", 501},
 		{"victim@elsewhere.test", 550},
 		{"user%victim@elsewhere.test@local.test", 550},
 		{"user%elsewhere.test@local.test", 550},

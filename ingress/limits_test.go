@@ -2,12 +2,14 @@ package ingress
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 )
 
@@ -132,4 +134,94 @@ func TestConnectionSlotsAreReturned(t *testing.T) {
 		}
 		testutilWaitIdle(t, f)
 	}
+}
+
+// trickle writes one byte to c every interval until a write fails or the
+// test ends: a client holding its connection with as little as it can.
+func trickle(t *testing.T, c net.Conn, interval time.Duration) {
+	stop, done := make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() { close(stop); <-done })
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if _, err := c.Write([]byte("x")); err != nil {
+				return
+			}
+		}
+	}()
+}
+
+// Each request has a deadline, not each read (Postfix's
+// smtpd_per_request_deadline): a command line trickled a byte at a time
+// is cut off at the timeout, after STARTTLS too; message content must keep
+// to the minimum data rate, and a message sent at a steady rate is taken
+// however long it takes. Every case outlasts the timeout several times.
+func TestRequestDeadlines(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	f := start(t, func(c *config.Config) { c.Ingress.Timeout = config.Duration(timeout) }, nil)
+	cutOff := func(t *testing.T, rc *rawConn, want ...string) {
+		t.Helper()
+		for _, w := range want {
+			if code, text := rc.reply(); !strings.HasPrefix(text, w) {
+				t.Errorf("trickling client: %d %q, want %s", code, text, w)
+			}
+		}
+		if !rc.closed() {
+			t.Error("connection open after the deadline")
+		}
+	}
+	t.Run("command line", func(t *testing.T) {
+		rc := rawDial(t, f.addr)
+		rc.cmd("EHLO client.test")
+		trickle(t, rc.c, timeout/10)
+		cutOff(t, rc, "421 4.4.2")
+	})
+	t.Run("command line after STARTTLS", func(t *testing.T) {
+		rc := rawDial(t, f.addr)
+		rc.cmd("EHLO client.test")
+		if code, text := rc.cmd("STARTTLS"); code != 220 {
+			t.Fatalf("STARTTLS: %s", text)
+		}
+		tc := tlsUpgrade(t, rc)
+		trickle(t, tc.c, timeout/10)
+		cutOff(t, tc, "421 4.4.2")
+	})
+	t.Run("commands answered by wire", func(t *testing.T) {
+		rc := rawDial(t, f.addr)
+		rc.cmd("EHLO client.test")
+		for i := 0; i < 8; i++ { // 8 × timeout/5: longer than one timeout
+			if code, text := rc.cmd("XYZZY"); code != 500 {
+				t.Fatalf("unknown command %d: %q, want 500", i+1, text)
+			}
+			time.Sleep(timeout / 5) // a client thinking between commands
+		}
+	})
+	t.Run("DATA trickled", func(t *testing.T) {
+		before := subjectCount(t, f.js, bus.SubjIn)
+		rc := rawData(t, f.addr)
+		trickle(t, rc.c, timeout/10)
+		cutOff(t, rc, "451 4.3.0", "421 4.4.2")
+		if n := subjectCount(t, f.js, bus.SubjIn); n != before {
+			t.Errorf("%d messages stored from a trickled DATA", n-before)
+		}
+	})
+	t.Run("DATA at a steady rate", func(t *testing.T) {
+		rc := rawData(t, f.addr)
+		rc.send("Subject: slow link\r\n\r\n")
+		line := strings.Repeat("y", 998) + "\r\n"
+		for i := 0; i < 30; i++ { // 20 kB/s for three timeouts
+			rc.send(line)
+			time.Sleep(timeout / 10)
+		}
+		if code, text := rc.cmd("."); code != 250 {
+			t.Errorf("message sent at 20 kB/s: %q, want 250", text)
+		}
+	})
 }

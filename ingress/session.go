@@ -82,8 +82,8 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 			return smtpErr(553, smtp.EnhancedCode{5, 6, 7}, "Non-ASCII address needs SMTPUTF8")
 		}
 		from = requote(from)
-		if err := envelope.CheckAddress(from); err != nil || !utf8.ValidString(from) {
-			return smtpErr(553, smtp.EnhancedCode{5, 1, 7}, "Bad sender address syntax")
+		if !validPath(from) {
+			return smtpErr(501, smtp.EnhancedCode{5, 1, 7}, "Bad sender address syntax")
 		}
 		if cfg.SenderLoginMatch && ss.user != nil && !ss.user.MaySendAs(from) {
 			ss.s.log.Info("sender not owned by user", "site", cfg.Name, "client", ss.w.ip.String(), "user", ss.user.Name, "from", from)
@@ -100,6 +100,18 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	return nil
 }
 
+// validPath reports whether addr may be the address of MAIL FROM or RCPT
+// TO: a mailbox whose domain is a domain name (envelope.CheckAddress: no
+// empty label, no stray character), in valid UTF-8, and without a final
+// dot: RFC 5321's Domain has none, though the envelope tolerates it.
+func validPath(addr string) bool {
+	if envelope.CheckAddress(addr) != nil || !utf8.ValidString(addr) {
+		return false
+	}
+	_, domain, _ := envelope.Split(addr)
+	return !strings.HasSuffix(domain, ".")
+}
+
 // Rcpt adds a recipient: local, alias and held domains from anyone, any
 // other domain only from relay_networks or an authenticated user.
 func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
@@ -108,7 +120,7 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return smtpErr(553, smtp.EnhancedCode{5, 6, 7}, "Non-ASCII address needs SMTPUTF8")
 	}
 	to = requote(to)
-	if err := envelope.CheckAddress(to); err != nil || !utf8.ValidString(to) {
+	if !validPath(to) {
 		return smtpErr(501, smtp.EnhancedCode{5, 1, 3}, "Bad recipient address syntax")
 	}
 	local, dom, _ := envelope.Split(to)
@@ -333,14 +345,18 @@ func (ss *session) received(qid string, now time.Time, env *envelope.Envelope) [
 	return []byte(b.String())
 }
 
+// sanitize drops the control characters of s.
 func sanitize(s string) string {
 	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
+		if isControl(r) {
 			return -1
 		}
 		return r
 	}, s)
 }
+
+// isControl reports whether r is an ASCII control character.
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
 // requote restores the quotes of a local part that needs them: go-smtp
 // hands over `"a b"@x` as `a b@x`, which is no longer one mailbox.

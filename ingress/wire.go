@@ -40,7 +40,18 @@ import (
 //   - watches go-smtp's replies: adds the EHLO keywords go-smtp cannot know
 //     (STARTTLS, REQUIRETLS, ETRN, ATRN), writes the site's banner, enters
 //     DATA mode on 354, counts rejected commands (max_bad_commands) and
-//     closes the connection after any 421.
+//     closes the connection after any 421;
+//   - bounds each request, as Postfix's smtpd_per_request_deadline and
+//     smtpd_min_data_rate do: a command line must arrive whole within the
+//     site's timeout from when wire starts reading it (not from the last
+//     byte: a client trickling a byte every few seconds cannot hold a
+//     connection slot); message content (DATA, a BDAT chunk) starts with
+//     the same deadline, and every n bytes received push it back by
+//     n/minDataRate seconds, never beyond timeout from now. A client that
+//     keeps to minDataRate never times out however large its message, one
+//     that stalls or trickles is cut off (421 4.4.2) after at most timeout.
+//     A deadline per DATA line would let a client hold the connection for
+//     as long as max_message_size lasts at a line per timeout.
 //
 // Read and Write run on the connection's go-smtp goroutine; Close and the
 // TLS state may be used from others.
@@ -56,8 +67,11 @@ type wire struct {
 	c      net.Conn // raw, or the TLS connection over it
 	tlsSt  atomic.Pointer[tls.ConnectionState]
 
-	br   *bufio.Reader
+	br   *bufio.Reader // reads the connection through meter
 	sess *session
+
+	// deadline is the read deadline of the request being read.
+	deadline time.Time
 
 	// Read side.
 	out           []byte
@@ -106,10 +120,15 @@ const (
 // dataChunk is how much canonical DATA one Read prepares at most.
 const dataChunk = 32 << 10
 
+// minDataRate is the slowest message content is accepted at, in bytes a
+// second: each byte received extends the deadline of the content by
+// 1/minDataRate s (Postfix's smtpd_min_data_rate, with its default).
+const minDataRate = 500
+
 func newWire(st *site, raw net.Conn, ip netip.Addr, id string) *wire {
 	w := &wire{site: st, raw: raw, c: raw, ip: ip, id: id, since: time.Now(),
 		log: st.svc.log.With("site", st.cfg.Name, "client", ip.String(), "cid", id)}
-	w.br = bufio.NewReaderSize(raw, 8<<10)
+	w.br = bufio.NewReaderSize(meter{w, raw}, 8<<10)
 	w.normalize = st.cfg.BareNewline == "normalize" || containsIP(st.normNets, ip)
 	return w
 }
@@ -139,7 +158,7 @@ func (w *wire) setTLS(tc *tls.Conn) {
 	if n := w.br.Buffered(); n > 0 {
 		w.log.Warn("plaintext after STARTTLS discarded", "bytes", n)
 	}
-	w.br = bufio.NewReaderSize(tc, 8<<10)
+	w.br = bufio.NewReaderSize(meter{w, tc}, 8<<10)
 	w.site.svc.sessions.update(w.id, func(i *sessionInfo) { i.TLS = tlsString(st.Version, st.CipherSuite) })
 }
 
@@ -196,6 +215,33 @@ func (w *wire) Read(p []byte) (n int, err error) {
 	return n, nil
 }
 
+// startRequest gives the request about to be read (a command line, the
+// content of DATA or of a BDAT chunk) its deadline: timeout from now.
+func (w *wire) startRequest() {
+	w.deadline = time.Now().Add(w.site.cfg.Timeout.D())
+	_ = w.conn().SetReadDeadline(w.deadline)
+}
+
+// meter is what wire's bufio.Reader reads: the connection (plaintext, above
+// TLS), crediting the bytes of message content to the request deadline.
+type meter struct {
+	w *wire
+	r io.Reader
+}
+
+func (m meter) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	if w := m.w; n > 0 && w.mode != modeCommand {
+		limit := time.Now().Add(w.site.cfg.Timeout.D())
+		w.deadline = w.deadline.Add(time.Duration(n) * time.Second / minDataRate)
+		if w.deadline.After(limit) {
+			w.deadline = limit
+		}
+		_ = w.conn().SetReadDeadline(w.deadline)
+	}
+	return n, err
+}
+
 // readErr maps a failed read of the client: a timeout goes to go-smtp (it
 // answers 421 4.4.2); anything else ends the session quietly.
 func (w *wire) readErr(err error) error {
@@ -236,6 +282,10 @@ var goSMTPVerbs = map[string]bool{
 }
 
 func (w *wire) fillCommand() error {
+	// Every line its own deadline: go-smtp sets one only for the lines it
+	// asks for, not for those wire answers itself, and none is left after
+	// a STARTTLS handshake.
+	w.startRequest()
 	line, tooLong, err := w.readLine(w.site.cfg.MaxLineLength)
 	if err != nil {
 		return w.readErr(err)
@@ -295,6 +345,12 @@ func (w *wire) fillCommand() error {
 	}
 	switch verb {
 	case "EHLO", "HELO":
+		// go-smtp echoes the argument in its 250 ("Hello <name>"): a
+		// control character (NUL, ESC, …) must never reach the client.
+		if strings.ContainsFunc(arg, isControl) {
+			w.replyBad("501 5.5.2 Syntax error: control character in the " + verb + " argument")
+			return nil
+		}
 		w.ehloFirst = verb == "EHLO"
 	case "MAIL":
 		w.bare.Store(0)
@@ -312,6 +368,7 @@ func (w *wire) fillCommand() error {
 		w.bdatLeft = size
 		if size > 0 {
 			w.mode = modeBDAT
+			w.startRequest()
 		}
 	}
 	w.lastCmd = verb
@@ -592,6 +649,7 @@ func (w *wire) filterReply(out, line []byte) ([]byte, bool) {
 		}
 	case code == 354 && w.lastCmd == "DATA":
 		w.mode, w.dataPrevCRLF, w.dataLineStart = modeData, true, true
+		w.startRequest()
 	case code == 334:
 		w.saslNext = true
 	}

@@ -24,7 +24,11 @@
 //
 //  1. Scan: every pickup.interval the directory is listed (a later change
 //     may add fsnotify events; they only need to call Kick). Hidden names
-//     and anything but regular files are ignored.
+//     are ignored. Anything but a regular file (a symbolic link, a FIFO,
+//     a directory, a device, a socket) is claimed at once and moved to
+//     Badmail as it is, with a .BDR saying what it is (ErrNotRegular): a
+//     link is never followed and nothing of the kind is ever opened, and
+//     it is logged once, when moved.
 //  2. Claim: a stable file is moved into Pickup/.work/ without replacing
 //     anything (hard link + unlink). Only one watcher can win; the others
 //     find it gone and skip it.

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -46,6 +47,11 @@ const DefaultOrphanAge = 5 * time.Minute
 
 // ErrNoJetStream is returned by New without a JetStream context.
 var ErrNoJetStream = errors.New("pickupwatcher: no JetStream context")
+
+// ErrNotRegular is the Badmail reason for anything in Pickup/ that is not
+// a regular file: a symbolic link (never followed), a FIFO, a directory,
+// a device or a socket. It is moved to Badmail as it is.
+var ErrNotRegular = errors.New("pickupwatcher: not a regular file")
 
 // DefaultWorkers is how many claimed files are parsed and queued at once.
 const DefaultWorkers = 8
@@ -224,7 +230,8 @@ func (s *Service) scan(ctx context.Context, recovering bool) {
 	// .work/: crash recovery at start, our own retries, and files whose
 	// claimer died.
 	present := map[string]bool{}
-	for _, name := range s.list(s.work) {
+	for _, e := range s.list(s.work) {
+		name := e.Name()
 		present[name] = true
 		s.mu.Lock()
 		first, ok := s.workSeen[name]
@@ -251,16 +258,20 @@ func (s *Service) scan(ctx context.Context, recovering bool) {
 		}
 	}
 
-	// Pickup/: new files.
+	// Pickup/: new files. Anything but a regular file is claimed at once,
+	// to be moved to Badmail: it will never become a message.
 	clear(present)
-	for _, name := range s.list(s.dir) {
+	for _, e := range s.list(s.dir) {
+		name := e.Name()
 		present[name] = true
-		info, err := os.Lstat(filepath.Join(s.dir, name))
-		if err != nil {
-			continue // gone already
-		}
-		if !s.isStable(name, info, now) {
-			continue
+		if e.Type().IsRegular() {
+			info, err := os.Lstat(filepath.Join(s.dir, name))
+			if err != nil {
+				continue // gone already
+			}
+			if !s.isStable(name, info, now) {
+				continue
+			}
 		}
 		if ctx.Err() != nil {
 			break
@@ -289,9 +300,9 @@ func (s *Service) scan(ctx context.Context, recovering bool) {
 	}
 }
 
-// list returns the candidate names in dir: regular files not starting
-// with ".". Anything else is logged once and left alone.
-func (s *Service) list(dir string) []string {
+// list returns the entries of dir whose names do not start with ".", in
+// name order.
+func (s *Service) list(dir string) []fs.DirEntry {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		if !s.dirWarned[dir] {
@@ -301,22 +312,7 @@ func (s *Service) list(dir string) []string {
 		return nil
 	}
 	delete(s.dirWarned, dir)
-	names := make([]string, 0, len(entries))
-	for _, e := range entries {
-		name := e.Name()
-		if strings.HasPrefix(name, ".") {
-			continue
-		}
-		if !e.Type().IsRegular() {
-			if !s.warned[name] {
-				s.log.Warn("not a regular file, left alone", "file", filepath.Join(dir, name), "type", e.Type().String())
-				s.warned[name] = true
-			}
-			continue
-		}
-		names = append(names, name)
-	}
-	return names
+	return slices.DeleteFunc(entries, func(e fs.DirEntry) bool { return strings.HasPrefix(e.Name(), ".") })
 }
 
 // isStable reports whether a file in Pickup/ is complete: its size and
@@ -382,21 +378,27 @@ func (s *Service) process(ctx context.Context, name string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bus.PublishTimeout+30*time.Second)
 	defer cancel()
 	path := filepath.Join(s.work, name)
-	f, err := os.Open(path)
+	// Lstat before any open: a link is not followed, a FIFO not opened
+	// (that would block until a writer came).
+	info, err := os.Lstat(path)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
-			s.log.Error("cannot open claimed file", "file", path, "err", err)
+			s.log.Error("cannot stat claimed file", "file", path, "err", err)
 			s.setPending(name)
 		}
 		return
 	}
-	defer f.Close()
-	info, err := f.Stat()
+	if !info.Mode().IsRegular() {
+		s.setAside(name, path, info)
+		return
+	}
+	f, err := os.Open(path)
 	if err != nil {
-		s.log.Error("cannot stat claimed file", "file", path, "err", err)
+		s.log.Error("cannot open claimed file", "file", path, "err", err)
 		s.setPending(name)
 		return
 	}
+	defer f.Close()
 	limit := s.cfg.Ingress.MaxMessageSize
 	var data []byte
 	var perr error
@@ -470,6 +472,42 @@ func (s *Service) process(ctx context.Context, name string) {
 	log.Info("picked up", "from", p.From, "rcpts", len(p.Rcpts), "size", len(p.Message))
 }
 
+// setAside moves the claimed .work/name, which is not a regular file, to
+// Badmail as it is, with the reason.
+func (s *Service) setAside(name, path string, info fs.FileInfo) {
+	qid := fileQID(name, info, nil)
+	reason := fmt.Errorf("%w: it is %s", ErrNotRegular, kind(info.Mode()))
+	if info.Mode()&fs.ModeSymlink != 0 {
+		target, _ := os.Readlink(path)
+		reason = fmt.Errorf("%w: it is a symbolic link to %q, which is never followed: put the file itself in Pickup", ErrNotRegular, target)
+	}
+	if err := s.badmail(path, name, qid, info, reason); err != nil {
+		s.log.Error("write badmail failed, will retry", "qid", qid, "file", name, "dir", s.badDir, "reason", reason.Error(), "err", err)
+		s.setPending(name)
+		return
+	}
+	s.forget(name, qid)
+}
+
+// kind names what a file mode describes, for a Badmail report.
+func kind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	case m.IsRegular():
+		return "a regular file"
+	}
+	return "of type " + m.Type().String()
+}
+
 // remove deletes a handled file from .work/. If that fails it is retried
 // next scan, without handling the file again.
 func (s *Service) remove(log *slog.Logger, name, path, qid string) {
@@ -478,6 +516,11 @@ func (s *Service) remove(log *slog.Logger, name, path, qid string) {
 		s.setPending(name)
 		return
 	}
+	s.forget(name, qid)
+}
+
+// forget drops the state of a handled file.
+func (s *Service) forget(name, qid string) {
 	s.mu.Lock()
 	delete(s.sent, qid)
 	delete(s.pending, name)
@@ -551,13 +594,20 @@ func (s *Service) putBody(ctx context.Context, qid string, data []byte) error {
 	return err
 }
 
-// badmail writes the claimed file as it is into Badmail with the reason.
+// badmail writes the claimed file as it is into Badmail with the reason:
+// a regular file is copied, anything else moved in (never opened).
 func (s *Service) badmail(path, name, qid string, info fs.FileInfo, reason error) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
+	entry := badfile.Entry{Name: qid, Alt: "pickup", Key: "pickup " + qid}
+	if info.Mode().IsRegular() {
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		entry.Data = f
+	} else {
+		entry.Path = path
 	}
-	defer f.Close()
 	var b strings.Builder
 	b.WriteString("Mailroot Badmail report\n\n")
 	fmt.Fprintf(&b, "The Pickup directory could not take this file:\n  %s\n\n", reason.Error())
@@ -566,17 +616,13 @@ func (s *Service) badmail(path, name, qid string, info fs.FileInfo, reason error
 	row("Reason", reason.Error())
 	row("Original file", fmt.Sprintf("%q", name))
 	row("Pickup dir", s.dir)
+	row("File type", kind(info.Mode()))
 	row("File size", fmt.Sprintf("%d bytes", info.Size()))
 	row("File modified", info.ModTime().UTC().Format(time.RFC3339Nano))
 	row("Queue ID", qid)
 	row("Host", s.cfg.Hostname)
-	res, err := badfile.Write(s.badDir, badfile.Entry{
-		Name:   qid,
-		Alt:    "pickup",
-		Key:    "pickup " + qid,
-		Data:   f,
-		Report: b.String(),
-	})
+	entry.Report = b.String()
+	res, err := badfile.Write(s.badDir, entry)
 	if err != nil {
 		return err
 	}

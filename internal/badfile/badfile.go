@@ -22,6 +22,10 @@
 //     handled again after a crash);
 //   - on any error, temp files are removed and nothing half-written is
 //     left under a final name, so the caller can simply retry later.
+//
+// An entry can also move a file-system object that cannot be copied (a
+// symbolic link, a FIFO, a directory, a device) into Badmail as its .BAD:
+// see Entry.Path.
 package badfile
 
 import (
@@ -76,6 +80,12 @@ type Entry struct {
 	Key string
 	// Data is the message, copied byte for byte into the .BAD file.
 	Data io.Reader
+	// Path, when not empty, names a file-system object of any kind (a
+	// symbolic link, a FIFO, a directory, a device) on the same file
+	// system that becomes the .BAD as it is: it is moved, never opened
+	// and never followed. Data is then ignored. The .BDR is put in place
+	// first, so a retry after a crash finds its name by the Key.
+	Path string
 	// Report is the text of the .BDR after the key line.
 	Report string
 }
@@ -100,6 +110,9 @@ func Write(dir string, e Entry) (Result, error) {
 		return Result{}, fmt.Errorf("badfile: create %s: %w", dir, err)
 	}
 	key := oneLine(e.Key)
+	if e.Path != "" {
+		return writeMoved(dir, e, key)
+	}
 	data := e.Data
 	if data == nil {
 		data = bytes.NewReader(nil)
@@ -117,11 +130,7 @@ func Write(dir string, e Entry) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	report := KeyPrefix + key + "\n" + e.Report
-	if !strings.HasSuffix(report, "\n") {
-		report += "\n"
-	}
-	tmpBDR, _, err := writeTemp(dir, ExtBDR, strings.NewReader(report))
+	tmpBDR, _, err := writeTemp(dir, ExtBDR, strings.NewReader(report(key, e.Report)))
 	if tmpBDR != "" {
 		temps = append(temps, tmpBDR)
 	}
@@ -211,6 +220,73 @@ func Write(dir string, e Entry) (Result, error) {
 	return Result{}, fmt.Errorf("badfile: no free name for %s after %d tries", e.Name, maxCandidates)
 }
 
+// writeMoved is Write for an entry whose .BAD is the object at e.Path.
+// Unlike a copied message it cannot be compared with a .BAD already in
+// place, so a name is taken only when neither file exists, or when its
+// .BDR carries the entry's Key (an earlier try put the report there).
+func writeMoved(dir string, e Entry, key string) (Result, error) {
+	tmpBDR, _, err := writeTemp(dir, ExtBDR, strings.NewReader(report(key, e.Report)))
+	if tmpBDR != "" {
+		defer os.Remove(tmpBDR)
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	for i := 0; i < maxCandidates; i++ {
+		name := candidate(e, i)
+		bad, bdr := filepath.Join(dir, name+ExtBAD), filepath.Join(dir, name+ExtBDR)
+		k, kerr := readKey(bdr)
+		earlier := kerr == nil && k == key
+		switch {
+		case kerr == nil && k != key:
+			continue // another entry's
+		case earlier:
+			// Our report from an earlier try: the object goes beside it.
+		case !errors.Is(kerr, fs.ErrNotExist):
+			return Result{}, fmt.Errorf("badfile: read %s: %w", bdr, kerr)
+		default:
+			if _, err := os.Lstat(bad); err == nil {
+				continue // another entry's .BAD, its report lost
+			}
+			if err := MoveNoReplace(tmpBDR, bdr); errors.Is(err, fs.ErrExist) {
+				continue
+			} else if err != nil {
+				return Result{}, err
+			}
+			if err := SyncDir(dir); err != nil {
+				return Result{}, err
+			}
+		}
+		err := moveObject(dir, e.Path, bad)
+		switch {
+		case err == nil:
+			return Result{Name: name}, SyncDir(dir)
+		case earlier && errors.Is(err, fs.ErrNotExist):
+			if _, serr := os.Lstat(bad); serr == nil {
+				return Result{Name: name, Existed: true}, nil // moved by that try
+			}
+		case earlier && errors.Is(err, fs.ErrExist):
+			// That try got the object whole under its name (only a whole
+			// copy gets it) and died before removing the original.
+			if err := os.RemoveAll(e.Path); err != nil {
+				return Result{}, fmt.Errorf("badfile: remove %s, already in %s: %w", e.Path, dir, err)
+			}
+			return Result{Name: name, Existed: true}, nil
+		}
+		return Result{}, fmt.Errorf("badfile: move %s into %s: %w", e.Path, dir, err)
+	}
+	return Result{}, fmt.Errorf("badfile: no free name for %s after %d tries", e.Name, maxCandidates)
+}
+
+// report is the text of a .BDR: the key line, then the report.
+func report(key, text string) string {
+	r := KeyPrefix + key + "\n" + text
+	if !strings.HasSuffix(r, "\n") {
+		r += "\n"
+	}
+	return r
+}
+
 // copyTemp copies the file at path into a new temp file in dir.
 func copyTemp(dir, path string) (string, error) {
 	f, err := os.Open(path)
@@ -267,9 +343,7 @@ func oneLine(s string) string {
 // the path (if any) is still returned so the caller can remove it.
 func writeTemp(dir, ext string, r io.Reader) (string, [sha256.Size]byte, error) {
 	var sum [sha256.Size]byte
-	var rnd [8]byte
-	_, _ = rand.Read(rnd[:])
-	path := filepath.Join(dir, tempPrefix+hex.EncodeToString(rnd[:])+ext+".tmp")
+	path := tempPath(dir, ext)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {
 		return "", sum, fmt.Errorf("badfile: create temp file in %s: %w", dir, err)
@@ -293,6 +367,13 @@ func writeTemp(dir, ext string, r io.Reader) (string, [sha256.Size]byte, error) 
 	return path, sum, nil
 }
 
+// tempPath returns a new hidden temp name in dir, one CleanTemp removes.
+func tempPath(dir, ext string) string {
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	return filepath.Join(dir, tempPrefix+hex.EncodeToString(rnd[:])+ext+".tmp")
+}
+
 // readKey returns the Key recorded in the .BDR at path.
 func readKey(path string) (string, error) {
 	f, err := os.Open(path)
@@ -311,8 +392,13 @@ func readKey(path string) (string, error) {
 	return k, nil
 }
 
-// sameContent reports whether the file at path has SHA-256 sum.
+// sameContent reports whether the file at path has SHA-256 sum. A .BAD
+// that is not a regular file (moved in through Entry.Path) is never the
+// same, and never opened: a FIFO would block the read.
 func sameContent(path string, sum [sha256.Size]byte) (bool, error) {
+	if info, err := os.Lstat(path); err == nil && !info.Mode().IsRegular() {
+		return false, nil
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -386,7 +472,8 @@ func CleanTemp(dir string, age time.Duration) int {
 		if err != nil || time.Since(info.ModTime()) < age {
 			continue
 		}
-		if os.Remove(filepath.Join(dir, de.Name())) == nil {
+		// RemoveAll: the copy of a directory moved in is a directory.
+		if os.RemoveAll(filepath.Join(dir, de.Name())) == nil {
 			n++
 		}
 	}

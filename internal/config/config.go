@@ -105,7 +105,8 @@ type Ingress struct {
 	MaxMessageSize int64 `toml:"max_message_size"`
 	// MaxRecipients per message; more get 452 4.5.3.
 	MaxRecipients int `toml:"max_recipients"`
-	// Timeout is the idle time allowed between commands.
+	// Timeout is the time a client has to send one whole command line,
+	// and the most message content may stall (see ingress's minDataRate).
 	Timeout Duration `toml:"timeout"`
 	// MaxConnections in total; more get 421 4.7.0.
 	MaxConnections int `toml:"max_connections"`

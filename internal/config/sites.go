@@ -95,7 +95,8 @@ type Site struct {
 	MaxMessagesPerConnection int `toml:"max_messages_per_connection"`
 	// MaxRecipients per message (452 4.5.3).
 	MaxRecipients int `toml:"max_recipients"`
-	// Timeout is the idle time allowed between commands.
+	// Timeout is the time a client has to send one whole command line,
+	// and the most message content may stall (see ingress's minDataRate).
 	Timeout Duration `toml:"timeout"`
 	// MaxConnections is the simultaneous connections of the site (421 4.7.0).
 	MaxConnections int `toml:"max_connections"`

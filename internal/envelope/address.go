@@ -11,6 +11,10 @@ import (
 // ErrBadAddress is wrapped by address errors.
 var ErrBadAddress = errors.New("envelope: bad address")
 
+// ErrBadDomain is wrapped by domain errors (and so by the address errors
+// of an address with a bad domain).
+var ErrBadDomain = errors.New("envelope: bad domain")
+
 // MaxAddressLen is the longest address accepted (RFC 5321 §4.5.3.1.3: a path
 // is at most 256 octets including the brackets).
 const MaxAddressLen = 254
@@ -46,8 +50,56 @@ func CheckAddress(addr string) error {
 		}
 		return nil
 	}
-	if strings.ContainsAny(domain, " <>()[],;:\\\"@") {
-		return fmt.Errorf("%w: %q has a bad domain", ErrBadAddress, addr)
+	if err := CheckDomain(domain); err != nil {
+		return fmt.Errorf("%w: %q: %w", ErrBadAddress, addr, err)
+	}
+	return nil
+}
+
+// MaxDomainLen is the longest domain name accepted, in octets of its
+// A-label form without a final dot (RFC 1035 §2.3.4).
+const MaxDomainLen = 253
+
+// CheckDomain reports whether d is a domain name: labels of 1 to 63
+// octets joined by single dots, each made of letters, digits, hyphens
+// (not first or last) and underscores, or a UTF-8 U-label that has an
+// A-label (SMTPUTF8, RFC 6531). One final dot, the absolute form, is
+// allowed (NormalizeDomain drops it); a leading dot, an empty label
+// ("a..b", "b..") or any other character is an error. Address literals
+// ("[192.0.2.1]") are not domain names.
+func CheckDomain(d string) error {
+	name := strings.TrimSuffix(d, ".")
+	if name == "" {
+		return fmt.Errorf("%w: %q is empty", ErrBadDomain, d)
+	}
+	total := 0
+	for label := range strings.SplitSeq(name, ".") {
+		if label == "" {
+			return fmt.Errorf("%w: %q has an empty label", ErrBadDomain, d)
+		}
+		ascii := label
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			switch {
+			case c >= 0x80:
+				a, err := idna.Lookup.ToASCII(label)
+				if err != nil {
+					return fmt.Errorf("%w: %q: %v", ErrBadDomain, d, err)
+				}
+				ascii, i = a, len(label)
+			case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_':
+			case c == '-' && i > 0 && i < len(label)-1:
+			default:
+				return fmt.Errorf("%w: %q has a bad label %q", ErrBadDomain, d, label)
+			}
+		}
+		if len(ascii) > 63 {
+			return fmt.Errorf("%w: %q has a label longer than 63 octets", ErrBadDomain, d)
+		}
+		total += len(ascii) + 1
+	}
+	if total-1 > MaxDomainLen {
+		return fmt.Errorf("%w: %q is longer than %d octets", ErrBadDomain, d, MaxDomainLen)
 	}
 	return nil
 }

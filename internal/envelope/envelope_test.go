@@ -138,6 +138,48 @@ func TestDomainAndSplit(t *testing.T) {
 	}
 }
 
+// An address's domain must be a domain name: the absolute form with one
+// final dot is one, an empty label (a doubled, leading or second final
+// dot) is not, nor is a label with a character DNS has no use for.
+func TestCheckAddressDomain(t *testing.T) {
+	long := strings.Repeat("a", 63)
+	for addr, ok := range map[string]bool{
+		"a@local.test":            true,
+		"a@LOCAL.test.":           true,
+		"a@bücher.example":        true,
+		"a@xn--bcher-kva.example": true,
+		"a@_dmarc.local.test":     true,
+		"a@mx-1.local.test":       true,
+		"a@localhost":             true,
+		"a@[192.0.2.1]":           true,
+		"a@" + long + ".test":     true,
+		"a@local.test..":          false,
+		"a@local..test":           false,
+		"a@.local.test":           false,
+		"a@.":                     false,
+		"a@-mx.local.test":        false,
+		"a@mx-.local.test":        false,
+		"a@local.test/x":          false,
+		"a@local+x.test":          false,
+		"a@local%test":            false,
+		"a@" + long + "a.test":    false,
+	} {
+		err := CheckAddress(addr)
+		if (err == nil) != ok {
+			t.Errorf("CheckAddress(%q) = %v, want ok %v", addr, err, ok)
+		}
+		if err != nil && !strings.HasPrefix(addr, "a@[") && (!errors.Is(err, ErrBadAddress) || !errors.Is(err, ErrBadDomain)) {
+			t.Errorf("CheckAddress(%q) = %v, want ErrBadAddress and ErrBadDomain", addr, err)
+		}
+	}
+	if err := CheckDomain(strings.Repeat("b.", 126) + "c"); err != nil {
+		t.Errorf("253 octets: %v", err)
+	}
+	if err := CheckDomain(strings.Repeat("b.", 127) + "c"); !errors.Is(err, ErrBadDomain) {
+		t.Errorf("255 octets: %v, want ErrBadDomain", err)
+	}
+}
+
 func TestCountReceived(t *testing.T) {
 	msg := "Received: a\r\nX: y\r\nreceived: b\r\n\tcontinued\r\n\r\nReceived: in body\r\n"
 	if n := CountReceived([]byte(msg)); n != 2 {

@@ -9,6 +9,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -120,4 +122,47 @@ func Context(t testing.TB) context.Context {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// Logs records what the code under test logs, for tests that assert on
+// a log line (one warning, not one per scan) or wait for one when it is
+// the only sign of an outcome (a failed attempt). It is safe for
+// concurrent writers.
+type Logs struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+// Logger returns a logger that writes to the test log as Logger does and
+// records every line, debug level up, in l.
+func (l *Logs) Logger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewMultiHandler(
+		Logger(t).Handler(),
+		slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}),
+	))
+}
+
+// Write implements io.Writer.
+func (l *Logs) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String returns everything recorded.
+func (l *Logs) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Count returns how many recorded lines contain s.
+func (l *Logs) Count(s string) int {
+	n := 0
+	for line := range strings.Lines(l.String()) {
+		if strings.Contains(line, s) {
+			n++
+		}
+	}
+	return n
 }

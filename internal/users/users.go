@@ -18,6 +18,8 @@ package users
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -260,6 +262,7 @@ type Store struct {
 
 	mu      sync.Mutex
 	users   map[string]User
+	decoy   User
 	mod     time.Time
 	size    int64
 	checked time.Time
@@ -299,9 +302,47 @@ func (s *Store) reload(now time.Time, force bool) {
 	s.err = nil
 	s.mod, s.size = mod, size
 	s.users = make(map[string]User, len(list))
+	cost := 0
 	for _, u := range list {
 		s.users[u.Name] = u
+		if c, err := bcrypt.Cost([]byte(u.Hash)); err == nil && c > cost {
+			cost = c
+		}
 	}
+	if cost == 0 {
+		cost = Cost
+	}
+	s.decoy = User{Hash: decoyHash(cost)}
+}
+
+// Decoy returns a user that no password matches, whose hash has the
+// bcrypt cost of the file's hashes (the highest of them). Checking a
+// password against it costs what checking a real user's does: a login
+// for an unknown name checks the decoy, so that its failure takes as long
+// as a wrong password and does not tell which names exist.
+func (s *Store) Decoy() User {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reload(time.Now(), false)
+	return s.decoy
+}
+
+// decoyHashes holds one decoy hash per bcrypt cost, made once.
+var decoyHashes sync.Map // int -> string
+
+// decoyHash returns the hash, at cost, of a random password never told.
+func decoyHash(cost int) string {
+	if h, ok := decoyHashes.Load(cost); ok {
+		return h.(string)
+	}
+	pw := make([]byte, 32)
+	_, _ = rand.Read(pw)
+	h, err := bcrypt.GenerateFromPassword([]byte(hex.EncodeToString(pw)), cost)
+	if err != nil {
+		panic("users: decoy hash: " + err.Error()) // only for a cost bcrypt.Cost accepted
+	}
+	v, _ := decoyHashes.LoadOrStore(cost, string(h))
+	return v.(string)
 }
 
 // Lookup returns the user called name.

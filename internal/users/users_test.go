@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // A cheap hash for tests (bcrypt.MinCost): the format is what matters here.
@@ -120,4 +122,38 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("formatted list does not parse back: %v", err)
 		}
 	})
+}
+
+// The decoy checked for unknown names has the cost of the file's hashes
+// (the highest), so that it costs what a real check does, and matches no
+// password.
+func TestDecoy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "users")
+	h5, err := HashWithCost("pw", 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Save(path, []User{{Name: "a", Hash: testHash(t, "pw")}, {Name: "b", Hash: h5}}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := s.Decoy()
+	if c, err := bcrypt.Cost([]byte(d.Hash)); err != nil || c != 5 {
+		t.Errorf("decoy cost %d %v, want 5 (the file's highest)", c, err)
+	}
+	for _, pw := range []string{"pw", "", d.Hash} {
+		if d.Check(pw) {
+			t.Errorf("the decoy matches %q", pw)
+		}
+	}
+	empty, err := NewStore(filepath.Join(t.TempDir(), "none"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := bcrypt.Cost([]byte(empty.Decoy().Hash)); err != nil || c != Cost {
+		t.Errorf("decoy cost without users %d %v, want %d", c, err, Cost)
+	}
 }
