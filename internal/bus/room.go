@@ -134,32 +134,49 @@ func (r *Room) check(ctx context.Context, size int64, share float64) error {
 			r.free -= size
 		}
 	}
-	if now.Sub(r.at) >= refresh {
-		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		ai, err := r.JS.AccountInfo(actx)
-		cancel()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
-				return fmt.Errorf("%w: JetStream is not available: %v", ErrStoreFull, err)
-			}
-			// Not known: let the publish find out (it fails fast on a
-			// full store).
-			return nil
-		}
-		r.used, r.limit, r.at = int64(ai.Store), ai.Limits.MaxStore, now
-		if r.Limit != nil {
-			if l := r.Limit(); l > 0 && (r.limit <= 0 || l < r.limit) {
-				r.limit = l
+	// The reading plus what was admitted since is an estimate that only
+	// grows (what was removed meanwhile is not seen): a refusal is made on
+	// a fresh reading.
+	for fresh := false; ; fresh = true {
+		if fresh || now.Sub(r.at) >= refresh {
+			if err := r.read(ctx); err != nil {
+				return err
 			}
 		}
-	}
-	if r.limit > 0 {
+		if r.limit <= 0 {
+			break
+		}
 		reserve := int64(float64(r.Reserve.Of(r.limit)) * share)
-		if r.used+reserve+size > r.limit {
+		if r.used+reserve+size <= r.limit {
+			break
+		}
+		if fresh || time.Since(r.at) < 20*time.Millisecond {
 			return fmt.Errorf("%w: %s of the store limit of %s in use, and %s is kept for queued mail (nats.reserve = %s)",
 				ErrStoreFull, config.FormatSize(r.used), config.FormatSize(r.limit), config.FormatSize(reserve), r.Reserve)
 		}
 	}
 	r.used += size
+	return nil
+}
+
+// read takes a reading of the account's usage and limit. Locked.
+func (r *Room) read(ctx context.Context) error {
+	actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	ai, err := r.JS.AccountInfo(actx)
+	cancel()
+	if err != nil {
+		if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+			return fmt.Errorf("%w: JetStream is not available: %v", ErrStoreFull, err)
+		}
+		// Not known: keep the last reading and let the publish find out
+		// (it fails fast on a full store).
+		return nil
+	}
+	r.used, r.limit, r.at = int64(ai.Store), ai.Limits.MaxStore, time.Now()
+	if r.Limit != nil {
+		if l := r.Limit(); l > 0 && (r.limit <= 0 || l < r.limit) {
+			r.limit = l
+		}
+	}
 	return nil
 }
