@@ -72,8 +72,12 @@ func addFailure(fs []failure, r envelope.Rcpt, e *Error) []failure {
 // Every successor has a deterministic Nats-Msg-Id, so a crash anywhere in
 // here repeats work that JetStream deduplicates.
 func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger, o outcome) {
-	// From here on the message is settled even if shutdown began.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	// From here on the message is settled even if shutdown began: ctx is
+	// the worker's handler context, which lasts the grace period past the
+	// shutdown. A settlement cut short there is not acked, so the message
+	// is delivered again (and its successors, published with the same
+	// ids, stored once).
+	ctx, cancel := context.WithTimeout(ctx, settleTimeout)
 	defer cancel()
 	env := o.env
 	now := s.Now()

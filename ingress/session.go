@@ -257,7 +257,7 @@ func (ss *session) Data(r io.Reader) error {
 		s.log.Error("envelope rejected", "qid", qid, "err", err)
 		return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Temporary local problem, try again later")
 	}
-	if _, err := bus.Publish(ctx, s.js, msg, qid); err != nil {
+	if _, err := s.Room.Publish(ctx, msg, qid); err != nil {
 		if env.Body == envelope.BodyObject {
 			_ = s.bodies.Delete(context.Background(), qid)
 		}

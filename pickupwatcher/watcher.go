@@ -572,7 +572,7 @@ func (s *Service) publish(ctx context.Context, qid string, p *Parsed, now time.T
 	if err != nil {
 		return false, err
 	}
-	ack, err := bus.Publish(ctx, s.js, msg, env.MsgID)
+	ack, err := s.Room.Publish(ctx, msg, env.MsgID)
 	if err != nil {
 		return false, err
 	}

@@ -259,16 +259,33 @@ func contains(list []string, s string) bool {
 // Err reports the first actor that failed on its own.
 func (n *Node) Err() <-chan error { return n.errc }
 
+// ShutdownGrace bounds how long Stop waits for the actors to finish or
+// hand back their work (ingress: sessions in DATA; workers: messages in
+// hand), all together. Whatever is still in hand then was not acked and is
+// delivered again, by this node after a restart or by another one. The
+// compose file gives a container 60 s to stop.
+const ShutdownGrace = 40 * time.Second
+
 // Stop stops the actors in order (each finishes or hands back its
 // in-flight work), drains the connection and shuts the embedded server down.
 func (n *Node) Stop() {
 	n.once.Do(func() {
+		deadline := time.NewTimer(ShutdownGrace)
+		defer deadline.Stop()
+		late := false
 		for _, a := range n.order {
 			n.cancels[a]()
+			if late {
+				continue
+			}
+			t0 := time.Now()
 			select {
 			case <-n.dones[a]:
-			case <-time.After(45 * time.Second):
-				n.log.Error("actor did not stop in time", "actor", a)
+				n.log.Debug("actor stopped", "actor", a, "took", time.Since(t0).Round(time.Millisecond))
+			case <-deadline.C:
+				// What it holds is not acked: the server hands it out again.
+				n.log.Error("actors did not stop within the grace period, leaving them", "actor", a, "grace", ShutdownGrace)
+				late = true
 			}
 		}
 		if err := n.Conn.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {

@@ -27,6 +27,12 @@ const PublishTimeout = 15 * time.Second
 // no responders during an election) are retried with the same id, so the
 // message is stored at most once. A full store returns ErrStoreFull at once.
 func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, msgID string, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	return publish(ctx, js, nil, msg, msgID, opts...)
+}
+
+// publish is Publish; fault, when set, is asked after each failed attempt
+// and ends the retries with its error wrapped in ErrStoreFull.
+func publish(ctx context.Context, js jetstream.JetStream, fault func() error, msg *nats.Msg, msgID string, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	ctx, cancel := context.WithTimeout(ctx, PublishTimeout)
 	defer cancel()
 	opts = append([]jetstream.PublishOpt{
@@ -56,6 +62,13 @@ func Publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, msgID s
 			// Closed for good (shutdown or a killed process): it will
 			// not come back.
 			return nil, fmt.Errorf("bus: publish %s: %w", msg.Subject, err)
+		}
+		if fault != nil {
+			if ferr := fault(); ferr != nil {
+				// A store that failed a write answers nothing until it
+				// is reopened: no use waiting for it.
+				return nil, fmt.Errorf("%w: %v", ErrStoreFull, ferr)
+			}
 		}
 		select {
 		case <-ctx.Done():

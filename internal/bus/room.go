@@ -67,6 +67,13 @@ func (r *Room) Check(ctx context.Context, size int64) error {
 	return r.check(ctx, size, 1)
 }
 
+// Publish is bus.Publish for intake: it also gives up, with ErrStoreFull,
+// as soon as the store is known to have failed a write (Fault), rather
+// than waiting out PublishTimeout for an answer that will not come.
+func (r *Room) Publish(ctx context.Context, msg *nats.Msg, msgID string, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	return publish(ctx, r.JS, r.Fault, msg, msgID, opts...)
+}
+
 // Forward is Publish for the pipeline: the successor of a message in hand
 // (a routed part, a retry, a bounce, a Badmail copy). It may use the
 // reserve that intake leaves, down to its last quarter, which stays free
