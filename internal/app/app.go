@@ -57,6 +57,8 @@ type Node struct {
 	// Guard watches the embedded server's store (nil when connected to an
 	// external one).
 	Guard *bus.StoreGuard
+	// Room is what every actor of the node checks and publishes through.
+	Room *bus.Room
 
 	stopGuard func()
 	// lock keeps other processes off the embedded server's store.
@@ -180,6 +182,7 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 	if room != nil {
 		shared = room(js)
 	}
+	n.Room = shared
 	services := map[string]runner{}
 	for _, a := range Actors {
 		if !contains(actors, a) {

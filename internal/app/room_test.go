@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/testutil"
@@ -72,6 +74,21 @@ func fill(t *testing.T, addr string, size, most int) []string {
 	}
 	t.Fatalf("%d mails of %d bytes accepted without a 452", most, size)
 	return nil
+}
+
+// startActors starts more actors on the embedded server of n, sharing
+// its store's Room.
+func startActors(t *testing.T, n *Node, cfg config.Config, actors ...string) {
+	t.Helper()
+	nc, err := bus.ConnectInProcess(n.Server, "more-actors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := start(context.Background(), cfg, testutil.Logger(t), nc, actors, func(jetstream.JetStream) *bus.Room { return n.Room })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Stop)
 }
 
 // badmailEntries lists Badmail's .BAD files.
@@ -142,11 +159,14 @@ func TestStoreFullBounces(t *testing.T) {
 	h.down.Store(true)
 	cfg := storeFullConfig(t, h)
 	cfg.Delivery.Expire = config.Duration(6 * time.Second)
-	n := startNode(t, cfg)
+	// Delivery starts once the store is full: on a slow machine filling
+	// it may take longer than the queue life.
+	n := startNode(t, cfg, Ingress, Router, Badmail)
 	addr := n.Ingress.Addrs()[0]
 
 	accepted := fill(t, addr, 32<<10, 1000)
 	t.Logf("%d mails accepted before the 452", len(accepted))
+	startActors(t, n, cfg, Delivery)
 	drop := cfg.DropDirFor("local.test")
 	reported := map[string]bool{}
 	testutil.WaitFor(t, 90*time.Second, "a report to the sender for every accepted mail", func() bool {

@@ -189,6 +189,9 @@ func (g *StoreGuard) recover() {
 	// faults it again.
 	g.mu.Lock()
 	since := g.since
+	if g.fault == nil {
+		since = time.Now()
+	}
 	g.fault = nil
 	g.mu.Unlock()
 	cfg := g.jcfg
@@ -199,5 +202,5 @@ func (g *StoreGuard) recover() {
 	g.mu.Lock()
 	g.restart++
 	g.mu.Unlock()
-	g.log.Warn("store reopened: new mail is accepted again", "faulted_for", time.Since(since).Round(time.Millisecond))
+	g.log.Warn("store reopened", "faulted_for", time.Since(since).Round(time.Millisecond))
 }
