@@ -116,16 +116,7 @@ func TestDiskFull(t *testing.T) {
 	}
 
 	h.down.Store(false)
-	testutil.WaitFor(t, 90*time.Second, "every accepted mail delivered", func() bool { return len(h.received()) >= len(accepted) })
-	got := h.received()
-	for _, q := range accepted {
-		if got[q] == 0 {
-			t.Errorf("%s got a 250 and was not delivered", q)
-		}
-	}
-	if bad := badmailEntries(t, cfg); len(bad) != 0 {
-		t.Errorf("Badmail has %v", bad)
-	}
+	allDelivered(t, h, cfg, accepted)
 }
 
 // refused checks that new mail gets 452 4.3.1, at MAIL FROM.
