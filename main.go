@@ -136,6 +136,7 @@ func actorCommand(cmd string) func(args []string) int {
 }
 
 func runActors(cmd string, cfg config.Config, log *slog.Logger) int {
+	slog.SetDefault(log) // for the few lines said outside any actor (bus.WaitForRoom)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log.Info("starting", "command", cmd, "hostname", cfg.Hostname, "data_dir", cfg.DataDir, "nats", redact(cfg.NATS.URL))
