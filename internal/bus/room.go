@@ -52,6 +52,7 @@ type Room struct {
 	mu       sync.Mutex
 	at       time.Time // when used and limit were read
 	used     int64     // account store bytes in use, plus what was admitted since
+	inflight int64     // admitted by Forward and not yet stored (or failed)
 	limit    int64     // account store limit (<= 0: none)
 	statAt   time.Time
 	free     int64 // bytes free on Dir's file system
@@ -98,11 +99,24 @@ func (r *Room) Forward(ctx context.Context, msg *nats.Msg, msgID string, opts ..
 		if err := r.check(ctx, size, 0.25); err != nil {
 			return err
 		}
+		r.admit(size)
+		defer r.admit(-size)
 		var err error
 		ack, err = Publish(ctx, r.JS, msg, msgID, opts...)
 		return err
 	})
 	return ack, err
+}
+
+// admit counts size bytes as on their way into the store (negative: no
+// longer): a reading taken meanwhile may not include them yet.
+func (r *Room) admit(size int64) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	r.inflight += size
+	r.mu.Unlock()
 }
 
 // check is Check keeping share (1 = all) of the reserve free.
@@ -179,7 +193,7 @@ func (r *Room) read(ctx context.Context) error {
 		// (it fails fast on a full store).
 		return nil
 	}
-	r.used, r.limit, r.at = int64(ai.Store), ai.Limits.MaxStore, time.Now()
+	r.used, r.limit, r.at = int64(ai.Store)+r.inflight, ai.Limits.MaxStore, time.Now()
 	if r.Limit != nil {
 		if l := r.Limit(); l > 0 && (r.limit <= 0 || l < r.limit) {
 			r.limit = l
