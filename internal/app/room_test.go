@@ -146,9 +146,6 @@ func TestStoreFullDrains(t *testing.T) {
 	testutil.WaitFor(t, 30*time.Second, "every accepted mail tried twice", func() bool {
 		return h.Transactions() >= 2*len(accepted)
 	})
-	if _, err := submitFrom(addr, "", "sender@local.test", []string{"rcpt@remote.test"}, "Subject: more\r\n\r\nx\r\n"); err == nil {
-		t.Fatal("new mail accepted while the store is full")
-	}
 	h.down.Store(false)
 	allDelivered(t, h, cfg, accepted)
 	// Intake resumes by itself once the queue has drained.
