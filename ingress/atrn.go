@@ -302,10 +302,9 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 		_ = m.NakWithDelay(atrnRetryDelay)
 		return true
 	}
-	md, _ := m.Metadata()
-	seq := "0"
-	if md != nil {
-		seq = strconv.FormatUint(md.Sequence.Stream, 10)
+	var seq uint64
+	if md, _ := m.Metadata(); md != nil {
+		seq = md.Sequence.Stream
 	}
 	successors := 0
 	if len(temp) > 0 {
@@ -324,10 +323,10 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 			return true
 		}
 	}
-	publish := func(subject, suffix string, rcpts []envelope.Rcpt, reason string) error {
+	publish := func(subject, id string, rcpts []envelope.Rcpt, reason string) error {
 		next := env.Clone()
 		next.Rcpts = rcpts
-		next.MsgID = env.QueueID + "." + l.tok + "." + suffix + seq
+		next.MsgID = id
 		next.LastError = errString(last)
 		next.Reason = reason
 		msg, err := next.Msg(subject, data)
@@ -338,7 +337,7 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 		return err
 	}
 	if len(temp) > 0 {
-		if err := publish(bus.Hold(l.tok), "atrn", temp, ""); err != nil {
+		if err := publish(bus.Hold(l.tok), envelope.ATRNID(env.QueueID, l.tok, seq), temp, ""); err != nil {
 			log.Error("ATRN: requeue deferred recipients", "err", err)
 			_ = m.NakWithDelay(time.Minute)
 			return true
@@ -346,7 +345,7 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 	}
 	if len(perm) > 0 && nullSender {
 		// Nobody to tell: Badmail, as for any failed null-sender mail.
-		if err := publish(bus.SubjBad, "atrnbad", perm, "5.0.0 refused by the ATRN client: "+errString(last)); err != nil {
+		if err := publish(bus.SubjBad, envelope.ATRNBadID(env.QueueID, l.tok, seq), perm, "5.0.0 refused by the ATRN client: "+errString(last)); err != nil {
 			log.Error("ATRN: move refused recipients to badmail", "err", err)
 			_ = m.NakWithDelay(time.Minute)
 			return true
@@ -371,7 +370,7 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 
 // bounceRefused sends the sender an RFC 3464 report for recipients the
 // ATRN client refused with a 5xx reply.
-func (w *wire) bounceRefused(ctx context.Context, env *envelope.Envelope, data []byte, tok, seq string, rcpts []envelope.Rcpt, last *smtpclient.Error) error {
+func (w *wire) bounceRefused(ctx context.Context, env *envelope.Envelope, data []byte, tok string, seq uint64, rcpts []envelope.Rcpt, last *smtpclient.Error) error {
 	svc := w.site.svc
 	status := "5.0.0"
 	if last.Enhanced != "" {
@@ -390,7 +389,7 @@ func (w *wire) bounceRefused(ctx context.Context, env *envelope.Envelope, data [
 	n := dsn.NewNotifier(svc.cfg, svc.js, svc.bodies)
 	n.Room = svc.Room
 	_, err := n.Send(ctx, dsn.Notice{
-		Kind: dsn.Failure, ID: env.QueueID + "." + tok + ".atrndsn" + seq, Env: env, Data: data,
+		Kind: dsn.Failure, ID: envelope.ATRNDSNID(env.QueueID, tok, seq), Env: env, Data: data,
 		Rcpts: statuses, LastAttempt: time.Now(),
 	})
 	return err
