@@ -31,7 +31,7 @@ import (
 // and after 250 turns the connection around: the client becomes the SMTP
 // server (it greets with 220) and Mailroot delivers the messages waiting on
 // mail.hold.<tok>, pulled from the durable consumer hold_<tok>, with
-// go-smtp's client on the same connection. Each message is acked only after
+// internal/smtpclient on the same connection. Each message is acked only after
 // the peer's 250 for it; recipients it refuses for now go back to hold,
 // refused ones to Badmail; a broken connection returns everything not yet
 // acknowledged to the hold queue, so nothing is lost. One ATRN session per
