@@ -105,7 +105,8 @@ type hidingConn struct {
 	hide []string
 }
 
-// Write drops "250-KEYWORD" lines; go-smtp writes a reply in one piece.
+// Write drops "250-KEYWORD" lines; go-smtp flushes each reply line on
+// its own, so a line never spans two writes.
 func (c *hidingConn) Write(p []byte) (int, error) {
 	out := p
 	for _, kw := range c.hide {
