@@ -233,7 +233,7 @@ func (s *Service) tellSender(ctx context.Context, seq uint64, env *envelope.Enve
 		st[i] = dsn.Status{Rcpt: r, Action: dsn.ActionFailed, Status: status, Detail: detail}
 	}
 	qid, err := s.notify.Send(ctx, dsn.Notice{
-		Kind: dsn.Failure, ID: env.QueueID + ".bad" + strconv.FormatUint(seq, 10) + ".dsn", Env: env, Data: data, Rcpts: st, LastAttempt: s.now(),
+		Kind: dsn.Failure, ID: envelope.BadmailDSNID(env.QueueID, seq), Env: env, Data: data, Rcpts: st, LastAttempt: s.now(),
 	})
 	if err != nil {
 		return "", err

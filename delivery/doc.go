@@ -6,10 +6,11 @@
 // each envelope it resolves the destination, either the configured smart
 // host or the domain's MX records (RFC 5321 §5.1: preference order, implicit
 // MX, RFC 7505 null MX, address literals), never itself. It then runs one
-// SMTP transaction for all the envelope's recipients with opportunistic
-// STARTTLS (RFC 3207) and passes on the DSN parameters (RFC 3461), SMTPUTF8
-// (RFC 6531) and SIZE (RFC 1870). Each recipient's answer is classified
-// through one typed error, *Error:
+// SMTP transaction for all the envelope's recipients with internal/smtpclient
+// (shared with ATRN): opportunistic STARTTLS (RFC 3207), the DSN parameters
+// (RFC 3461), SMTPUTF8 (RFC 6531), SIZE (RFC 1870), and BDAT for BINARYMIME
+// (RFC 3030). Each recipient's answer is classified through one typed
+// error, *Error (smtpclient.Error):
 //
 //   - 2xx: done. The message is acked once every recipient is final, and
 //     its Object Store body released. Recipients with NOTIFY=SUCCESS get a

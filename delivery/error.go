@@ -1,136 +1,15 @@
 package delivery
 
-import (
-	"errors"
-	"fmt"
-	"strconv"
-	"strings"
+import "github.com/mailroot/mailroot/internal/smtpclient"
 
-	"github.com/emersion/go-smtp"
+// Error is the outcome of a failed delivery for one recipient; delivery
+// decides between retry and bounce by it alone (see smtpclient.Error).
+type Error = smtpclient.Error
+
+var (
+	tempErr    = smtpclient.TempErr
+	permErr    = smtpclient.PermErr
+	replyErr   = smtpclient.ReplyErr
+	parseReply = smtpclient.ParseReply
+	oneLine    = smtpclient.OneLine
 )
-
-// Error is the outcome of a failed delivery for one recipient. Delivery
-// decides between retry and bounce by this type alone, never by error text.
-// Its text is what ends up in Mta-Last-Error and Mta-Reason, for example
-// "550 5.1.1 user unknown (mx.example.test[192.0.2.1])".
-type Error struct {
-	// Permanent is true for failures that retrying cannot fix: a 5xx reply,
-	// a domain that does not exist or accepts no mail, an expired message.
-	Permanent bool
-	// Code is the remote's SMTP reply code, or 0 when the failure is local:
-	// DNS, connecting, expiry, a mail loop.
-	Code int
-	// Enhanced is the RFC 3463 enhanced status code, e.g. "5.1.1". For
-	// local failures it is chosen by Mailroot; it may be empty when a
-	// remote sent none.
-	Enhanced string
-	// Message is the reply text (several lines joined by spaces) or a
-	// description of the local failure.
-	Message string
-	// Remote names the host that gave the answer, "name[ip]", or is empty.
-	Remote string
-	// Err is the underlying error, if any (network, DNS, TLS).
-	Err error
-}
-
-// Error renders "code enhanced message (remote)", leaving out empty parts.
-func (e *Error) Error() string {
-	var b strings.Builder
-	add := func(s string) {
-		if s == "" {
-			return
-		}
-		if b.Len() > 0 {
-			b.WriteByte(' ')
-		}
-		b.WriteString(s)
-	}
-	if e.Code != 0 {
-		add(strconv.Itoa(e.Code))
-	}
-	add(e.Enhanced)
-	add(e.Message)
-	if e.Remote != "" {
-		add("(" + e.Remote + ")")
-	}
-	return b.String()
-}
-
-// Unwrap returns the underlying error.
-func (e *Error) Unwrap() error { return e.Err }
-
-// tempErr is a local temporary failure.
-func tempErr(enhanced, remote string, err error, format string, args ...any) *Error {
-	return &Error{Enhanced: enhanced, Message: oneLine(fmt.Sprintf(format, args...)), Remote: remote, Err: err}
-}
-
-// permErr is a local permanent failure.
-func permErr(enhanced, remote string, format string, args ...any) *Error {
-	return &Error{Permanent: true, Enhanced: enhanced, Message: oneLine(fmt.Sprintf(format, args...)), Remote: remote}
-}
-
-// replyErr classifies an error returned by the go-smtp client. Replies
-// become an Error with the remote's code; anything else (timeouts, resets,
-// EOF) is a temporary network failure.
-func replyErr(err error, remote, during string) *Error {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		e := &Error{
-			Permanent: se.Code >= 500 && se.Code <= 599,
-			Code:      se.Code,
-			Message:   oneLine(se.Message),
-			Remote:    remote,
-			Err:       err,
-		}
-		if c := se.EnhancedCode; c != (smtp.EnhancedCode{}) && c != smtp.NoEnhancedCode && c[0] > 0 {
-			e.Enhanced = fmt.Sprintf("%d.%d.%d", c[0], c[1], c[2])
-		}
-		if e.Message == "" {
-			e.Message = "(no text) after " + during
-		}
-		return e
-	}
-	return tempErr("4.4.2", remote, err, "%s: %v", during, err)
-}
-
-// parseReply builds an Error from a raw reply read before the go-smtp
-// client takes over (greeting, first EHLO, STARTTLS).
-func parseReply(code int, msg, remote string) *Error {
-	return replyErr(&smtp.SMTPError{Code: code, EnhancedCode: enhancedOf(&msg), Message: msg}, remote, "reply")
-}
-
-// enhancedOf cuts a leading "x.y.z " enhanced code off *msg.
-func enhancedOf(msg *string) smtp.EnhancedCode {
-	first, rest, ok := strings.Cut(*msg, " ")
-	if !ok {
-		return smtp.EnhancedCode{}
-	}
-	parts := strings.Split(first, ".")
-	if len(parts) != 3 {
-		return smtp.EnhancedCode{}
-	}
-	var c smtp.EnhancedCode
-	for i, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 {
-			return smtp.EnhancedCode{}
-		}
-		c[i] = n
-	}
-	*msg = rest
-	return c
-}
-
-// oneLine makes s safe for a header value: CR, LF and NUL become spaces.
-func oneLine(s string) string {
-	s = strings.Map(func(r rune) rune {
-		switch r {
-		case '\r', 0:
-			return -1
-		case '\n':
-			return ' '
-		}
-		return r
-	}, s)
-	return strings.TrimSpace(s)
-}

@@ -88,7 +88,7 @@ func (s *Service) expireHeld(ctx context.Context, tok string, raw *jetstream.Raw
 		e.Message += " (last attempt: " + env.LastError + ")"
 	}
 	if env.From == "" {
-		id := fmt.Sprintf("%s.%s.holdbad", env.QueueID, tok)
+		id := envelope.HoldBadID(env.QueueID, tok)
 		if err := s.permanentFailure(ctx, env, raw.Data, failure{rcpts: env.Rcpts, err: e}, env.Attempt, now, id, raw.Subject); err != nil {
 			return err
 		}
@@ -99,7 +99,7 @@ func (s *Service) expireHeld(ctx context.Context, tok string, raw *jetstream.Raw
 			st[i] = statusOf(r, dsn.ActionFailed, e)
 		}
 		qid, err := s.notify.Send(ctx, dsn.Notice{
-			Kind: dsn.Failure, ID: fmt.Sprintf("%s.%s.holddsn", env.QueueID, tok),
+			Kind: dsn.Failure, ID: envelope.HoldDSNID(env.QueueID, tok),
 			Env: env, Data: raw.Data, Rcpts: st, LastAttempt: env.LastAttemptAt,
 		})
 		if err != nil {

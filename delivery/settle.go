@@ -129,11 +129,11 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 			return
 		}
 	}
-	// notify publishes one notification about env (suffix names it in the
+	// notify publishes one notification about env (id is its
 	// Nats-Msg-Id); false means it failed and the message was given back.
-	notify := func(kind dsn.Kind, suffix string, st []dsn.Status, until time.Time) bool {
+	notify := func(kind dsn.Kind, id string, st []dsn.Status, until time.Time) bool {
 		qid, err := s.notify.Send(ctx, dsn.Notice{
-			Kind: kind, ID: fmt.Sprintf("%s.%s.%s", env.QueueID, o.tok, suffix),
+			Kind: kind, ID: id,
 			Env: envAt(env, attempt), Data: o.data, Rcpts: st, LastAttempt: now, RetryUntil: until,
 		})
 		if err != nil {
@@ -153,10 +153,7 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 	if len(perm) > 0 {
 		if env.From == "" {
 			for i, f := range perm {
-				id := fmt.Sprintf("%s.%s.bad%d", env.QueueID, o.tok, attempt)
-				if i > 0 {
-					id += fmt.Sprintf("-%d", i)
-				}
+				id := envelope.BadID(env.QueueID, o.tok, attempt, i)
 				if err := s.permanentFailure(ctx, env, o.data, f, attempt, now, id, m.Subject()); err != nil {
 					fail("publish to badmail", err)
 					return
@@ -171,7 +168,7 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 				}
 				log.Warn("delivery failed permanently", "rcpts", describe(f.rcpts), "remote", remoteOf(f.err), "attempt", attempt, "reason", f.err.Error())
 			}
-			if !notify(dsn.Failure, fmt.Sprintf("dsn%d", attempt), st, time.Time{}) {
+			if !notify(dsn.Failure, envelope.FailureDSNID(env.QueueID, o.tok, attempt), st, time.Time{}) {
 				return
 			}
 		}
@@ -186,7 +183,7 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 		for _, r := range delivered {
 			st = append(st, dsn.Status{Rcpt: r, Action: action, Status: "2.0.0", Remote: o.remote, Reply: reply})
 		}
-		if !notify(dsn.Success, fmt.Sprintf("ok%d", attempt), st, time.Time{}) {
+		if !notify(dsn.Success, envelope.SuccessDSNID(env.QueueID, o.tok, attempt), st, time.Time{}) {
 			return
 		}
 	}
@@ -197,7 +194,7 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 		for i, r := range temp {
 			st = append(st, statusOf(r, dsn.ActionDelayed, tempErrs[i]))
 		}
-		if !notify(dsn.Delay, "delay", st, expires) {
+		if !notify(dsn.Delay, envelope.DelayDSNID(env.QueueID, o.tok), st, expires) {
 			return
 		}
 		delayNotified = true
@@ -346,7 +343,7 @@ func (s *Service) permanentFailure(ctx context.Context, env *envelope.Envelope, 
 func (s *Service) reschedule(ctx context.Context, o outcome, rcpts []envelope.Rcpt, last *Error, attempt int, now, expires time.Time, delayNotified bool) (time.Time, error) {
 	env := o.env
 	next := env.Clone()
-	next.MsgID = fmt.Sprintf("%s.%s.a%d", env.QueueID, o.tok, attempt)
+	next.MsgID = envelope.RetryID(env.QueueID, o.tok, attempt)
 	next.Rcpts = rcpts
 	next.Attempt = attempt
 	next.LastError = last.Error()
@@ -363,7 +360,7 @@ func (s *Service) reschedule(ctx context.Context, o outcome, rcpts []envelope.Rc
 		// A held domain's site is usually offline again: its mail goes
 		// back to mail.hold.<tok> to wait for the next ETRN or ATRN
 		// rather than onto the retry ladder.
-		next.MsgID = fmt.Sprintf("%s.%s.h%d", env.QueueID, o.tok, attempt)
+		next.MsgID = envelope.HoldID(env.QueueID, o.tok, attempt)
 		msg, err := next.Msg(bus.Hold(o.tok), data)
 		if err != nil {
 			return now, fmt.Errorf("hold envelope: %w", err)

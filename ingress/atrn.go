@@ -3,7 +3,6 @@ package ingress
 import (
 	"context"
 	"errors"
-	"fmt"
 
 	"io"
 	"log/slog"
@@ -11,12 +10,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/smtpclient"
 )
 
 // ATRN (RFC 2645, On-Demand Mail Relay): an authenticated client asks for
@@ -32,7 +31,7 @@ import (
 // and after 250 turns the connection around: the client becomes the SMTP
 // server (it greets with 220) and Mailroot delivers the messages waiting on
 // mail.hold.<tok>, pulled from the durable consumer hold_<tok>, with
-// go-smtp's client on the same connection. Each message is acked only after
+// internal/smtpclient on the same connection. Each message is acked only after
 // the peer's 250 for it; recipients it refuses for now go back to hold,
 // refused ones to Badmail; a broken connection returns everything not yet
 // acknowledged to the hold queue, so nothing is lost. One ATRN session per
@@ -164,11 +163,13 @@ func (w *wire) runATRN(locks []*atrnLock) {
 		}
 	}()
 	_ = w.conn().SetDeadline(time.Time{})
-	c := smtp.NewClient(bufConn{Conn: w.conn(), r: w.br})
-	c.CommandTimeout = w.site.cfg.Timeout.D()
-	c.SubmissionTimeout = w.site.cfg.Timeout.D()
-	if err := c.Hello(w.site.cfg.Hostname); err != nil {
-		w.log.Info("ATRN: peer did not greet", "err", err)
+	_, isTLS := w.tlsState()
+	c, herr := smtpclient.New(bufConn{Conn: w.conn(), r: w.br}, w.peerName(), isTLS, smtpclient.Options{
+		Hostname:       w.site.cfg.Hostname,
+		CommandTimeout: w.site.cfg.Timeout.D(),
+	})
+	if herr != nil {
+		w.log.Info("ATRN: peer did not greet", "err", herr)
 		return
 	}
 	delivered := 0
@@ -180,13 +181,13 @@ func (w *wire) runATRN(locks []*atrnLock) {
 			return
 		}
 	}
-	_ = c.Quit()
+	c.Quit()
 	w.log.Info("ATRN: session done", "delivered", delivered)
 }
 
 // drainHeld sends one domain's held messages; ok is false when the
 // connection broke.
-func (w *wire) drainHeld(ctx context.Context, c *smtp.Client, l *atrnLock) (delivered int, ok bool) {
+func (w *wire) drainHeld(ctx context.Context, c *smtpclient.Client, l *atrnLock) (delivered int, ok bool) {
 	svc := w.site.svc
 	cons, err := bus.EnsureHoldConsumer(ctx, svc.js, l.tok, svc.cfg.NATS.Replicas)
 	if err != nil {
@@ -231,7 +232,7 @@ func (w *wire) drainHeld(ctx context.Context, c *smtp.Client, l *atrnLock) (deli
 }
 
 // sendHeld runs one SMTP transaction for a held message and settles it.
-func (w *wire) sendHeld(ctx context.Context, c *smtp.Client, l *atrnLock, m jetstream.Msg) (sent, connOK bool) {
+func (w *wire) sendHeld(ctx context.Context, c *smtpclient.Client, l *atrnLock, m jetstream.Msg) (sent, connOK bool) {
 	svc := w.site.svc
 	env, err := envelope.Decode(m.Headers())
 	if err != nil {
@@ -251,13 +252,6 @@ func (w *wire) sendHeld(ctx context.Context, c *smtp.Client, l *atrnLock, m jets
 	}
 	defer body.Close()
 
-	opts := &smtp.MailOptions{Size: env.BodySize, UTF8: env.SMTPUTF8, RequireTLS: env.RequireTLS}
-	if ok, _ := c.Extension("8BITMIME"); ok || env.BodyType == "7BIT" {
-		opts.Body = smtp.BodyType(env.BodyType)
-	}
-	if ok, _ := c.Extension("DSN"); ok {
-		opts.Return, opts.EnvelopeID = smtp.DSNReturn(env.Ret), dsn.DecodeXtext(env.EnvID)
-	}
 	if env.RequireTLS {
 		if _, isTLS := w.tlsState(); !isTLS {
 			log.Info("ATRN: REQUIRETLS message kept held on a plaintext connection")
@@ -265,86 +259,52 @@ func (w *wire) sendHeld(ctx context.Context, c *smtp.Client, l *atrnLock, m jets
 			return false, true
 		}
 	}
-	if err := c.Mail(env.From, opts); err != nil {
-		if isTemp(err) || !isSMTPErr(err) {
-			return false, w.settleHeld(ctx, log, m, env, l, nil, env.Rcpts, nil, err)
-		}
-		return false, w.settleHeld(ctx, log, m, env, l, nil, nil, env.Rcpts, err)
+	res, herr := c.Send(ctx, env, func(context.Context) (io.ReadCloser, *smtpclient.Error) { return io.NopCloser(body), nil })
+	if herr != nil {
+		res = smtpclient.All(len(env.Rcpts), herr)
 	}
 	var accepted, temp, perm []envelope.Rcpt
-	var last error
-	for _, r := range env.Rcpts {
-		ropts := &smtp.RcptOptions{}
-		if ok, _ := c.Extension("DSN"); ok {
-			for _, n := range r.Notify {
-				ropts.Notify = append(ropts.Notify, smtp.DSNNotify(n))
-			}
-			if t, a, found := strings.Cut(r.ORcpt, ";"); found {
-				ropts.OriginalRecipientType, ropts.OriginalRecipient = smtp.DSNAddressType(strings.ToUpper(t)), a
-			}
-		}
-		err := c.Rcpt(r.Addr, ropts)
+	var last *smtpclient.Error
+	for i, e := range res.Errs {
 		switch {
-		case err == nil:
-			accepted = append(accepted, r)
-		case isTemp(err):
-			temp, last = append(temp, r), err
-		case isSMTPErr(err):
-			perm, last = append(perm, r), err
-		default:
-			return false, w.settleHeld(ctx, log, m, env, l, nil, nil, nil, err)
-		}
-	}
-	if len(accepted) == 0 {
-		if err := c.Reset(); err != nil && !isSMTPErr(err) {
+		case e == nil:
+			accepted = append(accepted, env.Rcpts[i])
+		case e.Broken:
+			// No answer: the message stays held as it is.
+			log.Info("ATRN: transfer interrupted, message stays held", "err", e)
 			_ = m.Nak()
 			return false, false
-		}
-		return false, w.settleHeld(ctx, log, m, env, l, nil, temp, perm, last)
-	}
-	wc, err := c.Data()
-	if err == nil {
-		if _, err = io.Copy(wc, body); err == nil {
-			err = wc.Close()
-		} else {
-			_ = wc.Close()
+		case e.Permanent:
+			perm, last = append(perm, env.Rcpts[i]), e
+		default:
+			temp, last = append(temp, env.Rcpts[i]), e
 		}
 	}
-	if err != nil {
-		if isTemp(err) {
-			temp = append(temp, accepted...)
-		} else if isSMTPErr(err) {
-			perm = append(perm, accepted...)
-		}
-		if !isSMTPErr(err) {
-			return false, w.settleHeld(ctx, log, m, env, l, nil, nil, nil, err)
-		}
-		return false, w.settleHeld(ctx, log, m, env, l, nil, temp, perm, err)
+	return len(accepted) > 0, w.settleHeld(ctx, log, m, env, l, accepted, temp, perm, last)
+}
+
+// peerName names the ATRN client for reports, "[ip]".
+func (w *wire) peerName() string {
+	if ip := w.ip; ip.IsValid() {
+		return "[" + ip.String() + "]"
 	}
-	return true, w.settleHeld(ctx, log, m, env, l, accepted, temp, perm, last)
+	return "the ATRN client"
 }
 
 // settleHeld acks a held message after its outcome is stored: recipients
 // deferred by the peer go back to mail.hold.<tok>, refused ones to
-// mail.bad; a connection error leaves the message held (Nak) and reports
-// the connection as broken.
-func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg, env *envelope.Envelope, l *atrnLock, delivered, temp, perm []envelope.Rcpt, last error) (connOK bool) {
+// mail.bad.
+func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg, env *envelope.Envelope, l *atrnLock, delivered, temp, perm []envelope.Rcpt, last *smtpclient.Error) (connOK bool) {
 	svc := w.site.svc
-	if last != nil && !isSMTPErr(last) {
-		log.Info("ATRN: transfer interrupted, message stays held", "err", last)
-		_ = m.Nak()
-		return false
-	}
 	if len(delivered) == 0 && len(perm) == 0 {
 		// Nothing changed: leave it held as it is, out of this session.
 		log.Info("ATRN: deferred by peer", "err", errString(last))
 		_ = m.NakWithDelay(atrnRetryDelay)
 		return true
 	}
-	md, _ := m.Metadata()
-	seq := "0"
-	if md != nil {
-		seq = strconv.FormatUint(md.Sequence.Stream, 10)
+	var seq uint64
+	if md, _ := m.Metadata(); md != nil {
+		seq = md.Sequence.Stream
 	}
 	successors := 0
 	if len(temp) > 0 {
@@ -363,10 +323,10 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 			return true
 		}
 	}
-	publish := func(subject, suffix string, rcpts []envelope.Rcpt, reason string) error {
+	publish := func(subject, id string, rcpts []envelope.Rcpt, reason string) error {
 		next := env.Clone()
 		next.Rcpts = rcpts
-		next.MsgID = env.QueueID + "." + l.tok + "." + suffix + seq
+		next.MsgID = id
 		next.LastError = errString(last)
 		next.Reason = reason
 		msg, err := next.Msg(subject, data)
@@ -377,7 +337,7 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 		return err
 	}
 	if len(temp) > 0 {
-		if err := publish(bus.Hold(l.tok), "atrn", temp, ""); err != nil {
+		if err := publish(bus.Hold(l.tok), envelope.ATRNID(env.QueueID, l.tok, seq), temp, ""); err != nil {
 			log.Error("ATRN: requeue deferred recipients", "err", err)
 			_ = m.NakWithDelay(time.Minute)
 			return true
@@ -385,7 +345,7 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 	}
 	if len(perm) > 0 && nullSender {
 		// Nobody to tell: Badmail, as for any failed null-sender mail.
-		if err := publish(bus.SubjBad, "atrnbad", perm, "5.0.0 refused by the ATRN client: "+errString(last)); err != nil {
+		if err := publish(bus.SubjBad, envelope.ATRNBadID(env.QueueID, l.tok, seq), perm, "5.0.0 refused by the ATRN client: "+errString(last)); err != nil {
 			log.Error("ATRN: move refused recipients to badmail", "err", err)
 			_ = m.NakWithDelay(time.Minute)
 			return true
@@ -410,20 +370,17 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 
 // bounceRefused sends the sender an RFC 3464 report for recipients the
 // ATRN client refused with a 5xx reply.
-func (w *wire) bounceRefused(ctx context.Context, env *envelope.Envelope, data []byte, tok, seq string, rcpts []envelope.Rcpt, last error) error {
+func (w *wire) bounceRefused(ctx context.Context, env *envelope.Envelope, data []byte, tok string, seq uint64, rcpts []envelope.Rcpt, last *smtpclient.Error) error {
 	svc := w.site.svc
-	status, reply := "5.0.0", errString(last)
-	var se *smtp.SMTPError
-	if errors.As(last, &se) {
-		if se.EnhancedCode != (smtp.EnhancedCode{}) && se.EnhancedCode != smtp.NoEnhancedCode {
-			status = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
-		}
-		reply = fmt.Sprintf("%d %s %s", se.Code, status, se.Message) // as the client said it
+	status := "5.0.0"
+	if last.Enhanced != "" {
+		status = last.Enhanced
 	}
-	remote := "the ATRN client"
-	if ip := w.ip; ip.IsValid() {
-		remote = "[" + ip.String() + "]"
+	reply := status + " " + last.Message // as the client said it
+	if last.Code != 0 {
+		reply = strconv.Itoa(last.Code) + " " + reply
 	}
+	remote := w.peerName()
 	statuses := make([]dsn.Status, len(rcpts))
 	for i, r := range rcpts {
 		statuses[i] = dsn.Status{Rcpt: r, Action: dsn.ActionFailed, Status: status, Remote: remote, Reply: reply,
@@ -432,23 +389,13 @@ func (w *wire) bounceRefused(ctx context.Context, env *envelope.Envelope, data [
 	n := dsn.NewNotifier(svc.cfg, svc.js, svc.bodies)
 	n.Room = svc.Room
 	_, err := n.Send(ctx, dsn.Notice{
-		Kind: dsn.Failure, ID: env.QueueID + "." + tok + ".atrndsn" + seq, Env: env, Data: data,
+		Kind: dsn.Failure, ID: envelope.ATRNDSNID(env.QueueID, tok, seq), Env: env, Data: data,
 		Rcpts: statuses, LastAttempt: time.Now(),
 	})
 	return err
 }
 
-func isSMTPErr(err error) bool {
-	var se *smtp.SMTPError
-	return errors.As(err, &se)
-}
-
-func isTemp(err error) bool {
-	var se *smtp.SMTPError
-	return errors.As(err, &se) && se.Code/100 == 4
-}
-
-func errString(err error) string {
+func errString(err *smtpclient.Error) string {
 	if err == nil {
 		return ""
 	}

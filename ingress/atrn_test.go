@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/dsn"
+	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
 
@@ -256,5 +259,47 @@ func TestATRNRefusedRecipientBounces(t *testing.T) {
 	}
 	if n := subjectCount(t, f.js, bus.SubjBad); n != 0 {
 		t.Errorf("%d messages in Badmail, want none", n)
+	}
+}
+
+// ATRN hands the customer's server the ORCPT the sender gave: the stored
+// "type;xtext" is decoded once and encoded once on the wire (issue #11:
+// it used to leave double-encoded, a+b as a+2B2Bb).
+func TestATRNKeepsORCPT(t *testing.T) {
+	f, addr := atrnFixture(t)
+	tok := bus.Token("dialup.test")
+	want := []struct{ typ, addr string }{
+		{"rfc822", "a+b@example.test"},
+		{"rfc822", "x=y@example.test"},
+		{"utf-8", "jörg@example.test"},
+	}
+	env := &envelope.Envelope{QueueID: "q1", MsgID: "q1." + tok, From: "sender@remote.test", Body: envelope.BodyInline, SMTPUTF8: true}
+	for i, w := range want {
+		env.Rcpts = append(env.Rcpts, envelope.Rcpt{
+			Addr:  "r" + strconv.Itoa(i) + "@dialup.test",
+			ORcpt: w.typ + ";" + dsn.EncodeXtext(w.addr), // as ingress stores it
+		})
+	}
+	msg, err := env.Msg(bus.Hold(tok), []byte("Subject: orcpt\r\n\r\nx\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.Publish(t.Context(), f.js, msg, env.MsgID); err != nil {
+		t.Fatal(err)
+	}
+	tc := atrnLogin(t, addr, "dialup")
+	if code, text := tc.cmd("ATRN"); code != 250 {
+		t.Fatalf("ATRN: %q", text)
+	}
+	sink := serveTurned(t, tc)
+	testutil.WaitFor(t, 20*time.Second, "the message over the turned connection", func() bool { return sink.Count() == 1 })
+	opts := sink.Mails()[0].RcptOpts
+	if len(opts) != len(want) {
+		t.Fatalf("%d recipients, want %d", len(opts), len(want))
+	}
+	for i, o := range opts {
+		if !strings.EqualFold(string(o.OriginalRecipientType), want[i].typ) || o.OriginalRecipient != want[i].addr {
+			t.Errorf("ORCPT %d: %s;%s, want %s;%s", i, o.OriginalRecipientType, o.OriginalRecipient, want[i].typ, want[i].addr)
+		}
 	}
 }

@@ -33,7 +33,7 @@ const WorkDir = ".work"
 const Source = "pickup"
 
 // MsgIDPrefix starts the Nats-Msg-Id of picked-up mail: "pickup.<qid>".
-const MsgIDPrefix = "pickup."
+const MsgIDPrefix = envelope.PickupIDPrefix
 
 // envelopeAllowance is how much larger than the message size limit a file
 // may be, for its X-Sender/X-Receiver lines and CR/LF normalisation,
@@ -543,7 +543,7 @@ func (s *Service) publish(ctx context.Context, qid string, p *Parsed, now time.T
 	}
 	env := &envelope.Envelope{
 		QueueID:    qid,
-		MsgID:      MsgIDPrefix + qid,
+		MsgID:      envelope.PickupID(qid),
 		From:       p.From,
 		ReceivedAt: now,
 		ExpiresAt:  now.Add(s.cfg.Delivery.Expire.D()),

@@ -31,7 +31,7 @@ func (s *Service) bounce(ctx context.Context, m jetstream.Msg, env *envelope.Env
 		st[i] = dsn.Status{Rcpt: r, Action: dsn.ActionFailed, Status: be.status, Detail: be.Error()}
 	}
 	qid, err := s.notify.Send(ctx, dsn.Notice{
-		Kind: dsn.Failure, ID: env.QueueID + ".route.dsn", Env: env, Data: m.Data(), Rcpts: st, LastAttempt: time.Now(),
+		Kind: dsn.Failure, ID: envelope.RouteDSNID(env.QueueID), Env: env, Data: m.Data(), Rcpts: st, LastAttempt: time.Now(),
 	})
 	if err != nil {
 		log.Error("non-delivery report failed, will retry", "reason", be.Error(), "err", err)

@@ -177,7 +177,7 @@ func (s *Service) plan(h map[string][]string, data []byte) (*envelope.Envelope, 
 		p.Rcpts = byDomain[d]
 		p.Domain = d
 		tok := bus.Token(d)
-		p.MsgID = env.QueueID + "." + tok
+		p.MsgID = envelope.RouteID(env.QueueID, tok)
 		subject := bus.Out(tok)
 		if s.cfg.IsLocal(d) {
 			subject = bus.SubjDrop

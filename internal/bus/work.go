@@ -181,7 +181,7 @@ func MoveToBad(ctx context.Context, room *Room, m jetstream.Msg, reason string) 
 	}
 	bad.Header.Set(envelope.HdrReason, sanitize(reason))
 	bad.Header.Set(envelope.HdrBadSubject, m.Subject())
-	if _, err := room.Forward(ctx, bad, "bad."+strconv.FormatUint(seq, 10)+"."+qid); err != nil {
+	if _, err := room.Forward(ctx, bad, envelope.PoisonID(seq, qid)); err != nil {
 		return err
 	}
 	Emit(room.JS, Event{Type: EventBadmail, QueueID: qid, Reason: bad.Header.Get(envelope.HdrReason), Subject: m.Subject()})

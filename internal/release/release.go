@@ -22,7 +22,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -175,7 +174,7 @@ func (s *Service) move(ctx context.Context, tok string, m jetstream.Msg) error {
 		out.Header[k] = append([]string(nil), vs...)
 	}
 	qid := out.Header.Get(envelope.HdrQueueID)
-	id := qid + "." + tok + ".rel" + strconv.FormatUint(md.Sequence.Stream, 10)
+	id := envelope.ReleaseID(qid, tok, md.Sequence.Stream)
 	if _, err := s.room.Forward(ctx, out, id); err != nil {
 		return fmt.Errorf("release: publish %s: %w", out.Subject, err)
 	}
@@ -213,7 +212,7 @@ func (s *Service) fireDeferred(ctx context.Context, tok string) (int, error) {
 			msg.Header[k] = append([]string(nil), vs...)
 		}
 		qid := msg.Header.Get(envelope.HdrQueueID)
-		id := qid + "." + tok + ".etrn" + strconv.FormatUint(raw.Sequence, 10)
+		id := envelope.ETRNID(qid, tok, raw.Sequence)
 		_, err = s.room.Forward(ctx, msg, id,
 			jetstream.WithScheduleAt(time.Now()), jetstream.WithScheduleTarget(bus.Out(tok)),
 			jetstream.WithExpectLastSequencePerSubject(raw.Sequence))

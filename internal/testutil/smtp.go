@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -48,6 +49,15 @@ func StartSink(t testing.TB) *Sink {
 // StartSinkOn starts a recording SMTP server on addr.
 func StartSinkOn(t testing.TB, addr string) *Sink {
 	t.Helper()
+	return StartSinkWith(t, addr, nil)
+}
+
+// StartSinkWith starts a recording SMTP server on addr; edit may change
+// the go-smtp server's settings (EnableBINARYMIME, ...), and the EHLO
+// keywords in hide are taken out of its replies (go-smtp always offers
+// 8BITMIME and CHUNKING), so a remote without them can be played.
+func StartSinkWith(t testing.TB, addr string, edit func(*smtp.Server), hide ...string) *Sink {
+	t.Helper()
 	s := &Sink{}
 	srv := smtp.NewServer(s)
 	srv.Domain = "sink.test"
@@ -57,15 +67,55 @@ func StartSinkOn(t testing.TB, addr string) *Sink {
 	srv.ReadTimeout = 30 * time.Second
 	srv.WriteTimeout = 30 * time.Second
 	srv.ErrorLog = nopLogger{}
+	if edit != nil {
+		edit(srv)
+	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("sink listen: %v", err)
 	}
 	s.Addr = l.Addr().String()
 	s.Port = l.Addr().(*net.TCPAddr).Port
-	go func() { _ = srv.Serve(l) }()
+	var sl net.Listener = l
+	if len(hide) > 0 {
+		sl = hidingListener{Listener: l, hide: hide}
+	}
+	go func() { _ = srv.Serve(sl) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return s
+}
+
+// hidingListener yields connections whose writes lose the EHLO lines of
+// the keywords in hide.
+type hidingListener struct {
+	net.Listener
+	hide []string
+}
+
+func (l hidingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &hidingConn{Conn: c, hide: l.hide}, nil
+}
+
+type hidingConn struct {
+	net.Conn
+	hide []string
+}
+
+// Write drops "250-KEYWORD" lines; go-smtp flushes each reply line on
+// its own, so a line never spans two writes.
+func (c *hidingConn) Write(p []byte) (int, error) {
+	out := p
+	for _, kw := range c.hide {
+		out = bytes.ReplaceAll(out, []byte("250-"+kw+"\r\n"), nil)
+	}
+	if _, err := c.Conn.Write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 type nopLogger struct{}

@@ -1,0 +1,511 @@
+package smtpclient
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailroot/mailroot/internal/dsn"
+	"github.com/mailroot/mailroot/internal/envelope"
+)
+
+// ErrTLSFailed means the STARTTLS handshake failed; the caller may retry
+// the host over a fresh plain-text connection.
+var ErrTLSFailed = errors.New("smtpclient: STARTTLS handshake failed")
+
+// Options configure a session.
+type Options struct {
+	// Hostname is said in EHLO/HELO.
+	Hostname string
+	// CommandTimeout bounds each command; the end of the message gets
+	// twice as long (RFC 5321 §4.5.3.2.6: 10 minutes after the final dot,
+	// 5 for a command).
+	CommandTimeout time.Duration
+	// ConnectTimeout bounds Dial's connect.
+	ConnectTimeout time.Duration
+	// Plain skips STARTTLS (a retry after a failed handshake).
+	Plain bool
+}
+
+// Client is one SMTP session, past EHLO (and STARTTLS when offered).
+// go-smtp's client runs EHLO, RCPT, DATA, RSET and QUIT; MAIL and BDAT,
+// which it cannot express (BODY=BINARYMIME, chunks), are written here on
+// the same connection. Commands are never pipelined, so the two readers
+// never hold each other's bytes.
+type Client struct {
+	c       *smtp.Client
+	conn    net.Conn
+	text    *textproto.Reader
+	remote  string
+	tlsDesc string
+	isTLS   bool
+	timeout time.Duration
+}
+
+// Remote names the server, "name[ip]".
+func (c *Client) Remote() string { return c.remote }
+
+// TLS describes the session's TLS, "" for plain text.
+func (c *Client) TLS() string { return c.tlsDesc }
+
+// Quit says QUIT and closes the connection.
+func (c *Client) Quit() { _ = c.c.Quit(); _ = c.c.Close() }
+
+// Close closes the connection without QUIT.
+func (c *Client) Close() { _ = c.c.Close() }
+
+// New starts a session on conn, whose peer has yet to send its greeting
+// (ATRN hands over its turned connection). isTLS tells whether conn is
+// already encrypted.
+func New(conn net.Conn, remote string, isTLS bool, o Options) (*Client, *Error) {
+	return hello(conn, remote, "", isTLS, o)
+}
+
+func hello(conn net.Conn, remote, tlsDesc string, isTLS bool, o Options) (*Client, *Error) {
+	sc := smtp.NewClient(conn)
+	sc.CommandTimeout = o.CommandTimeout
+	sc.SubmissionTimeout = 2 * o.CommandTimeout
+	if err := sc.Hello(o.Hostname); err != nil {
+		_ = sc.Close()
+		return nil, ReplyErr(err, remote, "EHLO")
+	}
+	return &Client{c: sc, conn: conn, text: textproto.NewReader(bufio.NewReader(conn)), remote: remote,
+		tlsDesc: tlsDesc, isTLS: isTLS, timeout: o.CommandTimeout}, nil
+}
+
+// Dial connects to addr (host names the server for SNI), reads the
+// greeting, says EHLO and upgrades to TLS when offered. go-smtp v0.25 has
+// no StartTLS on an open client, and its NewClientStartTLS would say "EHLO
+// localhost" first, so the plain-text start of the session is done here
+// and go-smtp is handed the connection with the greeting already read.
+// Cancelling ctx closes the connection.
+func Dial(ctx context.Context, dial func(ctx context.Context, network, addr string) (net.Conn, error), addr, host, remote string, o Options) (*Client, *Error) {
+	dctx, cancel := context.WithTimeout(ctx, o.ConnectTimeout)
+	raw, err := dial(dctx, "tcp", addr)
+	cancel()
+	if err != nil {
+		return nil, TempErr("4.4.1", remote, err, "connect: %v", err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
+	fail := func(e *Error) (*Client, *Error) {
+		stop()
+		_ = raw.Close()
+		return nil, e
+	}
+	tp := textproto.NewConn(raw)
+	step := func(expect int, format string, args ...any) (string, error) {
+		_ = raw.SetDeadline(time.Now().Add(o.CommandTimeout))
+		defer func() { _ = raw.SetDeadline(time.Time{}) }()
+		if format != "" {
+			if err := tp.PrintfLine(format, args...); err != nil {
+				return "", err
+			}
+		}
+		_, msg, err := tp.ReadResponse(expect)
+		return msg, err
+	}
+	asErr := func(err error, during string) *Error {
+		var pe *textproto.Error
+		if errors.As(err, &pe) {
+			return ParseReply(pe.Code, pe.Msg, remote)
+		}
+		return ReplyErr(err, remote, during)
+	}
+
+	if _, err := step(220, ""); err != nil {
+		return fail(asErr(err, "greeting"))
+	}
+	conn, tlsDesc := raw, ""
+	msg, err := step(250, "EHLO %s", o.Hostname)
+	var pe *textproto.Error
+	switch {
+	case errors.As(err, &pe) && (pe.Code == 500 || pe.Code == 502):
+		// No ESMTP: the go-smtp client falls back to HELO below.
+	case err != nil:
+		return fail(asErr(err, "EHLO"))
+	case !o.Plain && hasExtension(msg, "STARTTLS"):
+		if _, err := step(220, "STARTTLS"); err != nil {
+			if !errors.As(err, &pe) {
+				return fail(asErr(err, "STARTTLS"))
+			}
+			// Refused: the session goes on in plain text.
+			break
+		}
+		if tp.R.Buffered() > 0 {
+			// Data sent before the handshake could be injected
+			// plain-text commands (CVE-2011-0411 style): don't use it.
+			return fail(&Error{Enhanced: "4.7.0", Message: "STARTTLS: data before TLS handshake", Remote: remote, Err: ErrTLSFailed})
+		}
+		// Opportunistic TLS (RFC 3207) without DANE or MTA-STS: the
+		// certificate is not verified, since refusing an unverifiable one
+		// would only push the mail to plain text. This protects against
+		// passive eavesdropping, not an active attacker.
+		tc := tls.Client(raw, &tls.Config{
+			ServerName:         sniName(host),
+			InsecureSkipVerify: true, //nolint:gosec // opportunistic TLS, see above
+			MinVersion:         tls.VersionTLS12,
+		})
+		_ = raw.SetDeadline(time.Now().Add(o.CommandTimeout))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return fail(&Error{Enhanced: "4.7.0", Message: "STARTTLS: " + OneLine(err.Error()), Remote: remote, Err: ErrTLSFailed})
+		}
+		_ = raw.SetDeadline(time.Time{})
+		st := tc.ConnectionState()
+		conn, tlsDesc = tc, tls.VersionName(st.Version)+" "+tls.CipherSuiteName(st.CipherSuite)
+	}
+	// Hand over to go-smtp: it reads a greeting first, so give it one,
+	// followed by anything still buffered from the plain-text phase.
+	pending := []byte("220 " + host + " ESMTP\r\n")
+	if conn == raw && tp.R.Buffered() > 0 {
+		b, _ := tp.R.Peek(tp.R.Buffered())
+		pending = append(pending, b...)
+	}
+	c, e := hello(&greetedConn{Conn: conn, pending: pending, stop: stop}, remote, tlsDesc, tlsDesc != "", o)
+	if e != nil {
+		return fail(e)
+	}
+	return c, nil
+}
+
+// Result is the outcome of a transaction the server answered.
+type Result struct {
+	// Errs has one entry per recipient of the envelope, in order: nil for
+	// a recipient the server accepted, else why it failed.
+	Errs []*Error
+	// DSN is true when the server advertised DSN (RFC 3461): it takes
+	// over success notifications for the recipients it accepted.
+	DSN bool
+	// Reply is the server's answer to the end of the message, e.g.
+	// "250 2.0.0 OK queued as X".
+	Reply string
+}
+
+// All is a Result with e for every one of n recipients.
+func All(n int, e *Error) Result {
+	r := Result{Errs: make([]*Error, n)}
+	for i := range r.Errs {
+		r.Errs[i] = e
+	}
+	return r
+}
+
+// fill sets e for every recipient still marked as accepted.
+func (r Result) fill(e *Error) Result {
+	for i := range r.Errs {
+		if r.Errs[i] == nil {
+			r.Errs[i] = e
+		}
+	}
+	return r
+}
+
+// BodyFunc opens the message body, once the server accepted a recipient;
+// its *Error is given to every accepted recipient.
+type BodyFunc func(ctx context.Context) (io.ReadCloser, *Error)
+
+// chunkSize is the size of a BDAT chunk.
+const chunkSize = 1 << 20
+
+// Send runs one transaction for env: MAIL, RCPT for every recipient, then
+// DATA, or BDAT for BODY=BINARYMIME. A non-nil *Error is a failure of the
+// host as a whole for this message (no recipient was answered; with
+// Broken set the connection is gone); otherwise the Result is definitive.
+// A session stays usable for another Send after any Result.
+//
+// An 8BITMIME message to a server that does not offer 8BITMIME is
+// refused with 5.6.3 (as mox does) rather than converted to
+// quoted-printable as Postfix does: a conversion would rewrite MIME
+// structure and break signatures; BINARYMIME without CHUNKING and
+// BINARYMIME is refused likewise (RFC 3030 §3).
+func (c *Client) Send(ctx context.Context, env *envelope.Envelope, body BodyFunc) (Result, *Error) {
+	n := len(env.Rcpts)
+	res := Result{Errs: make([]*Error, n)}
+	remote := c.remote
+	ext := func(name string) bool { ok, _ := c.c.Extension(name); return ok }
+
+	if limit, ok := c.c.MaxMessageSize(); ok && limit > 0 && env.BodySize > int64(limit) {
+		return All(n, PermErr("5.3.4", remote, "message of %d bytes is larger than the remote's limit of %d", env.BodySize, limit)), nil
+	}
+	bodyType := strings.ToUpper(env.BodyType)
+	binary := bodyType == string(smtp.BodyBinaryMIME)
+	switch {
+	case binary && !(ext("CHUNKING") && ext("BINARYMIME")):
+		return Result{}, PermErr("5.6.3", remote, "message is binary (BODY=BINARYMIME) and the remote does not offer BINARYMIME with CHUNKING")
+	case bodyType == string(smtp.Body8BitMIME) && !ext("8BITMIME"):
+		return Result{}, PermErr("5.6.3", remote, "message is 8-bit (BODY=8BITMIME) and the remote does not offer 8BITMIME; it is not converted")
+	}
+	params := []string{}
+	if bodyType != "" && ext("8BITMIME") {
+		params = append(params, "BODY="+bodyType)
+	}
+	if ext("SIZE") && env.BodySize > 0 {
+		params = append(params, fmt.Sprintf("SIZE=%d", env.BodySize))
+	}
+	if env.RequireTLS {
+		if !ext("REQUIRETLS") || !c.isTLS {
+			return Result{}, PermErr("5.7.30", remote, "REQUIRETLS needed but not offered over TLS")
+		}
+		params = append(params, "REQUIRETLS")
+	}
+	if env.SMTPUTF8 {
+		if ext("SMTPUTF8") {
+			params = append(params, "SMTPUTF8")
+		} else if needsUTF8(env) {
+			return Result{}, PermErr("5.6.7", remote, "remote does not support SMTPUTF8, needed for a non-ASCII address")
+		}
+	}
+	if ext("DSN") {
+		if r := strings.ToUpper(env.Ret); r == "FULL" || r == "HDRS" {
+			params = append(params, "RET="+r)
+		}
+		// The envelope stores ENVID as xtext: decoded once, encoded once.
+		if id := dsn.DecodeXtext(env.EnvID); id != "" && isPrintableASCII(id) {
+			params = append(params, "ENVID="+dsn.EncodeXtext(id))
+		}
+	}
+	if strings.ContainsAny(env.From, "\r\n") {
+		return All(n, PermErr("5.1.7", remote, "bad sender address")), nil
+	}
+	cmd := "MAIL FROM:<" + env.From + ">"
+	if len(params) > 0 {
+		cmd += " " + strings.Join(params, " ")
+	}
+	if _, err := c.raw(250, c.timeout, []byte(cmd+"\r\n")); err != nil {
+		e := ReplyErr(err, remote, "MAIL FROM")
+		if !e.Permanent {
+			return Result{}, e
+		}
+		return All(n, e), nil
+	}
+	accepted := 0
+	for i, r := range env.Rcpts {
+		if err := c.c.Rcpt(r.Addr, rcptOptions(r)); err != nil {
+			e := ReplyErr(err, remote, "RCPT TO")
+			if e.Broken {
+				return Result{}, e
+			}
+			res.Errs[i] = e
+			continue
+		}
+		accepted++
+	}
+	if accepted == 0 {
+		c.reset()
+		return res, nil
+	}
+	rc, berr := body(ctx)
+	if berr != nil {
+		c.reset()
+		return res.fill(berr), nil
+	}
+	defer rc.Close()
+	send := c.data
+	if binary {
+		send = c.bdat
+	}
+	reply, e, final := send(rc)
+	switch {
+	case e != nil && !final:
+		return Result{}, e
+	case e != nil:
+		return res.fill(e), nil
+	}
+	res.DSN = ext("DSN")
+	res.Reply = OneLine("250 " + reply)
+	return res, nil
+}
+
+// data sends the body with DATA (dot-stuffed). final is true when e is
+// the answer for the accepted recipients: a reply, or no reply to the end
+// of the message (trying another host then would risk a duplicate).
+func (c *Client) data(rc io.Reader) (reply string, e *Error, final bool) {
+	w, err := c.c.Data()
+	if err != nil {
+		e := ReplyErr(err, c.remote, "DATA")
+		if !e.Broken {
+			c.reset()
+		}
+		return "", e, !e.Broken
+	}
+	if _, err := io.Copy(w, rc); err != nil {
+		return "", sendFailure(c.remote, err), false
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return "", ReplyErr(err, c.remote, "end of DATA"), true
+	}
+	return resp.StatusText, nil, true
+}
+
+// bdat sends the body byte for byte in BDAT chunks (RFC 3030), the last
+// one marked LAST; final as for data.
+func (c *Client) bdat(rc io.Reader) (reply string, e *Error, final bool) {
+	br := bufio.NewReaderSize(rc, chunkSize)
+	buf := make([]byte, chunkSize)
+	for {
+		n, err := io.ReadFull(br, buf)
+		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+			return "", sendFailure(c.remote, err), false
+		}
+		last := err != nil
+		if !last {
+			if _, perr := br.Peek(1); perr == io.EOF {
+				last = true
+			}
+		}
+		cmd := fmt.Sprintf("BDAT %d", n)
+		timeout := c.timeout
+		if last {
+			cmd += " LAST"
+			timeout = 2 * c.timeout
+		}
+		msg, rerr := c.raw(250, timeout, append([]byte(cmd+"\r\n"), buf[:n]...))
+		if rerr != nil {
+			e := ReplyErr(rerr, c.remote, "BDAT")
+			if !e.Broken {
+				c.reset()
+			}
+			return "", e, last || !e.Broken
+		}
+		if last {
+			return msg, nil, true
+		}
+	}
+}
+
+// sendFailure is a broken connection (or unreadable body) while sending
+// the message.
+func sendFailure(remote string, err error) *Error {
+	e := TempErr("4.4.2", remote, err, "sending message: %v", err)
+	e.Broken = true
+	return e
+}
+
+// reset ends an open transaction; a failure shows on the next command.
+func (c *Client) reset() { _ = c.c.Reset() }
+
+// raw writes p and reads one reply, for the commands go-smtp cannot write.
+func (c *Client) raw(expect int, timeout time.Duration, p []byte) (string, error) {
+	_ = c.conn.SetDeadline(time.Now().Add(timeout))
+	defer func() { _ = c.conn.SetDeadline(time.Time{}) }()
+	if _, err := c.conn.Write(p); err != nil {
+		return "", err
+	}
+	code, msg, err := c.text.ReadResponse(expect)
+	var pe *textproto.Error
+	if errors.As(err, &pe) {
+		return "", &smtp.SMTPError{Code: code, EnhancedCode: enhancedOf(&msg), Message: msg}
+	}
+	return msg, err
+}
+
+// rcptOptions maps the envelope's DSN parameters; go-smtp sends them only
+// when the remote advertises DSN. The envelope keeps ORCPT as
+// "type;" + xtext(address) (ingress and router encode the decoded address
+// with dsn.EncodeXtext, whatever the type): it is decoded here and go-smtp
+// encodes it for the wire (xtext, or RFC 6533 utf-8-addr for "utf-8"), so
+// it is encoded exactly once there.
+func rcptOptions(r envelope.Rcpt) *smtp.RcptOptions {
+	o := &smtp.RcptOptions{}
+	never := false
+	for _, n := range r.Notify {
+		never = never || n == "NEVER"
+		o.Notify = append(o.Notify, smtp.DSNNotify(n))
+	}
+	if never && len(r.Notify) > 1 {
+		o.Notify = nil // invalid combination, leave it out
+	}
+	if typ, val, ok := strings.Cut(r.ORcpt, ";"); ok {
+		addr := dsn.DecodeXtext(val)
+		switch strings.ToLower(typ) {
+		case "rfc822":
+			if isPrintableASCII(addr) {
+				o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeRFC822, addr
+			}
+		case "utf-8":
+			if utf8.ValidString(addr) && !strings.ContainsAny(addr, "\r\n") {
+				o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeUTF8, addr
+			}
+		}
+	}
+	return o
+}
+
+func isPrintableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// needsUTF8 reports whether an envelope address is not ASCII, so the
+// message cannot go to a server without SMTPUTF8.
+func needsUTF8(env *envelope.Envelope) bool {
+	if !isPrintableASCII(env.From) {
+		return true
+	}
+	for _, r := range env.Rcpts {
+		if !isPrintableASCII(r.Addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// hasExtension looks for ext in an EHLO reply text (first line is the
+// greeting, then one keyword line each).
+func hasExtension(msg, ext string) bool {
+	lines := strings.Split(msg, "\n")
+	for _, l := range lines[1:] {
+		kw, _, _ := strings.Cut(strings.TrimSpace(l), " ")
+		if strings.EqualFold(kw, ext) {
+			return true
+		}
+	}
+	return false
+}
+
+// sniName is host for TLS SNI, or "" for an IP (SNI cannot carry one).
+func sniName(host string) string {
+	if _, err := netip.ParseAddr(host); err == nil {
+		return ""
+	}
+	return host
+}
+
+// greetedConn replays pending bytes before reading from the connection,
+// and releases the cancellation hook when closed.
+type greetedConn struct {
+	net.Conn
+	pending []byte
+	stop    func() bool
+}
+
+func (g *greetedConn) Read(p []byte) (int, error) {
+	if len(g.pending) > 0 {
+		n := copy(p, g.pending)
+		g.pending = g.pending[n:]
+		return n, nil
+	}
+	return g.Conn.Read(p)
+}
+
+func (g *greetedConn) Close() error {
+	g.stop()
+	return g.Conn.Close()
+}
+
+var _ net.Conn = (*greetedConn)(nil)
