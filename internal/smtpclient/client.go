@@ -246,7 +246,7 @@ func (c *Client) Send(ctx context.Context, env *envelope.Envelope, body BodyFunc
 		return Result{}, PermErr("5.6.3", remote, "message is 8-bit (BODY=8BITMIME) and the remote does not offer 8BITMIME; it is not converted")
 	}
 	params := []string{}
-	if bodyType != "" && ext("8BITMIME") {
+	if bodyType != "" && (ext("8BITMIME") || binary) {
 		params = append(params, "BODY="+bodyType)
 	}
 	if ext("SIZE") && env.BodySize > 0 {
