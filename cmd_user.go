@@ -20,12 +20,6 @@ import (
 	"golang.org/x/term"
 )
 
-func init() {
-	register(command{"user", "SMTP AUTH users: user add|passwd|del|list NAME (the users file)", func(args []string) int {
-		return userCommand(args, os.Stdin, os.Stdout, os.Stderr)
-	}})
-}
-
 const userUsage = `usage:
   mailroot user add NAME [-from ADDR,@DOMAIN,...] [-atrn DOMAIN,...] [-password-stdin]
   mailroot user passwd NAME [-password-stdin]
