@@ -28,10 +28,6 @@ import (
 	"github.com/mailroot/mailroot/internal/config"
 )
 
-func init() {
-	register(command{"healthcheck", "container health probe: exit 0 when the actors in this container are up and connected to NATS", runHealthcheck})
-}
-
 // Heartbeat timing: the file is rewritten every heartbeatEvery; the probe
 // calls it stale after heartbeatStale (the process hangs or is gone).
 const (

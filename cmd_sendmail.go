@@ -24,12 +24,6 @@ import (
 	"github.com/mailroot/mailroot/submit"
 )
 
-func init() {
-	register(command{"sendmail", "sendmail-compatible submission for scripts and cron (reads the message on stdin)", func(args []string) int {
-		return sendmail(args, os.Stdin, os.Stderr)
-	}})
-}
-
 // Exit codes of sendmail, from sysexits.h.
 const (
 	exUsage       = 64 // bad command line

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -23,12 +22,6 @@ import (
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 )
-
-func init() {
-	register(command{"sessions", "list the live SMTP sessions of all ingress processes", func(args []string) int {
-		return sessionsCommand(args, os.Stdout, os.Stderr)
-	}})
-}
 
 func sessionsCommand(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("mailroot sessions", flag.ContinueOnError)

@@ -17,13 +17,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/mailroot/mailroot/internal/users"
+	"golang.org/x/term"
 )
-
-func init() {
-	register(command{"user", "SMTP AUTH users: user add|passwd|del|list NAME (the users file)", func(args []string) int {
-		return userCommand(args, os.Stdin, os.Stdout, os.Stderr)
-	}})
-}
 
 const userUsage = `usage:
   mailroot user add NAME [-from ADDR,@DOMAIN,...] [-atrn DOMAIN,...] [-password-stdin]
@@ -185,21 +180,29 @@ func splitComma(s string) []string {
 
 // readPassword asks twice without echo on a terminal, else reads one line.
 func readPassword(stdin io.Reader, stderr io.Writer, fromStdin bool) (string, error) {
-	if f, ok := stdin.(*os.File); ok && !fromStdin && isTerminal(f) {
-		fmt.Fprint(stderr, "Password: ")
-		pw, err := readNoEcho(f)
-		fmt.Fprintln(stderr)
+	if f, ok := stdin.(*os.File); ok && !fromStdin && term.IsTerminal(int(f.Fd())) {
+		ask := func(prompt string) (string, error) {
+			fmt.Fprint(stderr, prompt)
+			pw, err := term.ReadPassword(int(f.Fd()))
+			fmt.Fprintln(stderr)
+			if err != nil {
+				return "", fmt.Errorf("read password: %w", err)
+			}
+			return string(pw), nil
+		}
+		pw, err := ask("Password: ")
 		if err != nil {
 			return "", err
 		}
-		fmt.Fprint(stderr, "Again: ")
-		again, err := readNoEcho(f)
-		fmt.Fprintln(stderr)
+		again, err := ask("Again: ")
 		if err != nil {
 			return "", err
 		}
 		if pw != again {
 			return "", errors.New("the passwords differ")
+		}
+		if pw == "" {
+			return "", errors.New("empty password")
 		}
 		return pw, nil
 	}

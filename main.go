@@ -21,8 +21,7 @@ import (
 	"github.com/mailroot/mailroot/internal/config"
 )
 
-// command is one subcommand. Commands other than the actors live in their
-// own cmd_*.go files and add themselves with register.
+// command is one subcommand.
 type command struct {
 	name, help string
 	// run gets the arguments after the command name and returns the exit
@@ -30,6 +29,8 @@ type command struct {
 	run func(args []string) int
 }
 
+// commands is every subcommand, in the order `mailroot help` lists them:
+// the actors first, then the tools (their code is in cmd_*.go).
 var commands = []command{
 	{"all", "embedded nats-server and every actor in one process (the default)", actorCommand("all")},
 	{app.Ingress, "SMTP server: accepts mail and queues it on mail.in", actorCommand(app.Ingress)},
@@ -37,10 +38,17 @@ var commands = []command{
 	{app.Delivery, "delivers mail.out.* over SMTP and writes mail.drop into Drop/", actorCommand(app.Delivery)},
 	{app.Badmail, "writes mail.bad into Badmail/", actorCommand(app.Badmail)},
 	{app.Pickupwatcher, "turns files dropped into Pickup/ into mail", actorCommand(app.Pickupwatcher)},
+	{"sendmail", "sendmail-compatible submission for scripts and cron (reads the message on stdin)", func(args []string) int {
+		return sendmail(args, os.Stdin, os.Stderr)
+	}},
+	{"user", "SMTP AUTH users: user add|passwd|del|list NAME (the users file)", func(args []string) int {
+		return userCommand(args, os.Stdin, os.Stdout, os.Stderr)
+	}},
+	{"sessions", "list the live SMTP sessions of all ingress processes", func(args []string) int {
+		return sessionsCommand(args, os.Stdout, os.Stderr)
+	}},
+	{"healthcheck", "container health probe: exit 0 when the actors in this container are up and connected to NATS", runHealthcheck},
 }
-
-// register adds a command; called from init in cmd_*.go files.
-func register(c command) { commands = append(commands, c) }
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "usage: mailroot <command> [-config FILE] [-data DIR] [-nats URL] [options]\n\ncommands:\n")

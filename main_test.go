@@ -182,3 +182,24 @@ interval = "100ms"
 		return len(entries) == 2
 	})
 }
+
+// Every command is in the one table, and help lists them in its order.
+func TestHelpListsEveryCommand(t *testing.T) {
+	var buf bytes.Buffer
+	usage(&buf)
+	var names []string
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if strings.HasPrefix(line, "  ") {
+			names = append(names, strings.Fields(line)[0])
+		}
+	}
+	want := []string{"all", "ingress", "router", "delivery", "badmail", "pickupwatcher", "sendmail", "user", "sessions", "healthcheck"}
+	if strings.Join(names, " ") != strings.Join(want, " ") {
+		t.Errorf("help lists %v, want %v", names, want)
+	}
+	for _, name := range want {
+		if c := findCommand(name); c == nil || c.run == nil {
+			t.Errorf("command %s has no run function", name)
+		}
+	}
+}
