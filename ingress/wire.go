@@ -37,7 +37,8 @@ import (
 //     smtpd_forbid_bare_newline = reject does, or normalises them for the
 //     site's bare_newline_normalize networks; DATA is canonicalised so that
 //     only CRLF.CRLF after a CRLF ends it (SMTP smuggling);
-//   - watches go-smtp's replies: adds the EHLO keywords go-smtp cannot know
+//   - watches go-smtp's replies: replaces go-smtp's own texts with ours
+//     (replies.go), adds the EHLO keywords go-smtp cannot know
 //     (STARTTLS, REQUIRETLS, ETRN, ATRN), writes the site's banner, enters
 //     DATA mode on 354, counts rejected commands (max_bad_commands) and
 //     closes the connection after any 421;
@@ -345,8 +346,8 @@ func (w *wire) fillCommand() error {
 	}
 	switch verb {
 	case "EHLO", "HELO":
-		// go-smtp echoes the argument in its 250 ("Hello <name>"): a
-		// control character (NUL, ESC, …) must never reach the client.
+		// go-smtp hands the argument to the Session (and logs): a control
+		// character (NUL, ESC, …) is refused before it gets there.
 		if strings.ContainsFunc(arg, isControl) {
 			w.replyBad("501 5.5.2 Syntax error: control character in the " + verb + " argument")
 			return nil
@@ -627,7 +628,7 @@ func (w *wire) filterReply(out, line []byte) ([]byte, bool) {
 			return append(out, fmt.Sprintf("220 %s %s\r\n", w.site.cfg.Hostname, w.site.cfg.Banner)...), false
 		}
 	}
-	out = append(out, line...)
+	out = append(out, plainReply(line, w.site.cfg.Hostname)...)
 	if w.ehloFirst {
 		w.ehloFirst = false
 		if code == 250 && !final {
