@@ -8,7 +8,6 @@ import (
 
 	"github.com/emersion/go-sasl"
 
-	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
 
@@ -16,11 +15,7 @@ import (
 // does an AUTH secret or the message content reach the log.
 func TestTranscriptRedactsSecrets(t *testing.T) {
 	logs := &testutil.Logs{}
-	f := startLogged(t, func(c *config.Config) {
-		withUsers(t, c, testUser(t, "alice@local.test", nil, nil))
-		addSite(c, config.KindSubmission, "submission", nil)
-	}, nil, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.Level(-100)})))
-	addr := f.svc.SiteAddrs("submission")[0]
+	addr := startSubmission(t, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.Level(-100)})))
 	const bodySecret = "body-secret-7f3a"
 
 	c := dialStartTLS(t, addr) // PLAIN with an initial response
