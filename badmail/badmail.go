@@ -2,7 +2,7 @@
 // dead letters on mail.bad (poison messages moved there by any worker,
 // double bounces, mail with a null sender that failed, malformed envelopes)
 // and writes each one into the Badmail directory in the IIS layout, so an
-// operator can inspect it with nothing but a text editor (DESIGN.md §4):
+// operator can inspect it with nothing but a text editor (docs/DESIGN.md §4):
 //
 //	Badmail/<qid>.BAD   the message exactly as queued
 //	Badmail/<qid>.BDR   a plain-text report: why, when, where from, the

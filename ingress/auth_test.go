@@ -17,11 +17,7 @@ import (
 
 func TestAuthSuccessAndFailure(t *testing.T) {
 	logs := &testutil.Logs{}
-	f := startLogged(t, func(c *config.Config) {
-		withUsers(t, c, testUser(t, "alice@local.test", nil, nil))
-		addSite(c, config.KindSubmission, "submission", nil)
-	}, nil, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	addr := f.svc.SiteAddrs("submission")[0]
+	addr := startSubmission(t, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 
 	t.Run("PLAIN", func(t *testing.T) {
 		c := dialStartTLS(t, addr)
@@ -197,4 +193,15 @@ func TestAuthFailureCostsOneComparison(t *testing.T) {
 			t.Errorf("%s: %d bcrypt comparisons, want 1 as for any failed login", tt.what, n)
 		}
 	}
+}
+
+// startSubmission starts ingress with a submission site and the user
+// alice@local.test, logging to log, and returns the site's address.
+func startSubmission(t *testing.T, log *slog.Logger) string {
+	t.Helper()
+	f := startLogged(t, func(c *config.Config) {
+		withUsers(t, c, testUser(t, "alice@local.test", nil, nil))
+		addSite(c, config.KindSubmission, "submission", nil)
+	}, nil, log)
+	return f.svc.SiteAddrs("submission")[0]
 }

@@ -1,5 +1,5 @@
 // Package ingress is Mailroot's SMTP server: the front door of the
-// pipeline (DESIGN.md §4, "Ingress").
+// pipeline (docs/DESIGN.md §4, "Ingress").
 //
 // It serves one or more sites — the IIS "SMTP sites": [[site]] blocks of
 // kind mta (port 25), submission (587, RFC 6409), smtps (465, implicit TLS,

@@ -225,3 +225,28 @@ func TestRequestDeadlines(t *testing.T) {
 		}
 	})
 }
+
+// On an implicit-TLS site a connection over max_connections or
+// max_connections_per_ip gets its 421 4.7.0 inside TLS, like every reply.
+func TestImplicitTLSOverTheLimit(t *testing.T) {
+	f := start(t, func(c *config.Config) {
+		addSite(c, config.KindSMTPS, "total", func(s *config.Site) { s.MaxConnections, s.MaxConnectionsPerIP = 1, 5 })
+		addSite(c, config.KindSMTPS, "perip", func(s *config.Site) { s.MaxConnections, s.MaxConnectionsPerIP = 5, 1 })
+	}, nil)
+	for _, tt := range []struct{ site, why string }{
+		{"total", "Too many connections"},
+		{"perip", "from your address"},
+	} {
+		t.Run(tt.site, func(t *testing.T) {
+			addr := f.svc.SiteAddrs(tt.site)[0]
+			dialImplicit(t, addr) // holds the one slot
+			rc := tlsUpgrade(t, rawDialAny(t, addr))
+			if code, text := rc.reply(); code != 421 || !strings.HasPrefix(text, "421 4.7.0 ") || !strings.Contains(text, tt.why) {
+				t.Errorf("connection over the limit: %d %q, want 421 4.7.0 %s", code, text, tt.why)
+			}
+			if !rc.closed() {
+				t.Error("connection open after the 421")
+			}
+		})
+	}
+}

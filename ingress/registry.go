@@ -27,7 +27,7 @@ const (
 )
 
 // registry mirrors this process's live sessions into the mta-sessions KV
-// bucket (DESIGN.md §2).
+// bucket (docs/DESIGN.md §2).
 type registry struct {
 	js   jetstream.JetStream
 	cfg  config.Config

@@ -124,7 +124,15 @@ func TestRelayPermissions(t *testing.T) {
 	}
 	rc := rawDial(t, closed)
 	rc.cmd("EHLO client.test")
-	if code, text := rc.cmd("MAIL FROM:<webapp>"); code != 250 || !strings.Contains(text, "webapp@other.test") {
-		t.Errorf("bare sender: %s, want the default domain stamped", text)
+	if code, text := rc.cmd("MAIL FROM:<webapp>"); code != 250 {
+		t.Fatalf("bare sender: %s", text)
+	}
+	rc.cmd("RCPT TO:<x@local.test>")
+	rc.cmd("DATA")
+	if code, text := rc.cmd("Subject: bare\r\n\r\nb\r\n."); code != 250 {
+		t.Fatalf("bare sender's message: %s", text)
+	}
+	if env, _ := decodeLast(t, f); env.From != "webapp@other.test" {
+		t.Errorf("bare sender: %q, want the default domain stamped", env.From)
 	}
 }

@@ -32,12 +32,18 @@ type site struct {
 	mu    sync.Mutex
 	conns int
 	perIP map[netip.Addr]int
+	// refusing bounds the refusals in progress (an implicit-TLS refusal
+	// needs a handshake before its 421); over it a connection is closed.
+	refusing chan struct{}
 }
+
+// maxRefusing is how many refused connections get their 421 at once.
+const maxRefusing = 32
 
 var _ smtp.Backend = (*site)(nil)
 
 func newSite(svc *Service, sc config.Site) (*site, error) {
-	st := &site{svc: svc, cfg: sc, perIP: map[netip.Addr]int{}}
+	st := &site{svc: svc, cfg: sc, perIP: map[netip.Addr]int{}, refusing: make(chan struct{}, maxRefusing)}
 	var err error
 	if st.relay, err = config.Networks(sc.RelayNetworks); err != nil {
 		return nil, fmt.Errorf("ingress: site %s: relay_networks: %w", sc.Name, err)
@@ -158,12 +164,16 @@ func (l *siteListener) Accept() (net.Conn, error) {
 		}
 		st := l.st
 		if why := st.admit(ip); why != "" {
-			if !st.cfg.ImplicitTLS {
-				_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-				_, _ = io.WriteString(c, "421 4.7.0 "+st.cfg.Hostname+" "+why+"\r\n")
-			}
-			_ = c.Close()
 			st.svc.log.Warn("connection refused", "site", st.cfg.Name, "client", ip.String(), "reason", why)
+			select {
+			case st.refusing <- struct{}{}:
+				go func() {
+					defer func() { <-st.refusing }()
+					st.refuse(c, why)
+				}()
+			default:
+				_ = c.Close()
+			}
 			continue
 		}
 		id := strconv.FormatUint(st.svc.nextID.Add(1), 36)
@@ -175,6 +185,25 @@ func (l *siteListener) Accept() (net.Conn, error) {
 		}
 		return w, nil
 	}
+}
+
+// refuseTimeout bounds a refusal: TLS handshake and 421.
+const refuseTimeout = 5 * time.Second
+
+// refuse answers a connection over the limits with 421 4.7.0 and closes
+// it; on an implicit-TLS site the 421 goes inside TLS, as every reply does.
+func (st *site) refuse(c net.Conn, why string) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(refuseTimeout))
+	if st.cfg.ImplicitTLS {
+		tc := tls.Server(c, st.tlsConfig)
+		if err := tc.Handshake(); err != nil {
+			return
+		}
+		defer tc.Close() // close_notify after the 421
+		c = tc
+	}
+	_, _ = io.WriteString(c, "421 4.7.0 "+st.cfg.Hostname+" "+why+"\r\n")
 }
 
 // NewSession implements smtp.Backend: called at the first EHLO/HELO.

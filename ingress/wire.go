@@ -17,6 +17,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mailroot/mailroot/internal/config"
 )
 
 // wire is the client connection as go-smtp sees it. go-smtp (v0.25.1)
@@ -37,7 +39,8 @@ import (
 //     smtpd_forbid_bare_newline = reject does, or normalises them for the
 //     site's bare_newline_normalize networks; DATA is canonicalised so that
 //     only CRLF.CRLF after a CRLF ends it (SMTP smuggling);
-//   - watches go-smtp's replies: adds the EHLO keywords go-smtp cannot know
+//   - watches go-smtp's replies: replaces go-smtp's own texts with ours
+//     (replies.go), adds the EHLO keywords go-smtp cannot know
 //     (STARTTLS, REQUIRETLS, ETRN, ATRN), writes the site's banner, enters
 //     DATA mode on 354, counts rejected commands (max_bad_commands) and
 //     closes the connection after any 421;
@@ -301,6 +304,7 @@ func (w *wire) fillCommand() error {
 	default:
 		content, lfBare = line[:len(line)-1], true
 	}
+	w.trace("C: " + w.redacted(content))
 	crBare := bytes.IndexByte(content, '\r') >= 0
 	if (lfBare || crBare) && !w.normalize {
 		what := "<LF>"
@@ -345,8 +349,8 @@ func (w *wire) fillCommand() error {
 	}
 	switch verb {
 	case "EHLO", "HELO":
-		// go-smtp echoes the argument in its 250 ("Hello <name>"): a
-		// control character (NUL, ESC, …) must never reach the client.
+		// go-smtp hands the argument to the Session (and logs): a control
+		// character (NUL, ESC, …) is refused before it gets there.
 		if strings.ContainsFunc(arg, isControl) {
 			w.replyBad("501 5.5.2 Syntax error: control character in the " + verb + " argument")
 			return nil
@@ -604,6 +608,7 @@ func (w *wire) Write(p []byte) (int, error) {
 	}
 	var err error
 	if len(out) > 0 {
+		w.trace("S: " + string(out))
 		_, err = w.conn().Write(out)
 	}
 	if closeNow {
@@ -627,7 +632,7 @@ func (w *wire) filterReply(out, line []byte) ([]byte, bool) {
 			return append(out, fmt.Sprintf("220 %s %s\r\n", w.site.cfg.Hostname, w.site.cfg.Banner)...), false
 		}
 	}
-	out = append(out, line...)
+	out = append(out, plainReply(line, w.site.cfg.Hostname)...)
 	if w.ehloFirst {
 		w.ehloFirst = false
 		if code == 250 && !final {
@@ -705,6 +710,7 @@ func (w *wire) reply(line string) {
 	_ = w.conn().SetWriteDeadline(time.Now().Add(w.site.cfg.Timeout.D()))
 	out := append(w.pending, line+"\r\n"...)
 	w.pending = nil
+	w.trace("S: " + string(out))
 	if _, err := w.conn().Write(out); err != nil {
 		w.abort()
 	}
@@ -718,9 +724,35 @@ func (w *wire) replyBad(line string) {
 	out, closeNow := w.countBad(append(w.pending, line+"\r\n"...))
 	w.pending = nil
 	_ = w.conn().SetWriteDeadline(time.Now().Add(w.site.cfg.Timeout.D()))
+	w.trace("S: " + string(out))
 	if _, err := w.conn().Write(out); err != nil || closeNow {
 		w.abort()
 	}
+}
+
+// trace logs one line of the SMTP transcript at config.LevelTrace. The
+// message content (DATA, BDAT) never passes here; AUTH payloads are
+// redacted by redacted.
+func (w *wire) trace(line string) {
+	if w.log.Enabled(context.Background(), config.LevelTrace) {
+		w.log.Log(context.Background(), config.LevelTrace, "smtp", "line", strings.TrimRight(line, "\r\n"))
+	}
+}
+
+// redacted is a command line as the transcript shows it: a SASL response
+// line, and the initial response of AUTH, are replaced by "***".
+func (w *wire) redacted(line []byte) string {
+	if w.saslNext {
+		return "***"
+	}
+	verb, arg, _ := strings.Cut(string(line), " ")
+	if !strings.EqualFold(verb, "AUTH") {
+		return string(line)
+	}
+	if mech, _, ok := strings.Cut(strings.TrimSpace(arg), " "); ok {
+		return verb + " " + mech + " ***"
+	}
+	return string(line)
 }
 
 // abort closes the connection at once; go-smtp sees the end of input.

@@ -1,7 +1,7 @@
 // Package pickupwatcher is Mailroot's Pickup directory, the IIS way of
 // sending mail without SMTP: an application drops an RFC 5322 message file
 // into <data_dir>/Pickup/ and the watcher queues it on mail.in, where the
-// router takes it like any mail accepted by ingress (DESIGN.md §4, Pickup).
+// router takes it like any mail accepted by ingress (docs/DESIGN.md §4, Pickup).
 //
 // # Writing a pickup file safely
 //

@@ -1,4 +1,4 @@
-// Package router is the second stage of the pipeline (DESIGN.md §4,
+// Package router is the second stage of the pipeline (docs/DESIGN.md §4,
 // "Router"): it consumes mail.in, checks the message, splits its recipients
 // per destination domain and publishes one envelope per domain — local
 // domains to mail.drop, held domains to mail.hold.<tok>, others to

@@ -115,6 +115,28 @@ func TestComposeE2E(t *testing.T) {
 		}
 		waitHealthy(t, 2*time.Minute)
 	})
+
+	t.Run("users and tls survive recreate", func(t *testing.T) {
+		name, user := containers(t, "ingress")[0].Name, "keep."+run+"@localhost"
+		add := exec.Command("docker", "exec", "-i", name, "mailroot", "user", "add", user, "-password-stdin")
+		add.Stdin = strings.NewReader("kept password\n")
+		if out, err := add.CombinedOutput(); err != nil {
+			t.Fatalf("mailroot user add: %v\n%s", err, out)
+		}
+		cert := copyOut(name, "/var/spool/mailroot/tls/selfsigned.crt")
+		if cert == nil {
+			t.Fatal("no self-signed certificate in the ingress container")
+		}
+		compose(t, "up", "-d", "--no-build", "--force-recreate", "ingress")
+		waitHealthy(t, 2*time.Minute)
+		name = containers(t, "ingress")[0].Name
+		if out, _ := exec.Command("docker", "exec", name, "mailroot", "user", "list").CombinedOutput(); !strings.Contains(string(out), user) {
+			t.Errorf("after --force-recreate the users file lacks %s:\n%s", user, out)
+		}
+		if got := copyOut(name, "/var/spool/mailroot/tls/selfsigned.crt"); !bytes.Equal(got, cert) {
+			t.Error("after --force-recreate ingress has another certificate")
+		}
+	})
 }
 
 // dupCount counts extra copies of ids at the sink.

@@ -1,6 +1,6 @@
 // Package badfile writes Badmail entries: the IIS layout of one
 // "<name>.BAD" file holding the message exactly as it was and one
-// "<name>.BDR" plain-text report saying why (DESIGN.md §4, Badmail).
+// "<name>.BDR" plain-text report saying why (docs/DESIGN.md §4, Badmail).
 //
 // Both the badmail service (dead letters from mail.bad) and the pickup
 // watcher (files it cannot take) write through Write, so an entry is made

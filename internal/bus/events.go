@@ -11,7 +11,7 @@ import (
 )
 
 // StreamEvents is the replayable delivery log: one JSON event per mail
-// event on events.<type>, kept by age (DESIGN.md §2).
+// event on events.<type>, kept by age (docs/DESIGN.md §2).
 const StreamEvents = "MAIL_EVENTS"
 
 // Event types published on events.<type>.

@@ -9,7 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Hold, ETRN and ATRN (DESIGN.md §4 "Hold / ETRN / ATRN", nats-notes §4.6):
+// Hold, ETRN and ATRN (docs/DESIGN.md §4 "Hold / ETRN / ATRN"):
 // the router publishes mail for a domain marked hold to mail.hold.<tok>,
 // where it waits; the durable consumer hold_<tok> is pulled only when the
 // mail is released, by ETRN (a request on SubjCtlRelease answered by the
@@ -103,7 +103,7 @@ func DeferredSubjects(ctx context.Context, js jetstream.JetStream, tok string) (
 }
 
 // BucketSessions is the KV bucket of live SMTP sessions and ATRN locks
-// (DESIGN.md §2). Every value is written with a per-message TTL, so the
+// (docs/DESIGN.md §2). Every value is written with a per-message TTL, so the
 // entries of a crashed ingress vanish by themselves.
 const BucketSessions = "mta-sessions"
 

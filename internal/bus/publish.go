@@ -19,7 +19,7 @@ var ErrStoreFull = errors.New("bus: store full")
 const errCodeInsufficientResources jetstream.ErrorCode = 10023
 
 // PublishTimeout bounds one durable publish including its retries through
-// leader elections (elections take 4-8 s, see nats-notes §8.3).
+// leader elections (elections take 4-8 s; docs/DESIGN.md §6).
 const PublishTimeout = 15 * time.Second
 
 // Publish stores msg in the MAIL stream with msgID as its dedup key and

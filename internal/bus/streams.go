@@ -70,8 +70,8 @@ var consumerConfigs = map[string]jetstream.ConsumerConfig{
 	ConsumerDelivery: {Durable: ConsumerDelivery, FilterSubject: SubjOutAll, AckWait: 2 * time.Minute, MaxAckPending: 2000},
 	ConsumerDrop:     {Durable: ConsumerDrop, FilterSubject: SubjDrop, AckWait: time.Minute, MaxAckPending: 200},
 	// Badmail is the end of the line: there is no dead-letter queue to move
-	// its messages to, so it retries for ever (MaxDeliver -1, DESIGN §2 /
-	// nats-notes §3.3) instead of letting them sit unseen at MaxDeliver.
+	// its messages to, so it retries for ever (MaxDeliver -1, docs/DESIGN.md
+	// §2) instead of letting them sit unseen at MaxDeliver.
 	ConsumerBadmail: {Durable: ConsumerBadmail, FilterSubject: SubjBad, AckWait: time.Minute, MaxAckPending: 200, MaxDeliver: -1},
 }
 

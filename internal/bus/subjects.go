@@ -1,7 +1,7 @@
 // Package bus holds everything Mailroot knows about NATS: subjects, the
 // MAIL stream and its consumers, the mail-bodies Object Store, connecting
 // to a server (or embedding one), and publishing with the retry rules that
-// make "250" mean "stored" (DESIGN.md §2, §4).
+// make "250" mean "stored" (docs/DESIGN.md §2, §4).
 package bus
 
 import (

@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -49,7 +50,8 @@ type Config struct {
 	DefaultDomain string `toml:"default_domain"`
 	// Domains holds per-domain settings ([[domain]] blocks).
 	Domains []Domain `toml:"domain"`
-	// LogLevel is debug, info, warn or error.
+	// LogLevel is trace, debug, info, warn or error; trace adds the SMTP
+	// transcripts of ingress (AUTH and message content redacted).
 	LogLevel string `toml:"log_level"`
 	// LogFormat is text or json.
 	LogFormat string `toml:"log_format"`
@@ -371,9 +373,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
+	case "trace", "debug", "info", "warn", "error":
 	default:
-		return &KeyError{"log_level", "must be debug, info, warn or error"}
+		return &KeyError{"log_level", "must be trace, debug, info, warn or error"}
 	}
 	switch c.LogFormat {
 	case "text", "json":
@@ -572,4 +574,17 @@ func (d Delivery) RetryDelay(n int) time.Duration {
 		n = len(d.Retry)
 	}
 	return d.Retry[n-1].D()
+}
+
+// LevelTrace is below debug (as mox's mlog has it): the SMTP transcripts.
+const LevelTrace = slog.LevelDebug - 4
+
+// SlogLevel is the slog level of log_level.
+func (c Config) SlogLevel() slog.Level {
+	if c.LogLevel == "trace" {
+		return LevelTrace
+	}
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.LogLevel))
+	return level
 }

@@ -2,7 +2,7 @@
 // "multipart/report; report-type=delivery-status" messages of RFC 3464
 // (RFC 6522 for multipart/report) that tell a sender what became of a
 // message — failed, delayed, delivered or relayed. It is where non-delivery
-// reports (NDRs) and delay notices are made (DESIGN.md §4, "Bounces").
+// reports (NDRs) and delay notices are made (docs/DESIGN.md §4, "Reports to senders").
 //
 // A notification has three parts:
 //

@@ -1,7 +1,7 @@
 // Package envelope defines the SMTP envelope as it travels through Mailroot's
 // JetStream pipeline, and its codec to and from NATS message headers.
 //
-// One NATS message carries one envelope (DESIGN.md §3): the SMTP envelope is
+// One NATS message carries one envelope (docs/DESIGN.md §3): the SMTP envelope is
 // in Mta-* headers, the data part is the RFC 5322 message when it is stored
 // inline, or empty with "Mta-Body: obj" when the body lives in the
 // mail-bodies Object Store under the queue id. This package is the only

@@ -1,5 +1,5 @@
-// Package release is the ETRN release worker (RFC 1985; DESIGN.md §4
-// "Hold / ETRN / ATRN", nats-notes §4.6). It runs inside every delivery
+// Package release is the ETRN release worker (RFC 1985; docs/DESIGN.md §4
+// "Hold / ETRN / ATRN"). It runs inside every delivery
 // process and answers core NATS requests on mta.ctl.release (queue group
 // "release", so one worker takes each request): for each domain it counts
 // the held mail and pending retries, replies with that count at once, and
