@@ -1,6 +1,6 @@
 // Package delivery is the last hop of Mailroot's pipeline: it takes routed
 // envelopes off the MAIL stream and hands them over, either to a remote SMTP
-// server or to the Drop directory (DESIGN.md §4).
+// server or to the Drop directory (docs/DESIGN.md §4).
 //
 // Remote delivery works the durable consumer "delivery" (mail.out.*). For
 // each envelope it resolves the destination, either the configured smart

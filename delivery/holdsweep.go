@@ -23,7 +23,7 @@ const maxSweep = 100000
 // sweepHeldLoop checks held mail for expiry every HoldSweep until ctx is
 // done. Held mail waits for ETRN or ATRN, but not for ever: like any
 // queued mail it expires (delivery.expire), and its sender is told
-// (nats-notes §4.4, "Expiry of held mail").
+// (docs/DESIGN.md §4, held mail expires).
 func (s *Service) sweepHeldLoop(ctx context.Context) {
 	every := s.HoldSweep
 	if every <= 0 {

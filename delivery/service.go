@@ -174,7 +174,7 @@ func (s *Service) handleOut(ctx context.Context, m jetstream.Msg) {
 	log := s.log.With("qid", env.QueueID, "domain", domain)
 	if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 && s.alreadyRescheduled(ctx, tok, env) {
 		// A previous worker published the retry schedule but died
-		// before acking this message (nats-notes §4.4).
+		// before acking this message (docs/DESIGN.md §4).
 		log.Info("retry already scheduled, dropping redelivered copy", "attempt", env.Attempt)
 		_ = m.DoubleAck(ctx)
 		return

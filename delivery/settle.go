@@ -55,7 +55,7 @@ func addFailure(fs []failure, r envelope.Rcpt, e *Error) []failure {
 	return append(fs, failure{rcpts: []envelope.Rcpt{r}, err: e})
 }
 
-// settle finishes one attempt (DESIGN.md §4, "Delivery" and "Bounces"):
+// settle finishes one attempt (docs/DESIGN.md §4):
 //
 //   - recipients that failed for good, or whose message expired, get a
 //     non-delivery report (one per attempt, all of them in it); mail from
