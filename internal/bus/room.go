@@ -27,7 +27,8 @@ import (
 //   - while the store is recovering from a failed write (a full disk; see
 //     StoreGuard).
 //
-// Only intake asks; the pipeline's own publishes use the reserve (Forward).
+// Intake asks Check; the pipeline publishes through Forward, which may use
+// most of the reserve.
 // The checks are cached briefly, so asking per message costs next to
 // nothing. A Room is safe for concurrent use.
 type Room struct {
@@ -45,9 +46,6 @@ type Room struct {
 	// server's max_store, or the 75 % of the free disk nats-server takes
 	// without one), which applies besides any limit of the account.
 	Limit func() int64
-	// Refresh is how long a reading of the account is used (default
-	// 500 ms); sizes admitted meanwhile are added to it.
-	Refresh time.Duration
 
 	mu       sync.Mutex
 	at       time.Time // when used and limit were read
@@ -58,8 +56,14 @@ type Room struct {
 	free     int64 // bytes free on Dir's file system
 	total    int64 // size of Dir's file system
 	statErr  error
-	statfsFn func(string) (free, total int64, err error)
 }
+
+// How long a reading is used: of the account's usage (sizes admitted
+// meanwhile are added to it), and of the file system's free space.
+const (
+	accountRefresh = 500 * time.Millisecond
+	statRefresh    = 100 * time.Millisecond
+)
 
 // Check returns nil when there is room for a new message of size bytes
 // (0 when it is not known yet, e.g. at MAIL FROM without SIZE), or an
@@ -133,17 +137,9 @@ func (r *Room) check(ctx context.Context, size int64, share float64) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := time.Now()
-	refresh := r.Refresh
-	if refresh <= 0 {
-		refresh = 500 * time.Millisecond
-	}
 	if r.Dir != "" {
-		if now.Sub(r.statAt) >= min(refresh, 100*time.Millisecond) {
-			fn := r.statfsFn
-			if fn == nil {
-				fn = Statfs
-			}
-			r.free, r.total, r.statErr = fn(r.Dir)
+		if now.Sub(r.statAt) >= statRefresh {
+			r.free, r.total, r.statErr = Statfs(r.Dir)
 			r.statAt = now
 		}
 		if r.statErr == nil {
@@ -159,7 +155,7 @@ func (r *Room) check(ctx context.Context, size int64, share float64) error {
 	// grows (what was removed meanwhile is not seen): a refusal is made on
 	// a fresh reading.
 	for fresh := false; ; fresh = true {
-		if fresh || now.Sub(r.at) >= refresh {
+		if fresh || now.Sub(r.at) >= accountRefresh {
 			if err := r.read(ctx); err != nil {
 				return err
 			}

@@ -37,8 +37,6 @@ type StoreGuard struct {
 	reserve config.Reserve
 	log     *slog.Logger
 	kick    chan struct{}
-	// Interval is how often the guard checks while faulted (default 1 s).
-	Interval time.Duration
 
 	mu       sync.Mutex
 	fault    error
@@ -125,11 +123,7 @@ func (g *StoreGuard) Restarts() int {
 // Run recovers the store whenever it is faulted and its file system has
 // at least the reserve free, until ctx is done.
 func (g *StoreGuard) Run(ctx context.Context) {
-	every := g.Interval
-	if every <= 0 {
-		every = time.Second
-	}
-	t := time.NewTicker(every)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {
