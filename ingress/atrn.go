@@ -51,21 +51,20 @@ type atrnLock struct {
 	rev              uint64
 }
 
-func (w *wire) atrn(arg string) error {
-	ss := w.sess
+func (ss *session) atrn(arg string) {
 	switch {
-	case !w.site.cfg.ATRN:
-		w.replyBad("502 5.5.1 ATRN not available")
-		return nil
-	case !w.greeted:
-		w.replyBad("503 5.5.1 Send EHLO first")
-		return nil
-	case ss == nil || ss.user == nil:
-		w.replyBad("530 5.7.0 Authentication required")
-		return nil
+	case !ss.site.cfg.ATRN:
+		ss.reply(502, "5.5.1", "ATRN not available")
+		return
+	case ss.helo == "":
+		ss.reply(503, "5.5.1", "Send EHLO first")
+		return
+	case ss.user == nil:
+		ss.reply(530, "5.7.0", "Authentication required")
+		return
 	case ss.inTx:
-		w.replyBad("503 5.5.1 ATRN not allowed during a mail transaction")
-		return nil
+		ss.reply(503, "5.5.1", "ATRN not allowed during a mail transaction")
+		return
 	}
 	u := ss.user
 	var domains []string
@@ -77,22 +76,22 @@ func (w *wire) atrn(arg string) error {
 		for _, d := range strings.Split(arg, ",") {
 			d = envelope.NormalizeDomain(strings.TrimSpace(d))
 			if d == "" || strings.ContainsAny(d, "@ []") {
-				w.replyBad("501 5.5.4 Syntax: ATRN [domain[,domain]...]")
-				return nil
+				ss.reply(501, "5.5.4", "Syntax: ATRN [domain[,domain]...]")
+				return
 			}
 			if !u.MayDequeue(d) {
-				w.log.Warn("ATRN refused: domain not allowed for user", "user", u.Name, "domain", d)
-				w.reply("450 4.7.1 ATRN request refused")
-				return nil
+				ss.log.Warn("ATRN refused: domain not allowed for user", "user", u.Name, "domain", d)
+				ss.reply(450, "4.7.1", "ATRN request refused")
+				return
 			}
 			domains = append(domains, d)
 		}
 	}
 	if len(domains) == 0 {
-		w.reply("450 4.7.1 ATRN request refused: no domains to dequeue")
-		return nil
+		ss.reply(450, "4.7.1", "ATRN request refused: no domains to dequeue")
+		return
 	}
-	svc := w.site.svc
+	svc := ss.s
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var locks []*atrnLock
@@ -100,12 +99,12 @@ func (w *wire) atrn(arg string) error {
 	for _, d := range domains {
 		tok := bus.Token(d)
 		l := &atrnLock{domain: d, tok: tok, key: bus.ATRNLockPrefix + tok}
-		rev, err := bus.Lock(ctx, svc.js, bus.BucketSessions, l.key, []byte(svc.sessions.key(w.id)), atrnLockTTL)
+		rev, err := bus.Lock(ctx, svc.js, bus.BucketSessions, l.key, []byte(svc.sessions.key(ss.id)), atrnLockTTL)
 		if err != nil {
 			if !errors.Is(err, bus.ErrLocked) {
-				w.log.Error("ATRN lock failed", "domain", d, "err", err)
+				ss.log.Error("ATRN lock failed", "domain", d, "err", err)
 			} else {
-				w.log.Info("ATRN domain busy in another session", "domain", d)
+				ss.log.Info("ATRN domain busy in another session", "domain", d)
 			}
 			continue
 		}
@@ -113,7 +112,7 @@ func (w *wire) atrn(arg string) error {
 		locks = append(locks, l)
 		n, err := bus.HeldCount(ctx, svc.js, tok)
 		if err != nil {
-			w.log.Error("ATRN count failed", "domain", d, "err", err)
+			ss.log.Error("ATRN count failed", "domain", d, "err", err)
 		}
 		held += n
 	}
@@ -125,24 +124,26 @@ func (w *wire) atrn(arg string) error {
 		}
 	}()
 	if len(locks) == 0 {
-		w.reply("451 4.3.0 Unable to process ATRN request now")
-		return nil
+		ss.reply(451, "4.3.0", "Unable to process ATRN request now")
+		return
 	}
 	if held == 0 {
-		w.reply("453 4.7.0 You have no mail")
-		return nil
+		ss.reply(453, "4.7.0", "You have no mail")
+		return
 	}
-	w.reply("250 2.0.0 OK now reversing the connection")
-	w.log.Info("ATRN: connection turned", "user", u.Name, "domains", domains, "held", held)
-	w.runATRN(locks)
-	w.abort()
-	return io.EOF
+	ss.reply(250, "2.0.0", "OK now reversing the connection")
+	ss.log.Info("ATRN: connection turned", "user", u.Name, "domains", domains, "held", held)
+	if !ss.flush() {
+		return
+	}
+	ss.runATRN(locks)
+	ss.quit = true
 }
 
 // runATRN delivers the held mail of the locked domains over the turned
 // connection.
-func (w *wire) runATRN(locks []*atrnLock) {
-	svc := w.site.svc
+func (ss *session) runATRN(locks []*atrnLock) {
+	svc := ss.s
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Keep the locks while the session runs.
@@ -155,50 +156,50 @@ func (w *wire) runATRN(locks []*atrnLock) {
 				return
 			case <-t.C:
 				for _, l := range locks {
-					if rev, err := bus.PutTTL(ctx, svc.js, bus.BucketSessions, l.key, []byte(svc.sessions.key(w.id)), atrnLockTTL, int64(l.rev)); err == nil {
+					if rev, err := bus.PutTTL(ctx, svc.js, bus.BucketSessions, l.key, []byte(svc.sessions.key(ss.id)), atrnLockTTL, int64(l.rev)); err == nil {
 						l.rev = rev
 					}
 				}
 			}
 		}
 	}()
-	_ = w.conn().SetDeadline(time.Time{})
-	_, isTLS := w.tlsState()
-	c, herr := smtpclient.New(bufConn{Conn: w.conn(), r: w.br}, w.peerName(), isTLS, smtpclient.Options{
-		Hostname:       w.site.cfg.Hostname,
-		CommandTimeout: w.site.cfg.Timeout.D(),
+	_ = ss.conn().SetDeadline(time.Time{})
+	_, isTLS := ss.tlsState()
+	c, herr := smtpclient.New(bufConn{Conn: ss.conn(), r: ss.br}, ss.peerName(), isTLS, smtpclient.Options{
+		Hostname:       ss.site.cfg.Hostname,
+		CommandTimeout: ss.site.cfg.Timeout.D(),
 	})
 	if herr != nil {
-		w.log.Info("ATRN: peer did not greet", "err", herr)
+		ss.log.Info("ATRN: peer did not greet", "err", herr)
 		return
 	}
 	delivered := 0
 	for _, l := range locks {
-		n, ok := w.drainHeld(ctx, c, l)
+		n, ok := ss.drainHeld(ctx, c, l)
 		delivered += n
 		if !ok {
-			w.log.Info("ATRN: connection lost", "delivered", delivered)
+			ss.log.Info("ATRN: connection lost", "delivered", delivered)
 			return
 		}
 	}
 	c.Quit()
-	w.log.Info("ATRN: session done", "delivered", delivered)
+	ss.log.Info("ATRN: session done", "delivered", delivered)
 }
 
 // drainHeld sends one domain's held messages; ok is false when the
 // connection broke.
-func (w *wire) drainHeld(ctx context.Context, c *smtpclient.Client, l *atrnLock) (delivered int, ok bool) {
-	svc := w.site.svc
+func (ss *session) drainHeld(ctx context.Context, c *smtpclient.Client, l *atrnLock) (delivered int, ok bool) {
+	svc := ss.s
 	cons, err := bus.EnsureHoldConsumer(ctx, svc.js, l.tok, svc.cfg.NATS.Replicas)
 	if err != nil {
-		w.log.Error("ATRN: hold consumer", "domain", l.domain, "err", err)
+		ss.log.Error("ATRN: hold consumer", "domain", l.domain, "err", err)
 		return 0, true
 	}
 	tried := map[string]bool{}
 	for {
 		batch, err := cons.Fetch(10, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
-			w.log.Error("ATRN: fetch", "domain", l.domain, "err", err)
+			ss.log.Error("ATRN: fetch", "domain", l.domain, "err", err)
 			return delivered, true
 		}
 		got := 0
@@ -216,7 +217,7 @@ func (w *wire) drainHeld(ctx context.Context, c *smtpclient.Client, l *atrnLock)
 			} else {
 				tried[qid] = true
 			}
-			sent, connOK := w.sendHeld(ctx, c, l, m)
+			sent, connOK := ss.sendHeld(ctx, c, l, m)
 			if sent {
 				delivered++
 			}
@@ -232,8 +233,8 @@ func (w *wire) drainHeld(ctx context.Context, c *smtpclient.Client, l *atrnLock)
 }
 
 // sendHeld runs one SMTP transaction for a held message and settles it.
-func (w *wire) sendHeld(ctx context.Context, c *smtpclient.Client, l *atrnLock, m jetstream.Msg) (sent, connOK bool) {
-	svc := w.site.svc
+func (ss *session) sendHeld(ctx context.Context, c *smtpclient.Client, l *atrnLock, m jetstream.Msg) (sent, connOK bool) {
+	svc := ss.s
 	env, err := envelope.Decode(m.Headers())
 	if err != nil {
 		if merr := bus.MoveToBad(ctx, svc.Room, m, "ATRN: "+err.Error()); merr != nil {
@@ -241,7 +242,7 @@ func (w *wire) sendHeld(ctx context.Context, c *smtpclient.Client, l *atrnLock, 
 		}
 		return false, true
 	}
-	log := w.log.With("qid", env.QueueID, "domain", l.domain)
+	log := ss.log.With("qid", env.QueueID, "domain", l.domain)
 	stop := bus.KeepAlive(m, 30*time.Second)
 	defer stop()
 	body, err := svc.bodies.Open(ctx, env, m.Data())
@@ -253,7 +254,7 @@ func (w *wire) sendHeld(ctx context.Context, c *smtpclient.Client, l *atrnLock, 
 	defer body.Close()
 
 	if env.RequireTLS {
-		if _, isTLS := w.tlsState(); !isTLS {
+		if _, isTLS := ss.tlsState(); !isTLS {
 			log.Info("ATRN: REQUIRETLS message kept held on a plaintext connection")
 			_ = m.NakWithDelay(atrnRetryDelay)
 			return false, true
@@ -280,12 +281,12 @@ func (w *wire) sendHeld(ctx context.Context, c *smtpclient.Client, l *atrnLock, 
 			temp, last = append(temp, env.Rcpts[i]), e
 		}
 	}
-	return len(accepted) > 0, w.settleHeld(ctx, log, m, env, l, accepted, temp, perm, last)
+	return len(accepted) > 0, ss.settleHeld(ctx, log, m, env, l, accepted, temp, perm, last)
 }
 
 // peerName names the ATRN client for reports, "[ip]".
-func (w *wire) peerName() string {
-	if ip := w.ip; ip.IsValid() {
+func (ss *session) peerName() string {
+	if ip := ss.ip; ip.IsValid() {
 		return "[" + ip.String() + "]"
 	}
 	return "the ATRN client"
@@ -294,8 +295,8 @@ func (w *wire) peerName() string {
 // settleHeld acks a held message after its outcome is stored: recipients
 // deferred by the peer go back to mail.hold.<tok>, refused ones to
 // mail.bad.
-func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg, env *envelope.Envelope, l *atrnLock, delivered, temp, perm []envelope.Rcpt, last *smtpclient.Error) (connOK bool) {
-	svc := w.site.svc
+func (ss *session) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg, env *envelope.Envelope, l *atrnLock, delivered, temp, perm []envelope.Rcpt, last *smtpclient.Error) (connOK bool) {
+	svc := ss.s
 	if len(delivered) == 0 && len(perm) == 0 {
 		// Nothing changed: leave it held as it is, out of this session.
 		log.Info("ATRN: deferred by peer", "err", errString(last))
@@ -353,7 +354,7 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 	}
 	if len(perm) > 0 && !nullSender {
 		// The sender gets a non-delivery report, as for any refusal.
-		if err := w.bounceRefused(ctx, env, m.Data(), l.tok, seq, perm, last); err != nil {
+		if err := ss.bounceRefused(ctx, env, m.Data(), l.tok, seq, perm, last); err != nil {
 			log.Error("ATRN: report refused recipients", "err", err)
 			_ = m.NakWithDelay(time.Minute)
 			return true
@@ -370,8 +371,8 @@ func (w *wire) settleHeld(ctx context.Context, log *slog.Logger, m jetstream.Msg
 
 // bounceRefused sends the sender an RFC 3464 report for recipients the
 // ATRN client refused with a 5xx reply.
-func (w *wire) bounceRefused(ctx context.Context, env *envelope.Envelope, data []byte, tok string, seq uint64, rcpts []envelope.Rcpt, last *smtpclient.Error) error {
-	svc := w.site.svc
+func (ss *session) bounceRefused(ctx context.Context, env *envelope.Envelope, data []byte, tok string, seq uint64, rcpts []envelope.Rcpt, last *smtpclient.Error) error {
+	svc := ss.s
 	status := "5.0.0"
 	if last.Enhanced != "" {
 		status = last.Enhanced
@@ -380,7 +381,7 @@ func (w *wire) bounceRefused(ctx context.Context, env *envelope.Envelope, data [
 	if last.Code != 0 {
 		reply = strconv.Itoa(last.Code) + " " + reply
 	}
-	remote := w.peerName()
+	remote := ss.peerName()
 	statuses := make([]dsn.Status, len(rcpts))
 	for i, r := range rcpts {
 		statuses[i] = dsn.Status{Rcpt: r, Action: dsn.ActionFailed, Status: status, Remote: remote, Reply: reply,

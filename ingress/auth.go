@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"net/netip"
 	"strings"
@@ -10,7 +11,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/users"
@@ -24,34 +24,102 @@ import (
 // ban (421 4.7.0, connection closed). Logs name the user, never the
 // password.
 
-// AuthMechanisms implements smtp.AuthSession; no mechanisms means go-smtp
-// does not advertise AUTH.
-func (ss *session) AuthMechanisms() []string {
-	if !ss.authOffered() {
-		return nil
-	}
-	return []string{sasl.Plain, sasl.Login}
-}
-
 func (ss *session) authOffered() bool {
-	_, isTLS := ss.w.tlsState()
+	_, isTLS := ss.tlsState()
 	return ss.site.cfg.Auth != config.AuthOff && (isTLS || ss.site.cfg.AllowInsecureAuth)
 }
 
-// Auth implements smtp.AuthSession.
-func (ss *session) Auth(mech string) (sasl.Server, error) {
+// authCmd runs AUTH (RFC 4954): the SASL exchange of the mechanism, with
+// go-sasl's servers.
+func (ss *session) authCmd(arg string) {
+	switch {
+	case ss.helo == "":
+		ss.reply(503, "5.5.1", "Send EHLO first")
+		return
+	case ss.user != nil:
+		ss.reply(503, "5.5.1", "Already authenticated")
+		return
+	}
+	f := strings.Fields(arg)
+	if len(f) == 0 || len(f) > 2 {
+		ss.reply(501, "5.5.4", "Syntax: AUTH <mechanism> [initial-response]")
+		return
+	}
+	srv, r := ss.auth(f[0])
+	if r != nil {
+		ss.replyWith(r)
+		return
+	}
+	var resp []byte
+	if len(f) == 2 {
+		var ok bool
+		if resp, ok = decodeSASL(f[1]); !ok {
+			ss.reply(501, "5.5.2", "Invalid base64")
+			return
+		}
+	}
+	for {
+		challenge, done, err := srv.Next(resp)
+		if err != nil {
+			var r *reply
+			if !errors.As(err, &r) {
+				r = errAuthFailed
+			}
+			ss.replyWith(r)
+			return
+		}
+		if done {
+			break
+		}
+		ss.reply(334, "", base64.StdEncoding.EncodeToString(challenge))
+		ss.startRequest()
+		line, tooLong, err := ss.readLine(ss.site.cfg.MaxLineLength)
+		if err != nil {
+			_ = ss.readFailed(err)
+			return
+		}
+		ss.trace("C: ***")
+		text := strings.TrimRight(string(line), "\r\n")
+		switch {
+		case tooLong:
+			ss.reply(500, "5.5.6", "Authentication exchange line too long")
+			return
+		case text == "*":
+			ss.reply(501, "5.0.0", "Authentication cancelled")
+			return
+		}
+		var ok bool
+		if resp, ok = decodeSASL(text); !ok {
+			ss.reply(501, "5.5.2", "Invalid base64")
+			return
+		}
+	}
+	ss.reply(235, "2.7.0", "Authentication successful")
+}
+
+// decodeSASL decodes a SASL response ("=" is an empty one).
+func decodeSASL(s string) ([]byte, bool) {
+	if s == "=" {
+		return []byte{}, true
+	}
+	b, err := base64.StdEncoding.DecodeString(s)
+	return b, err == nil
+}
+
+// auth checks that AUTH may run now and returns the mechanism's server.
+func (ss *session) auth(mech string) (sasl.Server, *reply) {
 	if ss.site.cfg.Auth == config.AuthOff {
-		return nil, smtpErr(502, smtp.EnhancedCode{5, 5, 1}, "AUTH not available")
+		return nil, rep(502, "5.5.1", "AUTH not available")
 	}
 	if !ss.authOffered() {
-		return nil, smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
+		return nil, rep(530, "5.7.0", "Must issue a STARTTLS command first")
 	}
 	if ss.inTx {
-		return nil, smtpErr(503, smtp.EnhancedCode{5, 5, 1}, "AUTH not allowed during a mail transaction")
+		return nil, rep(503, "5.5.1", "AUTH not allowed during a mail transaction")
 	}
-	if ss.s.limiter.banned(ss.w.ip) {
-		ss.s.log.Warn("AUTH refused: client banned after failed logins", "site", ss.site.cfg.Name, "client", ss.w.ip.String())
-		return nil, smtpErr(421, smtp.EnhancedCode{4, 7, 0}, ss.site.cfg.Hostname+" Too many failed authentications, try again later")
+	if ss.s.limiter.banned(ss.ip) {
+		ss.s.log.Warn("AUTH refused: client banned after failed logins", "site", ss.site.cfg.Name, "client", ss.ip.String())
+		return nil, rep(421, "4.7.0", ss.site.cfg.Hostname+" Too many failed authentications, try again later")
 	}
 	switch strings.ToUpper(mech) {
 	case sasl.Plain:
@@ -63,14 +131,14 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 			return ss.login(sasl.Login, "", username, password)
 		}}, nil
 	}
-	return nil, smtpErr(504, smtp.EnhancedCode{5, 5, 4}, "Unrecognized authentication type")
+	return nil, rep(504, "5.5.4", "Unrecognized authentication type")
 }
 
-var errAuthFailed = smtpErr(535, smtp.EnhancedCode{5, 7, 8}, "Authentication credentials invalid")
+var errAuthFailed = rep(535, "5.7.8", "Authentication credentials invalid")
 
 func (ss *session) login(mech, identity, username, password string) error {
 	s := ss.s
-	log := s.log.With("site", ss.site.cfg.Name, "client", ss.w.ip.String(), "mech", mech, "user", sanitize(username))
+	log := s.log.With("site", ss.site.cfg.Name, "client", ss.ip.String(), "mech", mech, "user", sanitize(username))
 	u, ok := s.users.Lookup(username)
 	if !ok {
 		// The same bcrypt work as for a wrong password: the time of the
@@ -81,16 +149,16 @@ func (ss *session) login(mech, identity, username, password string) error {
 	if ok && (identity == "" || identity == username) && match {
 		ss.user = &u
 		log.Info("authenticated")
-		s.sessions.update(ss.w.id, func(i *sessionInfo) { i.User = u.Name })
+		s.sessions.update(ss.id, func(i *sessionInfo) { i.User = u.Name })
 		return nil
 	}
-	delay, banned := s.limiter.fail(ss.w.ip)
+	delay, banned := s.limiter.fail(ss.ip)
 	log.Warn("authentication failed", "known_user", ok, "banned", banned)
 	if delay > 0 {
 		time.Sleep(delay)
 	}
 	if banned {
-		return smtpErr(421, smtp.EnhancedCode{4, 7, 0}, ss.site.cfg.Hostname+" Too many failed authentications, try again later")
+		return rep(421, "4.7.0", ss.site.cfg.Hostname+" Too many failed authentications, try again later")
 	}
 	return errAuthFailed
 }

@@ -34,30 +34,30 @@ import (
 // releaseTimeout bounds the wait for a release worker's answer.
 const releaseTimeout = 10 * time.Second
 
-func (w *wire) etrn(arg string) {
-	cfg := w.site.svc.cfg
+func (ss *session) etrn(arg string) {
+	cfg := ss.s.cfg
 	switch {
-	case !w.site.cfg.ETRN:
-		w.replyBad("502 5.5.1 ETRN not available")
+	case !ss.site.cfg.ETRN:
+		ss.reply(502, "5.5.1", "ETRN not available")
 		return
-	case !w.greeted:
-		w.replyBad("503 5.5.1 Send EHLO first")
+	case ss.helo == "":
+		ss.reply(503, "5.5.1", "Send EHLO first")
 		return
-	case w.sess != nil && w.sess.inTx:
-		w.replyBad("503 5.5.1 ETRN not allowed during a mail transaction")
+	case ss.inTx:
+		ss.reply(503, "5.5.1", "ETRN not allowed during a mail transaction")
 		return
 	case arg == "" || strings.ContainsAny(arg, " \t"):
-		w.replyBad("501 5.5.4 Syntax: ETRN [@]<domain>")
+		ss.reply(501, "5.5.4", "Syntax: ETRN [@]<domain>")
 		return
 	case strings.HasPrefix(arg, "#"):
-		w.reply("459 4.7.1 Node " + sanitize(arg) + " not allowed: queue names are not supported")
+		ss.reply(459, "4.7.1", "Node "+sanitize(arg)+" not allowed: queue names are not supported")
 		return
 	}
 	node := sanitize(arg)
 	name, sub := strings.CutPrefix(arg, "@")
 	name = envelope.NormalizeDomain(name)
 	if name == "" || strings.ContainsAny(name, "@[]") {
-		w.replyBad("501 5.5.4 Syntax: ETRN [@]<domain>")
+		ss.reply(501, "5.5.4", "Syntax: ETRN [@]<domain>")
 		return
 	}
 	var domains []string
@@ -67,21 +67,21 @@ func (w *wire) etrn(arg string) {
 		}
 	}
 	if len(domains) == 0 {
-		w.log.Info("ETRN refused: not a configured remote domain", "node", node)
-		w.reply("459 4.7.1 Node " + node + " not allowed: not a domain queued here")
+		ss.log.Info("ETRN refused: not a configured remote domain", "node", node)
+		ss.reply(459, "4.7.1", "Node "+node+" not allowed: not a domain queued here")
 		return
 	}
-	if !w.mayETRN(domains) {
-		w.log.Info("ETRN refused: client not allowed", "node", node)
-		w.reply("459 4.7.1 Node " + node + " not allowed: client not permitted")
+	if !ss.mayETRN(domains) {
+		ss.log.Info("ETRN refused: client not allowed", "node", node)
+		ss.reply(459, "4.7.1", "Node "+node+" not allowed: client not permitted")
 		return
 	}
-	req, _ := json.Marshal(bus.ReleaseRequest{Domains: domains, Client: "ETRN from " + w.ip.String()})
+	req, _ := json.Marshal(bus.ReleaseRequest{Domains: domains, Client: "ETRN from " + ss.ip.String()})
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	var rep bus.ReleaseReply
 	err := errors.New("no NATS connection")
-	if nc := w.site.svc.js.Conn(); nc != nil {
+	if nc := ss.s.js.Conn(); nc != nil {
 		var m *nats.Msg
 		if m, err = nc.RequestWithContext(ctx, bus.SubjCtlRelease, req); err == nil {
 			err = json.Unmarshal(m.Data, &rep)
@@ -91,29 +91,29 @@ func (w *wire) etrn(arg string) {
 		err = errors.New(rep.Error)
 	}
 	if err != nil {
-		w.log.Error("ETRN release failed", "node", node, "err", err)
-		w.reply("458 4.3.0 Unable to queue messages for node " + node)
+		ss.log.Error("ETRN release failed", "node", node, "err", err)
+		ss.reply(458, "4.3.0", "Unable to queue messages for node "+node)
 		return
 	}
-	w.log.Info("ETRN release started", "node", node, "domains", domains, "pending", rep.Pending)
+	ss.log.Info("ETRN release started", "node", node, "domains", domains, "pending", rep.Pending)
 	if rep.Pending == 0 {
-		w.reply("251 2.0.0 OK, no messages waiting for node " + node)
+		ss.reply(251, "2.0.0", "OK, no messages waiting for node "+node)
 		return
 	}
-	w.reply(fmt.Sprintf("253 2.0.0 OK, %d pending messages for node %s started", rep.Pending, node))
+	ss.reply(253, "2.0.0", fmt.Sprintf("OK, %d pending messages for node %s started", rep.Pending, node))
 }
 
 // mayETRN: etrn_networks (anyone when empty), or a user allowed to dequeue
 // every one of the domains.
-func (w *wire) mayETRN(domains []string) bool {
-	if len(w.site.etrnNets) == 0 || containsIP(w.site.etrnNets, w.ip) {
+func (ss *session) mayETRN(domains []string) bool {
+	if len(ss.site.etrnNets) == 0 || containsIP(ss.site.etrnNets, ss.ip) {
 		return true
 	}
-	if w.sess == nil || w.sess.user == nil {
+	if ss.user == nil {
 		return false
 	}
 	for _, d := range domains {
-		if !w.sess.user.MayDequeue(d) {
+		if !ss.user.MayDequeue(d) {
 			return false
 		}
 	}

@@ -5,11 +5,12 @@
 // kind mta (port 25), submission (587, RFC 6409), smtps (465, implicit TLS,
 // RFC 8314) and odmr (366, RFC 2645) — each with its own listen addresses,
 // host name and banner, TLS certificate, local domains, relay rules, AUTH
-// policy and limits. go-smtp parses ESMTP (PIPELINING, 8BITMIME, SIZE,
-// ENHANCEDSTATUSCODES, DSN, CHUNKING/BDAT, BINARYMIME, SMTPUTF8,
-// REQUIRETLS, AUTH); what it lacks — TLS under our control, ETRN
-// (RFC 1985), ATRN (RFC 2645), strict line endings — is added by wire, a
-// filter between the TCP connection and go-smtp (see wire.go).
+// policy and limits. The SMTP server is Mailroot's own: one loop per
+// connection (conn.go) parses the commands of RFC 5321 and the extensions
+// EHLO offers (PIPELINING, 8BITMIME, SIZE, ENHANCEDSTATUSCODES, DSN,
+// CHUNKING/BDAT, BINARYMIME, SMTPUTF8, REQUIRETLS, LIMITS, STARTTLS, AUTH
+// PLAIN/LOGIN, ETRN, ATRN), with parameters in params.go and message
+// content in data.go; go-sasl runs the SASL exchanges.
 //
 // A session checks relay permission per RCPT (local and alias domains, and
 // held domains, from anyone; other domains only from relay_networks or
@@ -27,7 +28,6 @@ package ingress
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -37,7 +37,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/bus"
@@ -59,6 +58,13 @@ type Service struct {
 	sessions *registry
 	ready    chan struct{}
 	nextID   atomic.Uint64
+
+	// stopping is set when Run ends: idle sessions get 421 4.3.2, the
+	// others their answer first.
+	stopping atomic.Bool
+	liveMu   sync.Mutex
+	live     map[*session]struct{}
+	liveWG   sync.WaitGroup
 
 	// Now is the clock (a test seam).
 	Now func() time.Time
@@ -91,6 +97,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		authOK:   newAuthCache(),
 		sessions: newRegistry(js, cfg, log),
 		ready:    make(chan struct{}),
+		live:     map[*session]struct{}{},
 		Now:      time.Now, StoreTimeout: 2 * bus.PublishTimeout,
 		Resolver: resolverFor(cfg.Delivery.DNSServer),
 		Room:     &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
@@ -170,7 +177,7 @@ func (s *Service) Run(ctx context.Context) error {
 		for _, l := range st.listeners {
 			s.log.Info("listening", "site", st.cfg.Name, "kind", st.cfg.Kind, "addr", l.Addr().String(), "implicit_tls", st.cfg.ImplicitTLS, "auth", st.cfg.Auth)
 			go func() {
-				if err := st.srv.Serve(l); err != nil && !errors.Is(err, smtp.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				if err := st.serve(l); err != nil {
 					errc <- err
 				}
 			}()
@@ -181,25 +188,58 @@ func (s *Service) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case serveErr = <-errc:
 	}
-	var wg sync.WaitGroup
-	for _, st := range s.sites {
-		wg.Go(func() {
-			if serveErr != nil {
-				_ = st.srv.Close()
-				return
-			}
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			defer cancel()
-			if err := st.srv.Shutdown(sctx); err != nil {
-				_ = st.srv.Close()
-			}
-		})
-	}
-	wg.Wait()
+	s.stop(30 * time.Second)
 	if serveErr != nil {
 		return fmt.Errorf("ingress: serve: %w", serveErr)
 	}
 	return nil
+}
+
+// stop stops accepting, answers idle sessions 421 4.3.2 and lets the
+// others finish what they are doing (a message in DATA gets its answer)
+// for up to grace; then it closes what is left.
+func (s *Service) stop(grace time.Duration) {
+	s.stopping.Store(true)
+	s.closeListeners()
+	s.liveMu.Lock()
+	for ss := range s.live {
+		ss.interrupt()
+	}
+	s.liveMu.Unlock()
+	done := make(chan struct{})
+	go func() { s.liveWG.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-time.After(grace):
+	}
+	s.liveMu.Lock()
+	for ss := range s.live {
+		_ = ss.conn().Close()
+	}
+	s.liveMu.Unlock()
+	<-done
+}
+
+// track counts a new session; false once the service is stopping.
+func (s *Service) track(ss *session) bool {
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	if s.stopping.Load() {
+		return false
+	}
+	s.live[ss] = struct{}{}
+	s.liveWG.Add(1)
+	return true
+}
+
+func (s *Service) forget(ss *session) {
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	if _, ok := s.live[ss]; ok {
+		delete(s.live, ss)
+		s.liveWG.Done()
+	}
 }
 
 // resolverFor returns a resolver asking server ("ip:port"), or the system's.

@@ -12,41 +12,11 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
-	"github.com/mailroot/mailroot/internal/users"
 )
-
-// session is one SMTP connection's state after EHLO.
-type session struct {
-	s     *Service
-	site  *site
-	w     *wire
-	conn  *smtp.Conn
-	relay bool        // the client is in relay_networks
-	user  *users.User // authenticated user, nil before AUTH
-
-	inTx     bool
-	from     string
-	mailOpts smtp.MailOptions
-	rcpts    []envelope.Rcpt
-
-	messages int
-	bytes    int64
-}
-
-var (
-	_ smtp.Session     = (*session)(nil)
-	_ smtp.AuthSession = (*session)(nil)
-)
-
-func smtpErr(code int, ec smtp.EnhancedCode, msg string) *smtp.SMTPError {
-	return &smtp.SMTPError{Code: code, EnhancedCode: ec, Message: msg}
-}
 
 func isASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
@@ -58,43 +28,39 @@ func isASCII(s string) bool {
 }
 
 // Mail starts a transaction (RFC 5321 §4.1.1.2) after the site's checks.
-func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+func (ss *session) Mail(from string, opts mailParams) *reply {
 	cfg := ss.site.cfg
-	if opts == nil {
-		opts = &smtp.MailOptions{}
-	}
 	if cfg.Auth == config.AuthRequired && ss.user == nil {
-		return smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required")
+		return rep(530, "5.7.0", "Authentication required")
 	}
 	if cfg.MaxMessagesPerConnection > 0 && ss.messages >= cfg.MaxMessagesPerConnection {
-		ss.s.log.Info("messages per connection limit reached", "site", cfg.Name, "client", ss.w.ip.String(), "messages", ss.messages)
-		return smtpErr(421, smtp.EnhancedCode{4, 7, 0}, cfg.Hostname+" Too many messages in this session, reconnect to send more")
+		ss.s.log.Info("messages per connection limit reached", "site", cfg.Name, "client", ss.ip.String(), "messages", ss.messages)
+		return rep(421, "4.7.0", cfg.Hostname+" Too many messages in this session, reconnect to send more")
 	}
 	if cfg.MaxSessionSize > 0 && ss.bytes >= cfg.MaxSessionSize {
-		ss.s.log.Info("session size limit reached", "site", cfg.Name, "client", ss.w.ip.String(), "bytes", ss.bytes)
-		return smtpErr(421, smtp.EnhancedCode{4, 7, 0}, cfg.Hostname+" Session size limit reached, reconnect to send more")
+		ss.s.log.Info("session size limit reached", "site", cfg.Name, "client", ss.ip.String(), "bytes", ss.bytes)
+		return rep(421, "4.7.0", cfg.Hostname+" Session size limit reached, reconnect to send more")
 	}
-	if _, isTLS := ss.w.tlsState(); opts.RequireTLS && !isTLS {
-		return smtpErr(530, smtp.EnhancedCode{5, 7, 10}, "REQUIRETLS needs a TLS connection")
+	if _, isTLS := ss.tlsState(); opts.RequireTLS && !isTLS {
+		return rep(530, "5.7.10", "REQUIRETLS needs a TLS connection")
 	}
 	if from != "" {
 		if !isASCII(from) && !opts.UTF8 {
-			return smtpErr(553, smtp.EnhancedCode{5, 6, 7}, "Non-ASCII address needs SMTPUTF8")
+			return rep(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 		}
-		from = requote(from)
 		if !validPath(from) {
-			return smtpErr(501, smtp.EnhancedCode{5, 1, 7}, "Bad sender address syntax")
+			return rep(501, "5.1.7", "Bad sender address syntax")
 		}
 		if cfg.SenderLoginMatch && ss.user != nil && !ss.user.MaySendAs(from) {
-			ss.s.log.Info("sender not owned by user", "site", cfg.Name, "client", ss.w.ip.String(), "user", ss.user.Name, "from", from)
-			return smtpErr(553, smtp.EnhancedCode{5, 7, 1}, "Sender address not owned by user "+ss.user.Name)
+			ss.s.log.Info("sender not owned by user", "site", cfg.Name, "client", ss.ip.String(), "user", ss.user.Name, "from", from)
+			return rep(553, "5.7.1", "Sender address not owned by user "+ss.user.Name)
 		}
 	}
 	if err := ss.s.Room.Check(context.Background(), opts.Size); err != nil {
 		return ss.storeErr("", err)
 	}
 	ss.from = from
-	ss.mailOpts = *opts
+	ss.mail = opts
 	ss.rcpts = ss.rcpts[:0]
 	ss.inTx = true
 	return nil
@@ -114,14 +80,13 @@ func validPath(addr string) bool {
 
 // Rcpt adds a recipient: local, alias and held domains from anyone, any
 // other domain only from relay_networks or an authenticated user.
-func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (ss *session) Rcpt(to string, opts rcptParams) *reply {
 	cfg := ss.s.cfg
-	if !isASCII(to) && !ss.mailOpts.UTF8 {
-		return smtpErr(553, smtp.EnhancedCode{5, 6, 7}, "Non-ASCII address needs SMTPUTF8")
+	if !isASCII(to) && !ss.mail.UTF8 {
+		return rep(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 	}
-	to = requote(to)
 	if !validPath(to) {
-		return smtpErr(501, smtp.EnhancedCode{5, 1, 3}, "Bad recipient address syntax")
+		return rep(501, "5.1.3", "Bad recipient address syntax")
 	}
 	local, dom, _ := envelope.Split(to)
 	domain := envelope.NormalizeDomain(dom)
@@ -131,23 +96,18 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	inbound := held || ((cfg.IsLocal(domain) || alias) && (ss.site.local == nil || ss.site.local[domain]))
 	trusted := ss.relay || ss.user != nil
 	if !inbound && !trusted {
-		ss.s.log.Info("relay denied", "site", ss.site.cfg.Name, "client", ss.w.ip.String(), "rcpt", to)
-		return smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Unable to relay for "+to)
+		ss.s.log.Info("relay denied", "site", ss.site.cfg.Name, "client", ss.ip.String(), "rcpt", to)
+		return rep(550, "5.7.1", "Unable to relay for "+to)
 	}
 	if !trusted && strings.ContainsAny(strings.Trim(local, `"`), "%@!") {
 		// Routing in disguise for one of our domains: user%other@local,
 		// "user@other"@local, other!user@local.
-		ss.s.log.Info("relay denied (routed address)", "site", ss.site.cfg.Name, "client", ss.w.ip.String(), "rcpt", to)
-		return smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Unable to relay for "+to)
+		ss.s.log.Info("relay denied (routed address)", "site", ss.site.cfg.Name, "client", ss.ip.String(), "rcpt", to)
+		return rep(550, "5.7.1", "Unable to relay for "+to)
 	}
-	r := envelope.Rcpt{Addr: to}
-	if opts != nil {
-		for _, n := range opts.Notify {
-			r.Notify = append(r.Notify, string(n))
-		}
-		if opts.OriginalRecipient != "" {
-			r.ORcpt = string(opts.OriginalRecipientType) + ";" + dsn.EncodeXtext(opts.OriginalRecipient)
-		}
+	r := envelope.Rcpt{Addr: to, Notify: opts.Notify}
+	if opts.ORcpt != "" {
+		r.ORcpt = opts.ORcptType + ";" + dsn.EncodeXtext(opts.ORcpt)
 	}
 	if alias {
 		// Alias domains are the default domain (IIS). The address as
@@ -161,19 +121,8 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	return nil
 }
 
-// Reset implements smtp.Session.
-func (ss *session) Reset() {
-	ss.from = ""
-	ss.mailOpts = smtp.MailOptions{}
-	ss.rcpts = nil
-	ss.inTx = false
-}
-
-// Logout implements smtp.Session.
-func (ss *session) Logout() error { return nil }
-
 // Data reads the message and stores it; the reply says whether it was.
-func (ss *session) Data(r io.Reader) error {
+func (ss *session) Data(r io.Reader) *reply {
 	s := ss.s
 	now := s.Now()
 	qid := envelope.NewQueueID()
@@ -182,23 +131,23 @@ func (ss *session) Data(r io.Reader) error {
 		MsgID:      qid,
 		From:       ss.from,
 		Rcpts:      append([]envelope.Rcpt(nil), ss.rcpts...),
-		BodyType:   string(ss.mailOpts.Body),
-		SMTPUTF8:   ss.mailOpts.UTF8,
-		Ret:        string(ss.mailOpts.Return),
-		EnvID:      dsn.EncodeXtext(ss.mailOpts.EnvelopeID), // the envelope keeps xtext, as it travels
-		RequireTLS: ss.mailOpts.RequireTLS,
-		Size:       ss.mailOpts.Size,
+		BodyType:   ss.mail.Body,
+		SMTPUTF8:   ss.mail.UTF8,
+		Ret:        ss.mail.Ret,
+		EnvID:      dsn.EncodeXtext(ss.mail.EnvID), // the envelope keeps xtext, as it travels
+		RequireTLS: ss.mail.RequireTLS,
+		Size:       ss.mail.Size,
 		ReceivedAt: now,
 		ExpiresAt:  now.Add(s.cfg.Delivery.Expire.D()),
-		ClientIP:   ss.w.ip.String(),
-		Helo:       sanitize(ss.conn.Hostname()),
+		ClientIP:   ss.ip.String(),
+		Helo:       sanitize(ss.helo),
 		Source:     "smtp",
 		Site:       ss.site.cfg.Name,
 	}
 	if ss.user != nil {
 		env.AuthUser = ss.user.Name
 	}
-	if st, ok := ss.w.tlsState(); ok {
+	if st, ok := ss.tlsState(); ok {
 		env.TLS = tlsString(st.Version, st.CipherSuite)
 	}
 	received := ss.received(qid, now, env)
@@ -209,7 +158,7 @@ func (ss *session) Data(r io.Reader) error {
 	buf.Write(received)
 	_, err := io.CopyN(buf, br, envelope.InlineMax+1-int64(len(received)))
 	if err != nil && !errors.Is(err, io.EOF) {
-		return readErr(err)
+		return rep(451, "4.3.0", "Error reading message data") // the reader says why
 	}
 	small := errors.Is(err, io.EOF)
 	env.Hops = envelope.CountReceived(buf.Bytes())
@@ -218,14 +167,14 @@ func (ss *session) Data(r io.Reader) error {
 	defer cancel()
 	size := int64(buf.Len())
 	if !small {
-		size = max(ss.mailOpts.Size, size)
+		size = max(ss.mail.Size, size)
 	}
 	if err := s.Room.Check(ctx, size); err != nil {
 		return ss.storeErr(qid, err)
 	}
 	var data []byte
 	if small {
-		if what := ss.w.bareNewline(); what != "" {
+		if what := ss.bareNewline(); what != "" {
 			return ss.refuseBare(qid, what)
 		}
 		data = buf.Bytes()
@@ -240,12 +189,12 @@ func (ss *session) Data(r io.Reader) error {
 			// The client's data failed (too large, connection lost): the
 			// Put aborted and purged its chunks.
 			_ = s.bodies.Delete(ctx, qid)
-			return readErr(cr.err)
+			return rep(451, "4.3.0", "Error reading message data")
 		}
 		if err != nil {
 			return ss.storeErr(qid, err)
 		}
-		if what := ss.w.bareNewline(); what != "" {
+		if what := ss.bareNewline(); what != "" {
 			_ = s.bodies.Delete(ctx, qid)
 			return ss.refuseBare(qid, what)
 		}
@@ -255,7 +204,7 @@ func (ss *session) Data(r io.Reader) error {
 	msg, err := env.Msg(bus.SubjIn, data)
 	if err != nil {
 		s.log.Error("envelope rejected", "qid", qid, "err", err)
-		return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Temporary local problem, try again later")
+		return rep(451, "4.3.0", "Temporary local problem, try again later")
 	}
 	if _, err := s.Room.Publish(ctx, msg, qid); err != nil {
 		if env.Body == envelope.BodyObject {
@@ -265,39 +214,26 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	ss.messages++
 	ss.bytes += env.BodySize
-	s.sessions.update(ss.w.id, func(i *sessionInfo) { i.Messages, i.Bytes = ss.messages, ss.bytes })
+	s.sessions.update(ss.id, func(i *sessionInfo) { i.Messages, i.Bytes = ss.messages, ss.bytes })
 	s.log.Info("received", "qid", qid, "site", env.Site, "client", env.ClientIP, "user", env.AuthUser, "tls", env.TLS, "from", env.From, "rcpts", len(env.Rcpts), "size", env.BodySize)
-	return smtpErr(250, smtp.EnhancedCode{2, 0, 0}, "OK queued as "+qid)
+	return rep(250, "2.0.0", "OK queued as "+qid)
 }
 
 // refuseBare answers a message with bare line ends (smtpd_forbid_bare_newline
 // = reject) and closes the connection after the reply.
-func (ss *session) refuseBare(qid, what string) error {
-	ss.s.log.Warn("bare newline in message, refused and disconnecting", "qid", qid, "site", ss.site.cfg.Name, "client", ss.w.ip.String(), "bare", what)
-	ss.w.closeAfter.Store(true)
-	return smtpErr(550, smtp.EnhancedCode{5, 5, 2}, "Error: bare "+what+" received")
+func (ss *session) refuseBare(qid, what string) *reply {
+	ss.s.log.Warn("bare newline in message, refused and disconnecting", "qid", qid, "site", ss.site.cfg.Name, "client", ss.ip.String(), "bare", what)
+	ss.quit = true
+	return rep(550, "5.5.2", "Error: bare "+what+" received")
 }
 
-func (ss *session) storeErr(qid string, err error) error {
+func (ss *session) storeErr(qid string, err error) *reply {
 	if errors.Is(err, bus.ErrStoreFull) {
-		ss.s.log.Warn("no room for new mail, refused", "qid", qid, "site", ss.site.cfg.Name, "client", ss.w.ip.String(), "err", err)
-		return smtpErr(452, smtp.EnhancedCode{4, 3, 1}, "Insufficient system storage")
+		ss.s.log.Warn("no room for new mail, refused", "qid", qid, "site", ss.site.cfg.Name, "client", ss.ip.String(), "err", err)
+		return rep(452, "4.3.1", "Insufficient system storage")
 	}
 	ss.s.log.Error("store failed, mail refused", "qid", qid, "err", err)
-	return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Temporary local problem, try again later")
-}
-
-// readErr maps a failure reading DATA to a reply: go-smtp's size limit
-// error is already an SMTPError (552 5.3.4).
-func readErr(err error) error {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		return se
-	}
-	if errors.Is(err, smtp.ErrTooLongLine) {
-		return smtpErr(500, smtp.EnhancedCode{5, 5, 2}, "Line too long")
-	}
-	return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Error reading message data")
+	return rep(451, "4.3.0", "Temporary local problem, try again later")
 }
 
 type countingReader struct {
@@ -331,11 +267,11 @@ func (ss *session) received(qid string, now time.Time, env *envelope.Envelope) [
 		proto += "A"
 	}
 	name := ""
-	if ss.w.clientName != "" {
-		name = ss.w.clientName + " "
+	if ss.clientName != "" {
+		name = ss.clientName + " "
 	}
 	fmt.Fprintf(&b, "Received: from %s (%s[%s])\r\n\tby %s (Mailroot) with %s id %s", helo, name, env.ClientIP, ss.site.cfg.Hostname, proto, qid)
-	if st, ok := ss.w.tlsState(); ok {
+	if st, ok := ss.tlsState(); ok {
 		fmt.Fprintf(&b, "\r\n\t(using %s with cipher %s)", tlsVersion(st.Version), tls.CipherSuiteName(st.CipherSuite))
 	}
 	if len(env.Rcpts) == 1 {
@@ -358,73 +294,45 @@ func sanitize(s string) string {
 // isControl reports whether r is an ASCII control character.
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
-// requote restores the quotes of a local part that needs them: go-smtp
-// hands over `"a b"@x` as `a b@x`, which is no longer one mailbox.
-func requote(addr string) string {
-	at := strings.LastIndexByte(addr, '@')
-	if at <= 0 {
-		return addr
-	}
-	local := addr[:at]
-	if dotAtom(local) {
-		return addr
-	}
-	var b strings.Builder
-	b.WriteByte('"')
-	for i := 0; i < len(local); i++ {
-		if c := local[i]; c == '"' || c == '\\' {
-			b.WriteByte('\\')
-		}
-		b.WriteByte(local[i])
-	}
-	b.WriteByte('"')
-	return b.String() + addr[at:]
-}
-
-// dotAtom reports whether s is an RFC 5321 Dot-string (UTF-8 allowed,
-// RFC 6531).
-func dotAtom(s string) bool {
-	if s == "" || s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 0x80, c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case strings.IndexByte("!#$%&'*+-/=?^_`{|}~.", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 // reverseDNS looks the client's name up (reverse_dns), forward-confirmed:
 // the PTR name must resolve back to the address, else it is "unknown".
-func (w *wire) reverseDNS() {
-	if !w.site.cfg.ReverseDNS || !w.ip.IsValid() {
+func (ss *session) reverseDNS() {
+	if !ss.site.cfg.ReverseDNS || !ss.ip.IsValid() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	w.clientName = "unknown"
-	names, err := w.site.svc.Resolver.LookupAddr(ctx, w.ip.String())
+	ss.clientName = "unknown"
+	names, err := ss.s.Resolver.LookupAddr(ctx, ss.ip.String())
 	if err != nil || len(names) == 0 {
-		w.site.svc.sessions.update(w.id, func(i *sessionInfo) { i.ClientName = w.clientName })
+		ss.s.sessions.update(ss.id, func(i *sessionInfo) { i.ClientName = ss.clientName })
 		return
 	}
 	for _, n := range names {
-		addrs, err := w.site.svc.Resolver.LookupNetIP(ctx, "ip", n)
+		addrs, err := ss.s.Resolver.LookupNetIP(ctx, "ip", n)
 		if err != nil {
 			continue
 		}
 		for _, a := range addrs {
-			if a.Unmap() == w.ip {
-				w.clientName = strings.TrimSuffix(sanitize(n), ".")
-				w.site.svc.sessions.update(w.id, func(i *sessionInfo) { i.ClientName = w.clientName })
+			if a.Unmap() == ss.ip {
+				ss.clientName = strings.TrimSuffix(sanitize(n), ".")
+				ss.s.sessions.update(ss.id, func(i *sessionInfo) { i.ClientName = ss.clientName })
 				return
 			}
 		}
 	}
-	w.site.svc.sessions.update(w.id, func(i *sessionInfo) { i.ClientName = w.clientName })
+	ss.s.sessions.update(ss.id, func(i *sessionInfo) { i.ClientName = ss.clientName })
+}
+
+// bareNewline reports the bare line ends of the current message: "" when
+// none or when this client's are normalised.
+func (ss *session) bareNewline() string {
+	switch {
+	case ss.bare == 0 || ss.normalize:
+		return ""
+	case ss.bare&bareLF != 0:
+		return "<LF>"
+	default:
+		return "<CR>"
+	}
 }

@@ -2,22 +2,20 @@ package ingress
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
 )
 
-// site is one [[site]]: a go-smtp server with its own listeners and policy.
+// site is one [[site]]: its listeners and policy.
 type site struct {
 	svc       *Service
 	cfg       config.Site
@@ -25,8 +23,7 @@ type site struct {
 	etrnNets  []netip.Prefix
 	normNets  []netip.Prefix
 	local     map[string]bool // nil: every local and alias domain
-	srv       *smtp.Server
-	tlsConfig *tls.Config // nil: no TLS on this site
+	tlsConfig *tls.Config     // nil: no TLS on this site
 	listeners []net.Listener
 
 	mu    sync.Mutex
@@ -39,8 +36,6 @@ type site struct {
 
 // maxRefusing is how many refused connections get their 421 at once.
 const maxRefusing = 32
-
-var _ smtp.Backend = (*site)(nil)
 
 func newSite(svc *Service, sc config.Site) (*site, error) {
 	st := &site{svc: svc, cfg: sc, perIP: map[netip.Addr]int{}, refusing: make(chan struct{}, maxRefusing)}
@@ -80,21 +75,6 @@ func newSite(svc *Service, sc config.Site) (*site, error) {
 		}
 		st.tlsConfig = serverTLSConfig(cs)
 	}
-	srv := smtp.NewServer(st)
-	srv.Domain = sc.Hostname
-	srv.MaxMessageBytes = sc.MaxMessageSize
-	srv.MaxRecipients = sc.MaxRecipients
-	srv.MaxLineLength = sc.MaxLineLength
-	srv.ReadTimeout = sc.Timeout.D()
-	srv.WriteTimeout = sc.Timeout.D()
-	// wire and the session decide where AUTH is offered.
-	srv.AllowInsecureAuth = true
-	srv.EnableSMTPUTF8 = true
-	srv.EnableREQUIRETLS = true
-	srv.EnableBINARYMIME = true
-	srv.EnableDSN = true
-	srv.ErrorLog = slog.NewLogLogger(svc.log.Handler(), slog.LevelError)
-	st.srv = srv
 	for _, addr := range sc.Listen {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -103,7 +83,7 @@ func newSite(svc *Service, sc config.Site) (*site, error) {
 			}
 			return nil, fmt.Errorf("ingress: site %s: listen %s: %w", sc.Name, addr, err)
 		}
-		st.listeners = append(st.listeners, &siteListener{Listener: l, st: st})
+		st.listeners = append(st.listeners, l)
 	}
 	return st, nil
 }
@@ -143,26 +123,29 @@ func (st *site) release(ip netip.Addr) {
 	}
 }
 
-// siteListener enforces the connection limits (421 4.7.0) and hands
-// go-smtp a wire for each connection.
-type siteListener struct {
-	net.Listener
-	st *site
-}
-
-// Accept implements net.Listener.
-func (l *siteListener) Accept() (net.Conn, error) {
+// serve accepts connections on l until it is closed: each within the
+// connection limits gets a session, the others 421 4.7.0.
+func (st *site) serve(l net.Listener) error {
+	backoff := time.Duration(0)
 	for {
-		c, err := l.Listener.Accept()
+		c, err := l.Accept()
 		if err != nil {
-			return nil, err
+			if errors.Is(err, net.ErrClosed) || st.svc.stopping.Load() {
+				return nil
+			}
+			// Out of file descriptors and the like: wait a little, as
+			// net/http does, rather than spin or stop serving.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			st.svc.log.Warn("accept failed, retrying", "site", st.cfg.Name, "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
 		}
+		backoff = 0
 		ip := netip.Addr{}
 		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 			ip, _ = netip.AddrFromSlice(ta.IP)
 			ip = ip.Unmap()
 		}
-		st := l.st
 		if why := st.admit(ip); why != "" {
 			st.svc.log.Warn("connection refused", "site", st.cfg.Name, "client", ip.String(), "reason", why)
 			select {
@@ -177,13 +160,18 @@ func (l *siteListener) Accept() (net.Conn, error) {
 			continue
 		}
 		id := strconv.FormatUint(st.svc.nextID.Add(1), 36)
-		w := newWire(st, c, ip, id)
-		st.svc.sessions.add(id, sessionInfo{Site: st.cfg.Name, ClientIP: ip.String(), Since: w.since})
-		w.onClose = func() {
+		ss := newSession(st, c, ip, id)
+		st.svc.sessions.add(id, sessionInfo{Site: st.cfg.Name, ClientIP: ip.String(), Since: ss.since})
+		ss.onClose = func() {
 			st.release(ip)
 			st.svc.sessions.remove(id)
+			st.svc.forget(ss)
 		}
-		return w, nil
+		if !st.svc.track(ss) {
+			ss.close()
+			continue
+		}
+		go ss.serve()
 	}
 }
 
@@ -204,15 +192,4 @@ func (st *site) refuse(c net.Conn, why string) {
 		c = tc
 	}
 	_, _ = io.WriteString(c, "421 4.7.0 "+st.cfg.Hostname+" "+why+"\r\n")
-}
-
-// NewSession implements smtp.Backend: called at the first EHLO/HELO.
-func (st *site) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	w, ok := c.Conn().(*wire)
-	if !ok {
-		return nil, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Internal error"}
-	}
-	ss := &session{s: st.svc, site: st, w: w, conn: c, relay: st.mayRelay(w.ip)}
-	w.sess = ss
-	return ss, nil
 }
