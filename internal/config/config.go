@@ -263,22 +263,31 @@ func (e *KeyError) Error() string { return fmt.Sprintf("config: %s: %s", e.Key, 
 func Load(path string) (Config, error) {
 	c := Default()
 	if path != "" {
-		md, err := toml.DecodeFile(path, &c)
-		if err != nil {
-			var perr toml.ParseError
-			if errors.As(err, &perr) {
-				return c, &KeyError{Key: keyOf(perr), Msg: perr.Message}
-			}
-			return c, fmt.Errorf("config: %w", err)
-		}
-		if err := c.decodeSites(md); err != nil {
+		if err := c.decodeFile(path); err != nil {
 			return c, err
-		}
-		if und := md.Undecoded(); len(und) > 0 {
-			return c, &KeyError{Key: und[0].String(), Msg: "unknown key"}
 		}
 	}
 	return c, c.Validate()
+}
+
+// decodeFile reads path over c: the keys it sets, the [[site]] blocks
+// resolved into Sites, no key left unknown. Nothing is validated yet.
+func (c *Config) decodeFile(path string) error {
+	md, err := toml.DecodeFile(path, c)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			return &KeyError{Key: keyOf(perr), Msg: perr.Message}
+		}
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := c.decodeSites(md); err != nil {
+		return err
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return &KeyError{Key: und[0].String(), Msg: "unknown key"}
+	}
+	return nil
 }
 
 func keyOf(e toml.ParseError) string {
