@@ -97,43 +97,11 @@ type Domain struct {
 	Hold bool `toml:"hold"`
 }
 
-// Ingress configures the SMTP server.
+// Ingress configures the SMTP server ([ingress]): the site keys, whose
+// values are the defaults of every [[site]] block; with no [[site]]
+// blocks they configure the one site made of [ingress].
 type Ingress struct {
-	// Listen are the host:port addresses to accept SMTP on.
-	Listen []string `toml:"listen"`
-	// RelayNetworks may relay to any domain (CIDRs).
-	RelayNetworks []string `toml:"relay_networks"`
-	// MaxMessageSize is the largest message accepted, in bytes.
-	MaxMessageSize int64 `toml:"max_message_size"`
-	// MaxRecipients per message; more get 452 4.5.3.
-	MaxRecipients int `toml:"max_recipients"`
-	// Timeout is the time a client has to send one whole command line,
-	// and the most message content may stall (see ingress's minDataRate).
-	Timeout Duration `toml:"timeout"`
-	// MaxConnections in total; more get 421 4.7.0.
-	MaxConnections int `toml:"max_connections"`
-
-	// The keys below are the defaults of every site (see Site in sites.go
-	// for their meaning); with no [[site]] blocks they configure the one
-	// site made of [ingress].
-	MaxConnectionsPerIP      int      `toml:"max_connections_per_ip"`
-	MaxMessagesPerConnection int      `toml:"max_messages_per_connection"`
-	MaxSessionSize           int64    `toml:"max_session_size"`
-	MaxBadCommands           int      `toml:"max_bad_commands"`
-	MaxLineLength            int      `toml:"max_line_length"`
-	ReverseDNS               bool     `toml:"reverse_dns"`
-	BareNewline              string   `toml:"bare_newline"`
-	BareNewlineNormalize     []string `toml:"bare_newline_normalize"`
-	Banner                   string   `toml:"banner"`
-	StartTLS                 bool     `toml:"starttls"`
-	TLSCert                  string   `toml:"tls_cert"`
-	TLSKey                   string   `toml:"tls_key"`
-	Auth                     string   `toml:"auth"`
-	AllowInsecureAuth        bool     `toml:"allow_insecure_auth"`
-	SenderLoginMatch         bool     `toml:"sender_login_match"`
-	ETRN                     bool     `toml:"etrn"`
-	ETRNNetworks             []string `toml:"etrn_networks"`
-	ATRN                     bool     `toml:"atrn"`
+	SiteKeys
 }
 
 // Router configures the router.
@@ -242,7 +210,7 @@ func Default() Config {
 		LocalDomains: []string{"localhost"},
 		LogLevel:     "info",
 		LogFormat:    "text",
-		Ingress: Ingress{
+		Ingress: Ingress{SiteKeys{
 			Listen:         []string{"127.0.0.1:2525"},
 			RelayNetworks:  []string{"127.0.0.0/8", "::1/128"},
 			MaxMessageSize: 10 << 20,
@@ -260,7 +228,7 @@ func Default() Config {
 			Auth:                 AuthOptional,
 			ETRN:                 true,
 			ETRNNetworks:         []string{},
-		},
+		}},
 		Auth:   DefaultAuth(),
 		Router: Router{MaxHopCount: 15},
 		Delivery: Delivery{
@@ -295,22 +263,31 @@ func (e *KeyError) Error() string { return fmt.Sprintf("config: %s: %s", e.Key, 
 func Load(path string) (Config, error) {
 	c := Default()
 	if path != "" {
-		md, err := toml.DecodeFile(path, &c)
-		if err != nil {
-			var perr toml.ParseError
-			if errors.As(err, &perr) {
-				return c, &KeyError{Key: keyOf(perr), Msg: perr.Message}
-			}
-			return c, fmt.Errorf("config: %w", err)
-		}
-		if err := c.decodeSites(md); err != nil {
+		if err := c.decodeFile(path); err != nil {
 			return c, err
-		}
-		if und := md.Undecoded(); len(und) > 0 {
-			return c, &KeyError{Key: und[0].String(), Msg: "unknown key"}
 		}
 	}
 	return c, c.Validate()
+}
+
+// decodeFile reads path over c: the keys it sets, the [[site]] blocks
+// resolved into Sites, no key left unknown. Nothing is validated yet.
+func (c *Config) decodeFile(path string) error {
+	md, err := toml.DecodeFile(path, c)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			return &KeyError{Key: keyOf(perr), Msg: perr.Message}
+		}
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := c.decodeSites(md); err != nil {
+		return err
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return &KeyError{Key: und[0].String(), Msg: "unknown key"}
+	}
+	return nil
 }
 
 func keyOf(e toml.ParseError) string {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"time"
 
@@ -45,32 +46,47 @@ const (
 
 // Site is one SMTP listener group with its own policy: the resolved form
 // of a [[site]] block, every field filled in (inherited from [ingress],
-// then the kind's preset, then the block's own keys). The TOML keys are
-// the same as in [ingress].
+// then the kind's preset, then the block's own keys).
 type Site struct {
 	// Name identifies the site in logs, the Mta-Site header and
 	// `mailroot sessions`.
 	Name string `toml:"name"`
 	// Kind is mta, submission, smtps or odmr; it chooses the presets.
 	Kind string `toml:"kind"`
-	// Listen are the host:port addresses (IPv4 or [IPv6]).
-	Listen []string `toml:"listen"`
-	// Hostname is the name in the banner, EHLO reply and Received:.
+	// Hostname is the name in the banner, EHLO reply and Received:;
+	// inherited from the top-level hostname.
 	Hostname string `toml:"hostname"`
-	// Banner is the text after the host name in the 220 greeting.
-	Banner string `toml:"banner"`
 	// ImplicitTLS starts TLS at connect (port 465) instead of STARTTLS.
 	ImplicitTLS bool `toml:"implicit_tls"`
+	// LocalDomains limits which local and alias domains this site accepts
+	// mail for from anyone; empty means all of them.
+	LocalDomains []string `toml:"local_domains"`
+
+	// SiteKeys are the keys [ingress] has too, with the same names.
+	SiteKeys
+}
+
+// SiteKeys are the keys of a site that [ingress] sets for every site,
+// declared once: Ingress and Site embed them (the TOML decoder, like Go,
+// promotes the fields of an embedded struct, so the keys sit directly in
+// [ingress] and [[site]]). A [[site]] block starts from [ingress]'s
+// values, then its kind's preset (SiteOf), and overrides the keys it
+// sets; a key added here is inherited and overridable with no other code.
+// Fields are values or slices (see clone).
+type SiteKeys struct {
+	// Listen are the host:port addresses (IPv4 or [IPv6]). Every kind
+	// presets its own port, so only the one site made of [ingress] uses
+	// ingress.listen.
+	Listen []string `toml:"listen"`
+	// Banner is the text after the host name in the 220 greeting.
+	Banner string `toml:"banner"`
 	// StartTLS offers STARTTLS on plain connections.
 	StartTLS bool `toml:"starttls"`
 	// TLSCert and TLSKey are PEM files, reloaded when they change; empty
 	// means a self-signed certificate kept in <data_dir>/tls/.
 	TLSCert string `toml:"tls_cert"`
 	TLSKey  string `toml:"tls_key"`
-	// LocalDomains limits which local and alias domains this site accepts
-	// mail for from anyone; empty means all of them.
-	LocalDomains []string `toml:"local_domains"`
-	// RelayNetworks may relay to any domain without AUTH.
+	// RelayNetworks may relay to any domain without AUTH (CIDRs).
 	RelayNetworks []string `toml:"relay_networks"`
 	// Auth is off, optional or required.
 	Auth string `toml:"auth"`
@@ -118,6 +134,24 @@ type Site struct {
 	BareNewlineNormalize []string `toml:"bare_newline_normalize"`
 }
 
+// clone returns k with its own copy of every slice: the TOML decoder
+// writes a list into the array of the slice it decodes over when that is
+// big enough, and a [[site]] block must not write into [ingress]'s lists.
+func (k SiteKeys) clone() SiteKeys {
+	v := reflect.ValueOf(&k).Elem()
+	for i := range v.NumField() {
+		switch f := v.Field(i); f.Kind() {
+		case reflect.Slice:
+			if !f.IsNil() {
+				f.Set(reflect.AppendSlice(reflect.MakeSlice(f.Type(), 0, f.Len()), f))
+			}
+		case reflect.Map, reflect.Pointer, reflect.Interface:
+			panic("config: SiteKeys." + v.Type().Field(i).Name + " would be shared by the sites; clone copies slices only")
+		}
+	}
+	return k
+}
+
 // Auth configures SMTP AUTH users and the failed-login limits ([auth]).
 type Auth struct {
 	// UsersFile holds "name:bcrypt-hash[:from=…][:atrn=…]" lines, managed
@@ -153,23 +187,7 @@ func (c Config) TLSDir() string { return filepath.Join(c.DataDir, "tls") }
 // [ingress] and the kind's presets applied, before a [[site]] block's own
 // keys: the starting point of every site.
 func (c Config) SiteOf(kind string) Site {
-	i := c.Ingress
-	s := Site{
-		Name: kind, Kind: kind,
-		Listen:   append([]string(nil), i.Listen...),
-		Hostname: c.Hostname, Banner: i.Banner,
-		StartTLS: i.StartTLS, TLSCert: i.TLSCert, TLSKey: i.TLSKey,
-		RelayNetworks:     append([]string(nil), i.RelayNetworks...),
-		Auth:              i.Auth,
-		AllowInsecureAuth: i.AllowInsecureAuth, SenderLoginMatch: i.SenderLoginMatch,
-		ETRN: i.ETRN, ETRNNetworks: append([]string(nil), i.ETRNNetworks...), ATRN: i.ATRN,
-		MaxMessageSize: i.MaxMessageSize, MaxSessionSize: i.MaxSessionSize,
-		MaxMessagesPerConnection: i.MaxMessagesPerConnection, MaxRecipients: i.MaxRecipients,
-		Timeout: i.Timeout, MaxConnections: i.MaxConnections, MaxConnectionsPerIP: i.MaxConnectionsPerIP,
-		MaxBadCommands: i.MaxBadCommands, MaxLineLength: i.MaxLineLength,
-		ReverseDNS: i.ReverseDNS, BareNewline: i.BareNewline,
-		BareNewlineNormalize: append([]string(nil), i.BareNewlineNormalize...),
-	}
+	s := Site{Name: kind, Kind: kind, Hostname: c.Hostname, SiteKeys: c.Ingress.SiteKeys.clone()}
 	switch kind {
 	case KindMTA:
 		s.Listen = []string{":25"}

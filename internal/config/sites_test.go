@@ -2,8 +2,13 @@ package config
 
 import (
 	"errors"
+	"reflect"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/BurntSushi/toml"
 )
 
 func TestNoSiteBlocksMeansIngressIsTheSite(t *testing.T) {
@@ -108,4 +113,112 @@ func TestSiteErrorsNameTheKey(t *testing.T) {
 			t.Errorf("%q: %v, want an error about %s", tt.file, err, tt.key)
 		}
 	}
+}
+
+// Every SiteKeys field, found by reflection so that a key added later is
+// covered with no change here, is inherited by a [[site]] block that
+// leaves it out (unless the block's kind presets it), overridden by one
+// that sets it, and taken from [ingress] by the one site made of
+// [ingress]; no block changes [ingress]'s own value. The values are made
+// up, not valid, so this is decoding only (Load's step before Validate).
+func TestEverySiteKeyIsInheritedAndOverridable(t *testing.T) {
+	// The SiteKeys fields each kind sets over [ingress]'s (SiteOf).
+	presets := map[string][]string{
+		KindMTA:        {"Listen"},
+		KindSubmission: {"Listen", "Auth", "ETRN"},
+		KindSMTPS:      {"Listen", "Auth", "ETRN"},
+		KindODMR:       {"Listen", "Auth", "ETRN", "ATRN"},
+	}
+	decode := func(t *testing.T, file map[string]any) Config {
+		t.Helper()
+		var b strings.Builder
+		if err := toml.NewEncoder(&b).Encode(file); err != nil {
+			t.Fatal(err)
+		}
+		c := Default()
+		if err := c.decodeFile(write(t, b.String())); err != nil {
+			t.Fatalf("%v in\n%s", err, b.String())
+		}
+		return c
+	}
+	typ := reflect.TypeFor[SiteKeys]()
+	def := reflect.ValueOf(Default().Ingress.SiteKeys)
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		key := f.Tag.Get("toml")
+		if key == "" || f.Anonymous {
+			t.Fatalf("SiteKeys.%s needs a toml key", f.Name)
+		}
+		t.Run(key, func(t *testing.T) {
+			inherited := madeUp(t, def.Field(i), key+"-ingress")
+			own := madeUp(t, def.Field(i), key+"-site")
+			get := func(k SiteKeys) any { return reflect.ValueOf(k).Field(i).Interface() }
+			check := func(what string, got, want any) {
+				t.Helper()
+				if !reflect.DeepEqual(got, want) {
+					t.Errorf("%s: %s = %#v, want %#v", what, key, got, want)
+				}
+			}
+			ingress := map[string]any{key: inherited}
+
+			c := decode(t, map[string]any{"ingress": ingress})
+			check("no [[site]]", get(c.EffectiveSites()[0].SiteKeys), inherited)
+
+			for kind, preset := range presets {
+				c := decode(t, map[string]any{"ingress": ingress, "site": []map[string]any{{"kind": kind}}})
+				want := inherited
+				if slices.Contains(preset, f.Name) {
+					want = get(Default().SiteOf(kind).SiteKeys)
+				}
+				check("kind "+kind+", left out", get(c.Sites[0].SiteKeys), want)
+				check("kind "+kind+", left out: [ingress]", get(c.Ingress.SiteKeys), inherited)
+
+				c = decode(t, map[string]any{"ingress": ingress, "site": []map[string]any{{"kind": kind, key: own}}})
+				check("kind "+kind+", set", get(c.Sites[0].SiteKeys), own)
+				check("kind "+kind+", set: [ingress]", get(c.Ingress.SiteKeys), inherited)
+			}
+		})
+	}
+
+	// The keys of Site alone are still unknown in [ingress].
+	st := reflect.TypeFor[Site]()
+	for i := range st.NumField() {
+		if f := st.Field(i); !f.Anonymous {
+			key := f.Tag.Get("toml")
+			var b strings.Builder
+			if err := toml.NewEncoder(&b).Encode(map[string]any{"ingress": map[string]any{key: madeUp(t, reflect.Zero(f.Type), key)}}); err != nil {
+				t.Fatal(err)
+			}
+			c := Default()
+			var ke *KeyError
+			if err := c.decodeFile(write(t, b.String())); !errors.As(err, &ke) || ke.Key != "ingress."+key || ke.Msg != "unknown key" {
+				t.Errorf("ingress.%s: %v, want an unknown key", key, err)
+			}
+		}
+	}
+}
+
+// madeUp returns a value of v's type that differs from v and, through
+// tag, from every other made-up value: a list one longer than v (so the
+// lists of [ingress] and of a [[site]] block are as long, and a block
+// decoded into [ingress]'s array would show).
+func madeUp(t *testing.T, v reflect.Value, tag string) any {
+	t.Helper()
+	n := reflect.New(v.Type()).Elem()
+	switch v.Kind() {
+	case reflect.Bool:
+		n.SetBool(!v.Bool())
+	case reflect.Int, reflect.Int64:
+		n.SetInt(v.Int() + int64(len(tag)) + 1)
+	case reflect.String:
+		n.SetString(v.String() + "-" + tag)
+	case reflect.Slice:
+		if v.Type().Elem().Kind() != reflect.String {
+			t.Fatalf("no made-up value for a %v: add one here", v.Type())
+		}
+		n.Set(reflect.Append(reflect.AppendSlice(reflect.MakeSlice(v.Type(), 0, v.Len()+1), v), reflect.ValueOf(tag)))
+	default:
+		t.Fatalf("no made-up value for a %v: add one here (and see SiteKeys.clone)", v.Type())
+	}
+	return n.Interface()
 }
