@@ -31,10 +31,13 @@
 //     than delivery.delay_notice, its sender gets one "delayed" notice
 //     (Mta-Delay-Notified remembers it).
 //
-// Destinations that are this server itself — the MX host is our host
-// name, or one of its addresses is an address and port we listen on
-// (ingress.listen, the host name's addresses) — fail with 5.4.6 and a text
-// naming the domain, the host and the address (RFC 5321 §5.1).
+// Destinations that are this server itself — the MX host is one of our
+// host names, or one of its addresses is an address and port we listen on
+// (every site's listen addresses, the interface addresses for a wildcard
+// one, the host names' addresses) — fail with 5.4.6 at the first hop, with
+// a text naming the domain, the host and the address (RFC 5321 §5.1).
+// "We" includes every ingress process that announces its listeners in the
+// mta-listeners bucket, which delivery watches (self.go).
 //
 // Object Store bodies are shared by reference: every envelope published as
 // a successor of the one being settled (retry schedule, Badmail copies)

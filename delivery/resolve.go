@@ -168,6 +168,9 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 		addrs, aerr := s.dns.addrs(ctx, domain)
 		switch {
 		case aerr == nil:
+			if what := s.self.name(domain); what != "" {
+				return nil, permErr("5.4.6", "", "mail for %s loops back to myself: mail host %s is %s", domain, domain, what)
+			}
 			return []target{{host: domain, port: s.cfg.Delivery.Port, addrs: addrs, kind: "mail host"}}, nil
 		case errors.Is(err, errNXDomain) && errors.Is(aerr, errNXDomain):
 			return nil, permErr("5.1.2", "", "domain %s does not exist", domain)
@@ -193,15 +196,16 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 	rand.Shuffle(len(mxs), func(i, j int) { mxs[i], mxs[j] = mxs[j], mxs[i] })
 	slices.SortStableFunc(mxs, func(a, b *dns.MX) int { return int(a.Preference) - int(b.Preference) })
 
-	// RFC 5321 §5.1: if we are one of the MX hosts, only more preferred
-	// hosts may be tried; if none is left the mail would loop.
-	me := strings.TrimSuffix(strings.ToLower(s.cfg.Hostname), ".")
+	// RFC 5321 §5.1: if we are one of the MX hosts (by one of our host
+	// names: the hostname, a site's, an announced ingress's), only more
+	// preferred hosts may be tried; if none is left the mail would loop.
+	// Hosts that are ourselves by address are found in deliver.
 	var out []target
 	for _, mx := range mxs {
 		host := strings.TrimSuffix(strings.ToLower(mx.Mx), ".")
-		if host == me {
+		if what := s.self.name(host); what != "" {
 			if len(out) == 0 {
-				return nil, permErr("5.4.6", "", "mail for %s loops back to myself: MX host %s is this server's own host name", domain, host)
+				return nil, permErr("5.4.6", "", "mail for %s loops back to myself: MX host %s is %s", domain, host, what)
 			}
 			break
 		}

@@ -29,6 +29,10 @@ const DropSlots = 4
 // to a live worker rather than to this process's abandoned pull requests.
 const shutdownNakDelay = 6 * time.Second
 
+// listenersSyncWait bounds how long Run waits for the mta-listeners bucket
+// to be read before it starts delivering.
+const listenersSyncWait = 15 * time.Second
+
 // settleTimeout bounds the publishes and acks that settle a message after
 // its SMTP transaction, which run even while shutting down.
 const settleTimeout = 30 * time.Second
@@ -103,7 +107,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		js:             js,
 		Room:           &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
 		dns:            res,
-		self:           newSelf(cfg.Hostname, cfg.Ingress.Listen, res.addrs),
+		self:           newSelf(cfg, res.addrs),
 	}, nil
 }
 
@@ -143,6 +147,18 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	errs := make([]error, len(workers))
 	var wg sync.WaitGroup
+	// The listeners of every ingress process are ourselves too: read them
+	// before the first delivery, then follow them.
+	synced := make(chan struct{})
+	wg.Go(func() {
+		s.self.watch(ctx, s.js, s.cfg.NATS.Replicas, s.log, sync.OnceFunc(func() { close(synced) }))
+	})
+	select {
+	case <-synced:
+	case <-ctx.Done():
+	case <-time.After(listenersSyncWait):
+		s.log.Warn("ingress listeners not read yet, delivering without them", "bucket", bus.BucketListeners)
+	}
 	// ETRN release worker (issue 6): answers mta.ctl.release requests.
 	wg.Go(func() { _ = release.New(s.cfg, s.log, s.Room).Run(ctx) })
 	wg.Go(func() { s.sweepHeldLoop(ctx) })

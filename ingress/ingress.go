@@ -160,6 +160,8 @@ func (s *Service) Run(ctx context.Context) error {
 		s.closeListeners()
 		return err
 	}
+	// Delivery processes read the bound listeners to recognise ourselves.
+	defer s.announceListeners(ctx)()
 	rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
 	rdone := make(chan struct{})
 	go func() { s.sessions.run(rctx); close(rdone) }()
