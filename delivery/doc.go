@@ -18,7 +18,7 @@
 //     reports itself: the parameters are passed on).
 //   - 5xx, or 4xx past Mta-Expires-At (delivery.expire): the recipients
 //     fail. Their sender gets one RFC 3464 non-delivery report per attempt
-//     (internal/dsn), new mail on mail.in from <> with the Nats-Msg-Id
+//     (internal/notify), new mail on mail.in from <> with the Nats-Msg-Id
 //     "<qid>.<tok>.dsn<attempt>", honouring NOTIFY and RET, copied to
 //     delivery.ndr_copy_to. Mail from the null sender is never answered:
 //     a copy with the reason goes to mail.bad instead, which is also how a

@@ -16,8 +16,8 @@ import (
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
-	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/notify"
 	"github.com/mailroot/mailroot/internal/release"
 )
 
@@ -61,7 +61,7 @@ type Service struct {
 	js     jetstream.JetStream
 	dns    *resolver
 	self   *self
-	notify *dsn.Notifier
+	notify *notify.Notifier
 	bodies *bus.Bodies
 	stream jetstream.Stream
 }
@@ -119,7 +119,7 @@ func (s *Service) Run(ctx context.Context) error {
 		s.stream, err = s.js.Stream(ctx, bus.StreamMail)
 	}
 	if err == nil {
-		s.notify = dsn.NewNotifier(s.cfg, s.js, s.bodies)
+		s.notify = notify.NewNotifier(s.cfg, s.js, s.bodies)
 		s.notify.Room = s.Room
 		s.notify.Now = func() time.Time { return s.Now() }
 	}
