@@ -49,5 +49,6 @@
 //
 // Both loops run on bus.Worker: bounded slots, InProgress keep-alive, panic
 // recovery and poison handling. Any number of processes may run the
-// service; they share the durable consumers.
+// service; they share the durable consumers. Each also runs the ETRN
+// release worker, package delivery/release.
 package delivery

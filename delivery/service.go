@@ -14,11 +14,11 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailroot/mailroot/delivery/release"
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/notify"
-	"github.com/mailroot/mailroot/internal/release"
 )
 
 // DropSlots is how many Drop files are written at once.
