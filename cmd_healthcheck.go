@@ -24,8 +24,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/mailroot/mailroot/internal/app"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/node"
 )
 
 // Heartbeat timing: the file is rewritten every heartbeatEvery; the probe
@@ -143,7 +143,7 @@ func checkHealth(dir string, cfg config.Config, now time.Time) ([]string, error)
 		if hb.NATS != "connected" {
 			return nil, fmt.Errorf("%s: NATS connection is %s", hb.Role, hb.NATS)
 		}
-		if hb.Role == app.Ingress || hb.Role == "all" {
+		if hb.Role == node.Ingress || hb.Role == "all" {
 			for _, site := range cfg.EffectiveSites() {
 				if site.ImplicitTLS {
 					continue // it greets only after a TLS handshake

@@ -20,7 +20,7 @@ import (
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
-	"github.com/mailroot/mailroot/pickupwatcher"
+	"github.com/mailroot/mailroot/internal/message"
 	"github.com/mailroot/mailroot/submit"
 )
 
@@ -165,7 +165,7 @@ func sendmail(args []string, stdin io.Reader, stderr io.Writer) int {
 		addFrom = mimeQuote(o.fullName) + " " + addFrom
 	}
 	id := envelope.NewQueueID()
-	p, err := pickupwatcher.Parse(raw, pickupwatcher.Options{
+	p, err := message.Parse(raw, message.Options{
 		DefaultDomain: domain, Hostname: cfg.Hostname, QueueID: submit.QueueID(id),
 		MaxSize: cfg.Ingress.MaxMessageSize, Via: "sendmail (" + login + ")", Protocol: "local",
 		Sender: sender, Rcpts: o.rcpts, HeaderRcpts: o.headerRcpts, AddFrom: addFrom,
@@ -241,7 +241,7 @@ func submitNATS(cfg config.Config, msg *submit.Message, fail func(int, string, .
 	return 0
 }
 
-func submitSMTP(addr, helo string, msg *submit.Message, p *pickupwatcher.Parsed, fail func(int, string, ...any) int) int {
+func submitSMTP(addr, helo string, msg *submit.Message, p *message.Parsed, fail func(int, string, ...any) int) int {
 	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {
 		return fail(exTempFail, "cannot reach the SMTP server at %s: %v", addr, err)

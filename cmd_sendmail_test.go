@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mailroot/mailroot/internal/app"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/testutil"
+	"github.com/mailroot/mailroot/node"
 )
 
 func TestParseSendmailArgs(t *testing.T) {
@@ -73,7 +73,7 @@ func TestReadMessageDotEnds(t *testing.T) {
 // sendmailNode runs Mailroot in-process with its NATS exposed on loopback,
 // so sendmail can submit over NATS or SMTP; it returns a config file for
 // sendmail and the node.
-func sendmailNode(t *testing.T) (string, *app.Node, config.Config) {
+func sendmailNode(t *testing.T) (string, *node.Node, config.Config) {
 	t.Helper()
 	dir := t.TempDir()
 	natsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -86,7 +86,7 @@ func sendmailNode(t *testing.T) (string, *app.Node, config.Config) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	n, err := app.StartEmbedded(context.Background(), cfg, testutil.Logger(t))
+	n, err := node.StartEmbedded(context.Background(), cfg, testutil.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,8 +17,8 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/mailroot/mailroot/internal/app"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/node"
 )
 
 // command is one subcommand.
@@ -33,11 +33,11 @@ type command struct {
 // the actors first, then the tools (their code is in cmd_*.go).
 var commands = []command{
 	{"all", "embedded nats-server and every actor in one process (the default)", actorCommand("all")},
-	{app.Ingress, "SMTP server: accepts mail and queues it on mail.in", actorCommand(app.Ingress)},
-	{app.Router, "routes mail.in to mail.out.<domain>, mail.drop", actorCommand(app.Router)},
-	{app.Delivery, "delivers mail.out.* over SMTP and writes mail.drop into Drop/", actorCommand(app.Delivery)},
-	{app.Badmail, "writes mail.bad into Badmail/", actorCommand(app.Badmail)},
-	{app.Pickupwatcher, "turns files dropped into Pickup/ into mail", actorCommand(app.Pickupwatcher)},
+	{node.Ingress, "SMTP server: accepts mail and queues it on mail.in", actorCommand(node.Ingress)},
+	{node.Router, "routes mail.in to mail.out.<domain>, mail.drop", actorCommand(node.Router)},
+	{node.Delivery, "delivers mail.out.* over SMTP and writes mail.drop into Drop/", actorCommand(node.Delivery)},
+	{node.Badmail, "writes mail.bad into Badmail/", actorCommand(node.Badmail)},
+	{node.Pickupwatcher, "turns files dropped into Pickup/ into mail", actorCommand(node.Pickupwatcher)},
 	{"sendmail", "sendmail-compatible submission for scripts and cron (reads the message on stdin)", func(args []string) int {
 		return sendmail(args, os.Stdin, os.Stderr)
 	}},
@@ -149,26 +149,26 @@ func runActors(cmd string, cfg config.Config, log *slog.Logger) int {
 	defer stop()
 	log.Info("starting", "command", cmd, "hostname", cfg.Hostname, "data_dir", cfg.DataDir, "nats", redact(cfg.NATS.URL))
 
-	var node *app.Node
+	var n *node.Node
 	var err error
 	switch {
 	case cmd == "all" && cfg.NATS.URL == "":
-		node, err = app.StartEmbedded(ctx, cfg, log)
+		n, err = node.StartEmbedded(ctx, cfg, log)
 	case cmd == "all":
-		node, err = app.Connect(ctx, cfg, log)
+		n, err = node.Connect(ctx, cfg, log)
 	default:
-		node, err = app.Connect(ctx, cfg, log, cmd)
+		n, err = node.Connect(ctx, cfg, log, cmd)
 	}
 	if err != nil {
 		log.Error("start failed", "err", err)
 		return 1
 	}
-	stopHeartbeat := startHeartbeat(cmd, node.Conn, log) // for `mailroot healthcheck`
+	stopHeartbeat := startHeartbeat(cmd, n.Conn, log) // for `mailroot healthcheck`
 	defer stopHeartbeat()
 	status := 0
 	select {
 	case <-ctx.Done():
-	case err := <-node.Err():
+	case err := <-n.Err():
 		log.Error("actor failed", "err", err)
 		status = 1
 	}
@@ -182,7 +182,7 @@ func runActors(cmd string, cfg config.Config, log *slog.Logger) int {
 		os.Exit(1)
 	}()
 	log.Info("shutting down")
-	node.Stop()
+	n.Stop()
 	return status
 }
 

@@ -46,6 +46,7 @@ import (
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/notify"
 )
 
 // Defaults of the Service knobs.
@@ -77,7 +78,7 @@ type Service struct {
 	js     jetstream.JetStream
 	dir    string
 	bodies *bus.Bodies
-	notify *dsn.Notifier
+	notify *notify.Notifier
 	// streamCreated tells stream incarnations apart in entry keys, so a
 	// recreated stream reusing sequence numbers is not mistaken for a
 	// redelivery.
@@ -100,7 +101,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		js:     js,
 		dir:    cfg.BadmailDir(),
 		now:    time.Now,
-		notify: dsn.NewNotifier(cfg, js, nil), // Run adds the bodies
+		notify: notify.NewNotifier(cfg, js, nil), // Run adds the bodies
 		Room:   &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
 	}
 	s.notify.Now = func() time.Time { return s.now() }

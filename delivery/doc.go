@@ -18,7 +18,7 @@
 //     reports itself: the parameters are passed on).
 //   - 5xx, or 4xx past Mta-Expires-At (delivery.expire): the recipients
 //     fail. Their sender gets one RFC 3464 non-delivery report per attempt
-//     (internal/dsn), new mail on mail.in from <> with the Nats-Msg-Id
+//     (internal/notify), new mail on mail.in from <> with the Nats-Msg-Id
 //     "<qid>.<tok>.dsn<attempt>", honouring NOTIFY and RET, copied to
 //     delivery.ndr_copy_to. Mail from the null sender is never answered:
 //     a copy with the reason goes to mail.bad instead, which is also how a
@@ -52,5 +52,6 @@
 //
 // Both loops run on bus.Worker: bounded slots, InProgress keep-alive, panic
 // recovery and poison handling. Any number of processes may run the
-// service; they share the durable consumers.
+// service; they share the durable consumers. Each also runs the ETRN
+// release worker, package delivery/release.
 package delivery

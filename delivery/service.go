@@ -14,11 +14,11 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailroot/mailroot/delivery/release"
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
-	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
-	"github.com/mailroot/mailroot/internal/release"
+	"github.com/mailroot/mailroot/internal/notify"
 )
 
 // DropSlots is how many Drop files are written at once.
@@ -65,7 +65,7 @@ type Service struct {
 	js     jetstream.JetStream
 	dns    *resolver
 	self   *self
-	notify *dsn.Notifier
+	notify *notify.Notifier
 	bodies *bus.Bodies
 	stream jetstream.Stream
 }
@@ -123,7 +123,7 @@ func (s *Service) Run(ctx context.Context) error {
 		s.stream, err = s.js.Stream(ctx, bus.StreamMail)
 	}
 	if err == nil {
-		s.notify = dsn.NewNotifier(s.cfg, s.js, s.bodies)
+		s.notify = notify.NewNotifier(s.cfg, s.js, s.bodies)
 		s.notify.Room = s.Room
 		s.notify.Now = func() time.Time { return s.Now() }
 	}

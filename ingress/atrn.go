@@ -15,6 +15,7 @@ import (
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/notify"
 	"github.com/mailroot/mailroot/internal/smtpclient"
 )
 
@@ -387,7 +388,7 @@ func (ss *session) bounceRefused(ctx context.Context, env *envelope.Envelope, da
 		statuses[i] = dsn.Status{Rcpt: r, Action: dsn.ActionFailed, Status: status, Remote: remote, Reply: reply,
 			Detail: reply + " (refused by " + remote + " over ATRN)"}
 	}
-	n := dsn.NewNotifier(svc.cfg, svc.js, svc.bodies)
+	n := notify.NewNotifier(svc.cfg, svc.js, svc.bodies)
 	n.Room = svc.Room
 	_, err := n.Send(ctx, dsn.Notice{
 		Kind: dsn.Failure, ID: envelope.ATRNDSNID(env.QueueID, tok, seq), Env: env, Data: data,

@@ -20,7 +20,7 @@ import (
 // blocks (held ones above all) from clients in the site's etrn_networks
 // (anyone when empty) or authenticated users allowed to dequeue the domain.
 // "ETRN @example.org" also covers its subdomains. The release itself is
-// done by a delivery process's release worker (internal/release), asked
+// done by a delivery process's release worker (delivery/release), asked
 // over NATS; the reply counts what was pending:
 //
 //	251 2.0.0 OK, no messages waiting for node <x>

@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailroot/mailroot/delivery/release"
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
-	"github.com/mailroot/mailroot/internal/release"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
 

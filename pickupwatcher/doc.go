@@ -16,9 +16,10 @@
 //
 // # File format
 //
-// See Parse: an RFC 5322 message with any line ends, optionally preceded
-// by IIS envelope lines "x-sender: <addr>" and "x-receiver: <addr>" (one
-// per recipient); without them the envelope comes from From/To/Cc/Bcc.
+// See message.Parse (internal/message, shared with mailroot sendmail): an
+// RFC 5322 message with any line ends, optionally preceded by IIS envelope
+// lines "x-sender: <addr>" and "x-receiver: <addr>" (one per recipient);
+// without them the envelope comes from From/To/Cc/Bcc.
 //
 // # What happens to a file
 //
@@ -39,9 +40,10 @@
 //  4. After the PubAck the file is deleted. A crash anywhere before that
 //     leaves it in .work/, which is processed again at start: the same id
 //     is published again and JetStream's dedup window drops the copy.
-//  5. A file that is not a valid message (see the Err* kinds) is written
-//     to Badmail as <qid>.BAD (the file as it was) and <qid>.BDR (why), by
-//     the same writer as the badmail service, and then deleted. A file is
-//     never deleted before it is either queued or in Badmail; when NATS is
-//     unreachable it stays in .work/ and is retried at the next scan.
+//  5. A file that is not a valid message (see the Err* kinds of
+//     internal/message) is written to Badmail as <qid>.BAD (the file as it
+//     was) and <qid>.BDR (why), by the same writer as the badmail service,
+//     and then deleted. A file is never deleted before it is either
+//     queued or in Badmail; when NATS is unreachable it stays in .work/
+//     and is retried at the next scan.
 package pickupwatcher

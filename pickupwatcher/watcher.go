@@ -24,6 +24,7 @@ import (
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/message"
 )
 
 // WorkDir is the name of the claim folder inside Pickup/.
@@ -403,7 +404,7 @@ func (s *Service) process(ctx context.Context, name string) {
 	var data []byte
 	var perr error
 	if limit > 0 && info.Size() > limit+envelopeAllowance {
-		perr = fmt.Errorf("%w: the file is %d bytes, over the limit of %d bytes", ErrTooBig, info.Size(), limit)
+		perr = fmt.Errorf("%w: the file is %d bytes, over the limit of %d bytes", message.ErrTooBig, info.Size(), limit)
 	} else {
 		r := io.Reader(f)
 		if limit > 0 {
@@ -415,7 +416,7 @@ func (s *Service) process(ctx context.Context, name string) {
 			return
 		}
 		if limit > 0 && int64(len(data)) > limit+envelopeAllowance {
-			perr = fmt.Errorf("%w: the file grew past %d bytes, over the limit of %d bytes", ErrTooBig, len(data), limit)
+			perr = fmt.Errorf("%w: the file grew past %d bytes, over the limit of %d bytes", message.ErrTooBig, len(data), limit)
 			data = nil
 		}
 	}
@@ -429,9 +430,9 @@ func (s *Service) process(ctx context.Context, name string) {
 		return
 	}
 	now := s.now()
-	var p *Parsed
+	var p *message.Parsed
 	if perr == nil {
-		p, perr = Parse(data, Options{
+		p, perr = message.Parse(data, message.Options{
 			DefaultDomain: s.domain,
 			Hostname:      s.cfg.Hostname,
 			QueueID:       qid,
@@ -537,7 +538,7 @@ func (s *Service) setPending(name string) {
 
 // publish queues the parsed file on mail.in and waits for the PubAck.
 // dup reports that JetStream already had it (same Nats-Msg-Id).
-func (s *Service) publish(ctx context.Context, qid string, p *Parsed, now time.Time) (dup bool, err error) {
+func (s *Service) publish(ctx context.Context, qid string, p *message.Parsed, now time.Time) (dup bool, err error) {
 	if err := s.Room.Check(ctx, int64(len(p.Message))); err != nil {
 		return false, err
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/notify"
 )
 
 // Service is the router.
@@ -31,7 +32,7 @@ type Service struct {
 	log    *slog.Logger
 	js     jetstream.JetStream
 	bodies *bus.Bodies
-	notify *dsn.Notifier
+	notify *notify.Notifier
 	// Slots is the number of messages routed at once.
 	Slots int
 	// Room publishes the routed parts (Room.Forward); New makes one that
@@ -53,7 +54,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.bodies, err = bus.OpenBodies(ctx, s.js); err != nil {
 		return err
 	}
-	s.notify = dsn.NewNotifier(s.cfg, s.js, s.bodies)
+	s.notify = notify.NewNotifier(s.cfg, s.js, s.bodies)
 	s.notify.Room = s.Room
 	w := &bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerRouter], Slots: s.Slots, Log: s.log}
 	return w.Run(ctx, s.route)

@@ -19,8 +19,9 @@
 // that a report always parses, and Parse returns exactly the cleaned values:
 // Parse(Write(m)) == Clean(m) is what the round-trip fuzz test checks.
 //
-// Notifier (notify.go) builds notifications from queued envelopes and
-// publishes them as new mail on mail.in from the null sender.
+// The package is a codec only: it publishes nothing. Notice describes a
+// notification about a queued envelope; internal/notify builds the report
+// from it and publishes it as new mail on mail.in from the null sender.
 package dsn
 
 import (

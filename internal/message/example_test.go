@@ -1,11 +1,11 @@
-package pickupwatcher_test
+package message_test
 
 import (
 	"fmt"
 	"strings"
 	"time"
 
-	"github.com/mailroot/mailroot/pickupwatcher"
+	"github.com/mailroot/mailroot/internal/message"
 )
 
 // A pickup file in the IIS format: the envelope lines are removed, and
@@ -18,7 +18,7 @@ func ExampleParse() {
 		"Subject: backup done\n" +
 		"\n" +
 		"All good.\n"
-	p, err := pickupwatcher.Parse([]byte(file), pickupwatcher.Options{
+	p, err := message.Parse([]byte(file), message.Options{
 		DefaultDomain: "example.com",
 		Hostname:      "mx.example.com",
 		QueueID:       "EXAMPLEQUEUEID",

@@ -1,29 +1,31 @@
-package dsn
+package notify
 
 import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/mailroot/mailroot/internal/dsn"
 )
 
 // reportSubject is the Subject: of a notification: the kind, then the
 // original subject when it has one.
-func reportSubject(k Kind, rcpts []Status, orig string) string {
+func reportSubject(k dsn.Kind, rcpts []dsn.Status, orig string) string {
 	var prefix string
 	switch k {
-	case Failure:
+	case dsn.Failure:
 		prefix = "Undeliverable"
-	case Delay:
+	case dsn.Delay:
 		prefix = "Delayed"
 	default:
 		prefix = "Delivered"
 		for _, s := range rcpts {
-			if s.Action == ActionRelayed {
+			if s.Action == dsn.ActionRelayed {
 				prefix = "Relayed"
 			}
 		}
 	}
-	orig = CleanText(orig)
+	orig = dsn.CleanText(orig)
 	if orig == "" {
 		return "Delivery Status Notification (" + prefix + ")"
 	}
@@ -35,16 +37,16 @@ func reportSubject(k Kind, rcpts []Status, orig string) string {
 
 // text is the human-readable first part: what happened, why, and what to
 // do.
-func (n *Notifier) text(no Notice, rcpts []Status, subject, note string) string {
+func (n *Notifier) text(no dsn.Notice, rcpts []dsn.Status, subject, note string) string {
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	env := no.Env
 	p("This is the mail system at host %s.\n\n", n.Hostname)
 	switch no.Kind {
-	case Failure:
+	case dsn.Failure:
 		p("Your message could not be delivered to the recipient(s) below. Mailroot\n")
 		p("has given up on them; the reason is given for each one.\n")
-	case Delay:
+	case dsn.Delay:
 		p("This is a warning only. You do not need to send your message again.\n\n")
 		p("Your message has not yet been delivered to the recipient(s) below.\n")
 		p("Mailroot keeps trying until %s and will send\n", stamp(no.RetryUntil))
@@ -56,13 +58,13 @@ func (n *Notifier) text(no Notice, rcpts []Status, subject, note string) string 
 	for _, s := range rcpts {
 		p("  Recipient:  <%s>\n", s.Rcpt.Addr)
 		switch s.Action {
-		case ActionRelayed:
+		case dsn.ActionRelayed:
 			p("  Result:     relayed to %s, which does not send delivery\n", orDefault(s.Remote, "the next server"))
 			p("              notifications: this is the last report about it.\n")
-		case ActionDelivered:
+		case dsn.ActionDelivered:
 			p("  Result:     delivered\n")
 		default:
-			p("  Reason:     %s\n", CleanText(orDefault(s.Detail, s.Reply)))
+			p("  Reason:     %s\n", dsn.CleanText(orDefault(s.Detail, s.Reply)))
 			if h := hint(s.Status, no.Kind); h != "" {
 				p("  What to do: %s\n", wrap(h, 60, "              "))
 			}
@@ -90,13 +92,13 @@ func (n *Notifier) text(no Notice, rcpts []Status, subject, note string) string 
 
 // hint says what the sender can do about an enhanced status code
 // (RFC 3463 classes).
-func hint(status string, k Kind) string {
+func hint(status string, k dsn.Kind) string {
 	parts := strings.Split(status, ".")
 	if len(parts) != 3 {
 		return ""
 	}
 	subject, detail := parts[1], parts[1]+"."+parts[2]
-	if k == Delay {
+	if k == dsn.Delay {
 		return "Nothing for now. The receiving side has a temporary problem; " +
 			"Mailroot will keep trying."
 	}

@@ -1,8 +1,8 @@
-// Package app wires Mailroot's actors together: one or all of them against
+// Package node wires Mailroot's actors together: one or all of them against
 // a NATS connection, or — for `mailroot all` — against a nats-server
 // embedded in the process. It is what root main.go calls and what the
 // end-to-end tests start.
-package app
+package node
 
 import (
 	"context"

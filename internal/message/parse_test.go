@@ -1,4 +1,4 @@
-package pickupwatcher
+package message
 
 import (
 	"bytes"

@@ -1,4 +1,9 @@
-package dsn
+// Package notify sends delivery status notifications: it turns a
+// dsn.Notice about a queued envelope into an RFC 3464 report (internal/dsn
+// writes it) and publishes that as new mail on mail.in from the null sender
+// (docs/DESIGN.md §4, "Reports to senders"). Delivery, router, badmail and
+// ATRN use it.
+package notify
 
 import (
 	"bufio"
@@ -11,42 +16,15 @@ import (
 	"net/mail"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
 )
-
-// Kind is the kind of notification.
-type Kind int
-
-// Kinds of notification (RFC 3461 §4.1 NOTIFY keywords).
-const (
-	// Failure is a non-delivery report: NOTIFY=FAILURE.
-	Failure Kind = iota
-	// Delay says delivery is taking long but goes on: NOTIFY=DELAY.
-	Delay
-	// Success says the message was delivered, or relayed to a server that
-	// does not report further: NOTIFY=SUCCESS.
-	Success
-)
-
-func (k Kind) String() string {
-	switch k {
-	case Failure:
-		return "failure"
-	case Delay:
-		return "delay"
-	default:
-		return "success"
-	}
-}
-
-// Source is the Mta-Source of notifications: mail with this source and the
-// null sender that fails goes to Badmail as a double bounce.
-const Source = "dsn"
 
 // maxHeaderSection bounds the header section returned with RET=HDRS.
 const maxHeaderSection = 256 << 10
@@ -55,63 +33,23 @@ const maxHeaderSection = 256 << 10
 // NOTIFY, failures and delays are reported (RFC 3461 §4.1 leaves the
 // default to the MTA; IIS and Exchange sent both); NOTIFY=NEVER suppresses
 // everything.
-func Wants(r envelope.Rcpt, k Kind) bool {
+func Wants(r envelope.Rcpt, k dsn.Kind) bool {
 	if len(r.Notify) == 0 {
-		return k == Failure || k == Delay
+		return k == dsn.Failure || k == dsn.Delay
 	}
 	for _, n := range r.Notify {
 		switch {
 		case n == "NEVER":
 			return false
-		case n == "FAILURE" && k == Failure, n == "DELAY" && k == Delay, n == "SUCCESS" && k == Success:
+		case n == "FAILURE" && k == dsn.Failure, n == "DELAY" && k == dsn.Delay, n == "SUCCESS" && k == dsn.Success:
 			return true
 		}
 	}
 	return false
 }
 
-// Status is what became of one recipient.
-type Status struct {
-	// Rcpt is the recipient with its DSN parameters.
-	Rcpt envelope.Rcpt
-	// Action is one of the Action* constants.
-	Action string
-	// Status is the enhanced status code, e.g. "5.1.1".
-	Status string
-	// Remote names the server that answered, "host[ip]" or "[ip]", or is
-	// empty.
-	Remote string
-	// Reply is the remote's SMTP reply ("550 5.1.1 user unknown"), empty
-	// for local outcomes.
-	Reply string
-	// Detail is the full description of the outcome, e.g.
-	// "550 5.1.1 user unknown (mx.example[192.0.2.1])" or "5.4.6 mail for
-	// example.test loops back to myself: …".
-	Detail string
-}
-
-// Notice is one notification about an envelope.
-type Notice struct {
-	// Kind says what is reported.
-	Kind Kind
-	// ID is the idempotency key, used as Nats-Msg-Id of the notification
-	// and to derive its queue id, e.g. "<qid>.<tok>.dsn3".
-	ID string
-	// Env is the envelope reported on; Data is its message payload (the
-	// inline body; nil when the body is in the Object Store).
-	Env  *envelope.Envelope
-	Data []byte
-	// Rcpts are the outcomes; only recipients that asked for Kind (Wants)
-	// are reported.
-	Rcpts []Status
-	// LastAttempt is the time of the last delivery attempt.
-	LastAttempt time.Time
-	// RetryUntil is, for Delay, when delivery will be given up.
-	RetryUntil time.Time
-}
-
 // Notifier builds notifications and publishes them to mail.in as new mail
-// from the null sender. Router and delivery both use it.
+// from the null sender. Router, delivery, badmail and ATRN use it.
 type Notifier struct {
 	// Room publishes (Room.Forward: reports are the pipeline's own mail);
 	// Bodies reads original bodies and stores large reports.
@@ -147,12 +85,12 @@ var ErrNullSender = errors.New("dsn: no notification for the null sender")
 // Send publishes the notification, if any recipient asked for it, and
 // returns its queue id ("" when nobody did). Publishing is idempotent: the
 // same ID yields the same queue id and Nats-Msg-Id.
-func (n *Notifier) Send(ctx context.Context, no Notice) (string, error) {
+func (n *Notifier) Send(ctx context.Context, no dsn.Notice) (string, error) {
 	env := no.Env
 	if env.From == "" {
 		return "", ErrNullSender
 	}
-	var rcpts []Status
+	var rcpts []dsn.Status
 	for _, s := range no.Rcpts {
 		if Wants(s.Rcpt, no.Kind) {
 			rcpts = append(rcpts, s)
@@ -176,7 +114,7 @@ func (n *Notifier) Send(ctx context.Context, no Notice) (string, error) {
 	}
 	full, note := true, ""
 	switch {
-	case no.Kind != Failure:
+	case no.Kind != dsn.Failure:
 		full = false // RFC 3461 §4.3: RET applies to failure reports
 	case env.Ret == "HDRS":
 		full, note = false, "As you asked (RET=HDRS), only the headers of your message are attached."
@@ -186,7 +124,7 @@ func (n *Notifier) Send(ctx context.Context, no Notice) (string, error) {
 		full, note = false, fmt.Sprintf("Your message of %d bytes is larger than %d bytes, so only its headers are attached.", size, n.ReturnLimit)
 	}
 
-	rep := Report{
+	rep := dsn.Report{
 		ReportingMTA:       n.Hostname,
 		OriginalEnvelopeID: envID(env.EnvID),
 		ArrivalDate:        env.ReceivedAt,
@@ -196,7 +134,7 @@ func (n *Notifier) Send(ctx context.Context, no Notice) (string, error) {
 		rep.ReceivedFromMTA = env.Helo
 	}
 	for _, s := range rcpts {
-		rc := Recipient{
+		rc := dsn.Recipient{
 			OriginalRecipient: orcpt(s.Rcpt.ORcpt),
 			FinalRecipient:    s.Rcpt.Addr,
 			Action:            s.Action,
@@ -205,13 +143,13 @@ func (n *Notifier) Send(ctx context.Context, no Notice) (string, error) {
 			DiagnosticCode:    diagnostic(s),
 			LastAttemptDate:   no.LastAttempt,
 		}
-		if no.Kind == Delay {
+		if no.Kind == dsn.Delay {
 			rc.WillRetryUntil = no.RetryUntil
 		}
 		rep.Recipients = append(rep.Recipients, rc)
 	}
 	subject := headerSubject(head)
-	m := &Message{
+	m := &dsn.Message{
 		From:      "MAILER-DAEMON@" + n.Hostname,
 		FromName:  "Mail Delivery System",
 		To:        env.From,
@@ -228,10 +166,10 @@ func (n *Notifier) Send(ctx context.Context, no Notice) (string, error) {
 		From:       "",
 		Rcpts:      []envelope.Rcpt{{Addr: env.From}},
 		ReceivedAt: now,
-		Source:     Source,
+		Source:     dsn.Source,
 		Helo:       n.Hostname,
 	}
-	if no.Kind == Failure && n.CopyTo != "" && !strings.EqualFold(n.CopyTo, env.From) {
+	if no.Kind == dsn.Failure && n.CopyTo != "" && !strings.EqualFold(n.CopyTo, env.From) {
 		out.Rcpts = append(out.Rcpts, envelope.Rcpt{Addr: n.CopyTo})
 	}
 	if !isASCII(env.From) {
@@ -255,7 +193,7 @@ func (n *Notifier) Send(ctx context.Context, no Notice) (string, error) {
 		} else {
 			m.Original, m.HeadersOnly = bytes.NewReader(head), true
 		}
-		if err := Write(&buf, m); err != nil {
+		if err := dsn.Write(&buf, m); err != nil {
 			return "", err
 		}
 		if buf.Len() > envelope.InlineMax {
@@ -294,7 +232,7 @@ func (n *Notifier) Send(ctx context.Context, no Notice) (string, error) {
 
 // putLarge writes the report with the whole original into the Object
 // Store under qid, streaming.
-func (n *Notifier) putLarge(ctx context.Context, qid string, m *Message, env *envelope.Envelope, data []byte) (int64, error) {
+func (n *Notifier) putLarge(ctx context.Context, qid string, m *dsn.Message, env *envelope.Envelope, data []byte) (int64, error) {
 	orig, err := n.Bodies.Open(ctx, env, data)
 	if err != nil {
 		return 0, fmt.Errorf("dsn: open original: %w", err)
@@ -302,7 +240,7 @@ func (n *Notifier) putLarge(ctx context.Context, qid string, m *Message, env *en
 	defer orig.Close()
 	m.Original = orig
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(Write(pw, m)) }()
+	go func() { pw.CloseWithError(dsn.Write(pw, m)) }()
 	size, err := n.Bodies.Put(ctx, qid, pr)
 	_ = pr.CloseWithError(errors.New("dsn: report store ended"))
 	return size, err
@@ -369,8 +307,8 @@ func headerSubject(head []byte) string {
 // envID returns the ENVID decoded from xtext, or as given when the decoded
 // value would not be printable ASCII.
 func envID(x string) string {
-	d := DecodeXtext(x)
-	if CleanText(d) != d {
+	d := dsn.DecodeXtext(x)
+	if dsn.CleanText(d) != d {
 		return x
 	}
 	return d
@@ -383,7 +321,7 @@ func orcpt(v string) string {
 	if !ok {
 		return ""
 	}
-	if d := DecodeXtext(addr); CleanText(d) == d {
+	if d := dsn.DecodeXtext(addr); dsn.CleanText(d) == d {
 		addr = d
 	}
 	return strings.TrimSpace(typ) + ";" + addr
@@ -402,7 +340,7 @@ func remoteHost(remote string) string {
 
 // diagnostic renders Diagnostic-Code: the remote's reply, or Mailroot's own
 // description of a local outcome.
-func diagnostic(s Status) string {
+func diagnostic(s dsn.Status) string {
 	if s.Reply != "" {
 		return "smtp; " + s.Reply
 	}
@@ -410,4 +348,14 @@ func diagnostic(s Status) string {
 		return "X-Mailroot; " + s.Detail
 	}
 	return ""
+}
+
+// isASCII reports whether s is 7-bit ASCII.
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }

@@ -1,4 +1,7 @@
-package pickupwatcher
+// Package message turns a message submitted on this host into an envelope
+// and the message to queue: the parser shared by the Pickup directory
+// (pickupwatcher) and `mailroot sendmail`. See Parse for the format.
+package message
 
 import (
 	"bytes"
@@ -13,7 +16,9 @@ import (
 
 // Kinds of bad pickup files. Every error Parse returns wraps exactly one
 // of them, with a text saying where and why; all of them are permanent:
-// the file goes to Badmail.
+// the file goes to Badmail. Their texts keep the "pickupwatcher:" prefix
+// they had before the parser was its own package: they are the Reason of
+// Pickup's .BDR files.
 var (
 	// ErrTooBig: the message is larger than the configured maximum.
 	ErrTooBig = errors.New("pickupwatcher: message too big")
