@@ -31,7 +31,7 @@ func start(t testing.TB, edit func(*config.Config), natsOpts func(*server.Option
 	return startLogged(t, edit, natsOpts, testutil.Logger(t))
 }
 
-func startLogged(t testing.TB, edit func(*config.Config), natsOpts func(*server.Options), log *slog.Logger) *fixture {
+func startLogged(t testing.TB, edit func(*config.Config), natsOpts func(*server.Options), log *slog.Logger, svcEdit ...func(*Service)) *fixture {
 	t.Helper()
 	n := testutil.StartNATSWith(t, t.TempDir(), natsOpts)
 	_, js := n.Connect(t)
@@ -51,6 +51,9 @@ func startLogged(t testing.TB, edit func(*config.Config), natsOpts func(*server.
 		t.Fatal(err)
 	}
 	svc.StoreTimeout = 3 * time.Second
+	for _, e := range svcEdit {
+		e(svc)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = svc.Run(ctx); close(done) }()

@@ -69,6 +69,8 @@ type Node struct {
 	dones   map[string]chan error
 	errc    chan error
 	once    sync.Once
+
+	closeSync func() error // releases the group commit's store handle
 }
 
 // StartEmbedded starts an embedded nats-server in cfg.NATSDir() and the
@@ -94,7 +96,12 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 			lock.Release()
 		}
 	}()
-	eo := bus.EmbeddedOptions{StoreDir: cfg.NATSDir(), Listen: cfg.NATS.Listen, SyncAlways: cfg.NATS.Sync == "always", MaxStore: cfg.NATS.MaxStore}
+	// nats.sync = "always": the group commit (bus.Syncer) where syncfs(2)
+	// exists, else nats-server's fsync per record.
+	group := cfg.NATS.Sync == config.SyncAlways && bus.HaveSyncFS
+	eo := bus.EmbeddedOptions{StoreDir: cfg.NATSDir(), Listen: cfg.NATS.Listen, MaxStore: cfg.NATS.MaxStore,
+		SyncAlways:   cfg.NATS.Sync == config.SyncPerWrite || (cfg.NATS.Sync == config.SyncAlways && !group),
+		SyncInterval: cfg.NATS.SyncInterval()}
 	ns, err := bus.StartEmbedded(eo, log)
 	if err != nil {
 		return nil, err
@@ -105,7 +112,7 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 			ns.WaitForShutdown()
 		}
 	}()
-	if cfg.NATS.Sync != "always" {
+	if cfg.NATS.SyncInterval() > 0 {
 		log.Warn("nats.sync is not \"always\": an OS crash or power cut can lose mail that got its 250", "sync", cfg.NATS.Sync)
 	}
 	guard := bus.GuardStore(ns, eo, cfg.NATS.Reserve, log)
@@ -122,17 +129,38 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 	if err != nil {
 		return nil, err
 	}
+	var syncer *bus.Syncer
+	closeSync := func() error { return nil }
+	if group {
+		if syncer, closeSync, err = bus.StoreSyncer(cfg.NATSDir()); err != nil {
+			nc.Close()
+			return nil, err
+		}
+		// Processes that reach this server over the network (tools, the
+		// submit package) ask for the same syncs.
+		if _, err := bus.ServeSync(nc, syncer); err != nil {
+			nc.Close()
+			_ = closeSync()
+			return nil, err
+		}
+	}
 	// New mail needs room in the store's limit and on its file system,
-	// and a store that can be written.
+	// and a store that can be written; with the group commit, every
+	// publish is synced before its reply.
 	room := func(js jetstream.JetStream) *bus.Room {
-		return &bus.Room{JS: js, Reserve: cfg.NATS.Reserve, Dir: cfg.NATSDir(), Fault: guard.Err, Limit: guard.Limit}
+		r := &bus.Room{JS: js, Reserve: cfg.NATS.Reserve, Dir: cfg.NATSDir(), Fault: guard.Err, Limit: guard.Limit}
+		if syncer != nil {
+			r.Sync = syncer.Sync
+		}
+		return r
 	}
 	n, err := start(ctx, cfg, log, nc, actors, room)
 	if err != nil {
 		nc.Close()
+		_ = closeSync()
 		return nil, err
 	}
-	n.Server, n.lock, n.Guard, n.stopGuard = ns, lock, guard, stopGuard
+	n.Server, n.lock, n.Guard, n.stopGuard, n.closeSync = ns, lock, guard, stopGuard, closeSync
 	return n, nil
 }
 
@@ -150,7 +178,18 @@ func Connect(ctx context.Context, cfg config.Config, log *slog.Logger, actors ..
 	if err != nil {
 		return nil, err
 	}
-	n, err := start(ctx, cfg, log, nc, actors, nil)
+	// Where the server is Mailroot's (`mailroot nats`), its group commit
+	// is asked for after every PubAck; another server syncs by its own
+	// configuration.
+	var room func(jetstream.JetStream) *bus.Room
+	if cfg.NATS.Sync == config.SyncAlways {
+		if sync := bus.RemoteSync(ctx, nc); sync != nil {
+			room = func(js jetstream.JetStream) *bus.Room {
+				return &bus.Room{JS: js, Reserve: cfg.NATS.Reserve, Sync: sync}
+			}
+		}
+	}
+	n, err := start(ctx, cfg, log, nc, actors, room)
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -328,6 +367,9 @@ func (n *Node) shutdownServer() {
 	if n.Server != nil {
 		n.Server.Shutdown()
 		n.Server.WaitForShutdown()
+	}
+	if n.closeSync != nil {
+		_ = n.closeSync()
 	}
 	n.lock.Release()
 }

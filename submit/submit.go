@@ -27,6 +27,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/bus"
@@ -126,6 +127,12 @@ func Submit(ctx context.Context, js jetstream.JetStream, msg *Message) (string, 
 		return "", fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	if _, err := bus.Publish(ctx, js, nm, id); err != nil {
+		return "", err
+	}
+	// Durable before the caller is told: `mailroot all` and `mailroot
+	// nats` sync the store for it (group commit); another server syncs by
+	// its own configuration.
+	if err := bus.RequestSync(ctx, js.Conn()); err != nil && !errors.Is(err, nats.ErrNoResponders) {
 		return "", err
 	}
 	return qid, nil

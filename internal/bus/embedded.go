@@ -19,9 +19,13 @@ type EmbeddedOptions struct {
 	// Listen, when not empty, is a host:port for NATS clients (other
 	// Mailroot processes, tools). Empty means no network listener at all.
 	Listen string
-	// SyncAlways fsyncs every write before the PubAck, so a 250 survives a
-	// power cut. On by default in Mailroot.
+	// SyncAlways fsyncs every write before the PubAck (nats.sync =
+	// "per-write"). By default Mailroot leaves it off and syncs in groups
+	// after the PubAck instead (Syncer).
 	SyncAlways bool
+	// SyncInterval is how often the server syncs by itself (0: its
+	// default, 2 minutes).
+	SyncInterval time.Duration
 	// MaxStore caps JetStream file storage in bytes (0 = server default);
 	// publishes past it fail and ingress answers 452 4.3.1.
 	MaxStore int64
@@ -37,6 +41,7 @@ func StartEmbedded(o EmbeddedOptions, log *slog.Logger) (*server.Server, error) 
 		JetStream:          true,
 		StoreDir:           o.StoreDir,
 		SyncAlways:         o.SyncAlways,
+		SyncInterval:       o.SyncInterval,
 		JetStreamMaxStore:  o.MaxStore,
 		NoSigs:             true,
 		DontListen:         o.Listen == "",

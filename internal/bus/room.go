@@ -46,6 +46,13 @@ type Room struct {
 	// server's max_store, or the 75 % of the free disk nats-server takes
 	// without one), which applies besides any limit of the account.
 	Limit func() int64
+	// Sync, when set, makes what the server has written durable: it is
+	// called after every PubAck, and Publish and Forward return only
+	// once it has (the group commit: Syncer.Sync in the process that
+	// embeds the server, RemoteSync in the others). Nil when the server
+	// syncs by itself (nats.sync as a duration, a cluster's quorum, a
+	// server that is not Mailroot's).
+	Sync func(ctx context.Context) error
 
 	mu       sync.Mutex
 	at       time.Time // when used and limit were read
@@ -76,7 +83,22 @@ func (r *Room) Check(ctx context.Context, size int64) error {
 // as soon as the store is known to have failed a write (Fault), rather
 // than waiting out PublishTimeout for an answer that will not come.
 func (r *Room) Publish(ctx context.Context, msg *nats.Msg, msgID string, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	return publish(ctx, r.JS, r.Fault, msg, msgID, opts...)
+	ack, err := publish(ctx, r.JS, r.Fault, msg, msgID, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.sync(ctx); err != nil {
+		return nil, err
+	}
+	return ack, nil
+}
+
+// sync runs Sync, if any.
+func (r *Room) sync(ctx context.Context) error {
+	if r == nil || r.Sync == nil {
+		return nil
+	}
+	return r.Sync(ctx)
 }
 
 // Forward is Publish for the pipeline: the successor of a message in hand
@@ -106,8 +128,12 @@ func (r *Room) Forward(ctx context.Context, msg *nats.Msg, msgID string, opts ..
 		r.admit(size)
 		defer r.admit(-size)
 		var err error
-		ack, err = Publish(ctx, r.JS, msg, msgID, opts...)
-		return err
+		if ack, err = Publish(ctx, r.JS, msg, msgID, opts...); err != nil {
+			return err
+		}
+		// A failed sync is retried like a failed publish: the same id
+		// makes the publish a duplicate, and the next sync covers it.
+		return r.sync(ctx)
 	})
 	return ack, err
 }

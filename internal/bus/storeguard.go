@@ -54,11 +54,12 @@ func GuardStore(ns *server.Server, o EmbeddedOptions, reserve config.Reserve, lo
 	g := &StoreGuard{
 		ns: ns,
 		jcfg: server.JetStreamConfig{
-			StoreDir:   o.StoreDir,
-			SyncAlways: o.SyncAlways,
-			MaxStore:   o.MaxStore,
-			MaxMemory:  embeddedMaxMemory,
-			Strict:     true,
+			StoreDir:     o.StoreDir,
+			SyncAlways:   o.SyncAlways,
+			SyncInterval: o.SyncInterval,
+			MaxStore:     o.MaxStore,
+			MaxMemory:    embeddedMaxMemory,
+			Strict:       true,
 		},
 		reserve: reserve,
 		log:     log.With("svc", "storeguard"),

@@ -169,13 +169,27 @@ type Drop struct {
 }
 
 // NATS configures the connection to NATS, or the embedded server of `all`.
+// The nats.sync modes besides a duration.
+const (
+	SyncAlways   = "always"
+	SyncPerWrite = "per-write"
+)
+
+// SyncInterval is the duration of nats.sync, 0 for the modes.
+func (n NATS) SyncInterval() time.Duration {
+	d, _ := time.ParseDuration(n.Sync)
+	return d
+}
+
 type NATS struct {
 	// URL of the NATS servers (comma-separated); empty = embedded (all only).
 	URL string `toml:"url"`
 	// Listen exposes the embedded server on host:port (empty = no listener).
 	Listen string `toml:"listen"`
-	// Sync is "always" (fsync before every PubAck, the default) or a
-	// duration for the embedded server's sync interval.
+	// Sync is "always" (the default: the store is synced before every 250
+	// and every ack of a predecessor, concurrent writers sharing one sync),
+	// "per-write" (nats-server fsyncs each record itself) or a duration
+	// for the embedded server's sync interval (no sync before a 250).
 	Sync string `toml:"sync"`
 	// Replicas of the MAIL stream and buckets: 1, or 3 on a cluster.
 	Replicas int `toml:"replicas"`
@@ -444,9 +458,9 @@ func (c *Config) Validate() error {
 	if c.Pickup.StableFor < 0 {
 		return &KeyError{"pickup.stable_for", "must not be negative"}
 	}
-	if c.NATS.Sync != "always" {
-		if _, err := time.ParseDuration(c.NATS.Sync); err != nil {
-			return &KeyError{"nats.sync", `must be "always" or a duration like "2m"`}
+	if c.NATS.Sync != SyncAlways && c.NATS.Sync != SyncPerWrite {
+		if d, err := time.ParseDuration(c.NATS.Sync); err != nil || d <= 0 {
+			return &KeyError{"nats.sync", `must be "always", "per-write" or a duration like "2m"`}
 		}
 	}
 	if c.NATS.Replicas != 1 && c.NATS.Replicas != 3 && c.NATS.Replicas != 5 {

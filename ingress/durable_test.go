@@ -1,0 +1,164 @@
+package ingress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/testutil"
+)
+
+// syncLog is the order of PubAcks, syncs and 250s.
+type syncLog struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (l *syncLog) add(s string) {
+	l.mu.Lock()
+	l.log = append(l.log, s)
+	l.mu.Unlock()
+}
+
+// ackRecorder notes each PubAck of a message with its queue id.
+type ackRecorder struct {
+	jetstream.JetStream
+	log *syncLog
+}
+
+func (a ackRecorder) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	ack, err := a.JetStream.PublishMsg(ctx, m, opts...)
+	if err == nil {
+		a.log.add("puback " + m.Header.Get(envelope.HdrQueueID))
+	}
+	return ack, err
+}
+
+// withSync gives the service a Room whose syncs run fn (the group commit
+// with an injected sync) and whose PubAcks are recorded.
+func withSync(log *syncLog, fn func() error) func(*Service) {
+	return func(s *Service) {
+		syncer := bus.NewSyncer(fn)
+		s.Room = &bus.Room{JS: ackRecorder{s.js, log}, Reserve: s.cfg.NATS.Reserve, Sync: syncer.Sync}
+	}
+}
+
+// No 250 is written before a sync of the store that started after the
+// message's PubAck has completed, with 10 sessions sending at once.
+func TestNo250BeforeTheSync(t *testing.T) {
+	log := &syncLog{}
+	var k atomic.Int64
+	f := startLogged(t, nil, nil, testutil.Logger(t), withSync(log, func() error {
+		i := k.Add(1)
+		log.add(fmt.Sprintf("sync-start %d", i))
+		log.add(fmt.Sprintf("sync-end %d", i))
+		return nil
+	}))
+	var wg sync.WaitGroup
+	var qids []string
+	var mu sync.Mutex
+	for g := 0; g < 10; g++ {
+		wg.Go(func() {
+			c, err := smtp.Dial(f.addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			for i := 0; i < 5; i++ {
+				qid, err := sendTracked(c, fmt.Sprintf("r%d-%d@remote.test", g, i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				log.add("250 " + qid)
+				mu.Lock()
+				qids = append(qids, qid)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	for _, qid := range qids {
+		ack, ok250 := -1, -1
+		for i, e := range log.log {
+			switch e {
+			case "puback " + qid:
+				ack = i
+			case "250 " + qid:
+				ok250 = i
+			}
+		}
+		synced := false
+		for i := ack + 1; ack >= 0 && i < ok250 && !synced; i++ {
+			if n, ok := strings.CutPrefix(log.log[i], "sync-start "); ok {
+				for j := i + 1; j < ok250; j++ {
+					if log.log[j] == "sync-end "+n {
+						synced = true
+						break
+					}
+				}
+			}
+		}
+		if !synced {
+			t.Errorf("%s: 250 (event %d) without a sync started after its PubAck (event %d) and completed before it", qid, ok250, ack)
+		}
+	}
+	if n := k.Load(); n >= int64(len(qids)) {
+		t.Logf("%d syncs for %d messages (no grouping in this run)", n, len(qids))
+	}
+}
+
+// sendTracked sends one message and returns the queue id from the 250.
+func sendTracked(c *smtp.Client, rcpt string) (string, error) {
+	if err := c.Mail("a@remote.test", nil); err != nil {
+		return "", err
+	}
+	if err := c.Rcpt(rcpt, nil); err != nil {
+		return "", err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return "", err
+	}
+	if _, err := w.Write([]byte("Subject: s\r\n\r\nbody\r\n")); err != nil {
+		return "", err
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return "", err
+	}
+	_, qid, ok := strings.Cut(resp.StatusText, "queued as ")
+	if !ok {
+		return "", fmt.Errorf("no queue id in %q", resp.StatusText)
+	}
+	return qid, nil
+}
+
+// A sync that fails is 451 4.3.0: the message was written but is not
+// known to be durable, so no 250.
+func TestFailedSyncIs451(t *testing.T) {
+	f := startLogged(t, nil, nil, testutil.Logger(t), withSync(&syncLog{}, func() error { return errors.New("EIO") }))
+	c, err := smtp.Dial(f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = sendTracked(c, "b@local.test")
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 451 || (se.EnhancedCode != smtp.EnhancedCode{4, 3, 0}) {
+		t.Fatalf("message with a failing sync: %v, want 451 4.3.0", err)
+	}
+}

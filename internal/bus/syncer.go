@@ -1,0 +1,150 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Syncer is the group commit behind a 250 (docs/DESIGN.md, "Durable
+// writes"). The embedded nats-server runs without SyncAlways, so it does
+// not fsync each record; for an R1 stream it still writes every record to
+// the operating system before the PubAck. A publisher that needs its
+// message durable calls Sync after the PubAck: Sync returns once a sync of
+// the store that started after the call has completed. Concurrent callers
+// share one sync: while one runs, the callers that arrive join the next,
+// which starts as soon as the running one ends. So a 250 costs at most
+// two sync durations of latency, and a node does one sync per group of
+// concurrent writers instead of one fsync per record.
+//
+// Sync of a Syncer that is nil returns nil: the server syncs by itself
+// (SyncAlways, a cluster's quorum) or durability is not asked for.
+type Syncer struct {
+	fn func() error
+
+	mu      sync.Mutex
+	next    *syncRound // collecting callers, not started yet
+	running bool
+}
+
+type syncRound struct {
+	done chan struct{}
+	err  error
+	n    int // callers waiting for it
+}
+
+// NewSyncer returns a Syncer that runs fn for each group (a test seam:
+// StoreSyncer gives the real one).
+func NewSyncer(fn func() error) *Syncer { return &Syncer{fn: fn} }
+
+// StoreSyncer syncs the file system of dir, the store of the embedded
+// server, with syncfs(2) where there is one; close releases it.
+func StoreSyncer(dir string) (s *Syncer, close func() error, err error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("bus: store syncer: %w", err)
+	}
+	return NewSyncer(func() error { return syncFS(f) }), f.Close, nil
+}
+
+// Sync returns nil once a sync that started after the call has completed,
+// the sync's error if that sync failed, or ctx's error.
+func (s *Syncer) Sync(ctx context.Context) error {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	r := s.next
+	if r == nil {
+		r = &syncRound{done: make(chan struct{})}
+		s.next = r
+	}
+	r.n++
+	if !s.running {
+		s.running = true
+		go s.loop()
+	}
+	s.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// loop runs rounds while callers wait. A round is taken from next before
+// its sync starts, so every caller in it registered (after its PubAck)
+// before the sync began.
+func (s *Syncer) loop() {
+	for {
+		s.mu.Lock()
+		r := s.next
+		s.next = nil
+		if r == nil {
+			s.running = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		if err := s.fn(); err != nil {
+			r.err = fmt.Errorf("bus: sync of the store failed: %w", err)
+		}
+		close(r.done)
+	}
+}
+
+// SubjCtlSync is the core NATS request subject of the group commit for
+// processes that do not embed the server (the actors of a split
+// deployment, the submit package): the process that embeds it answers
+// each request, with an empty reply once a sync that started after the
+// request arrived has completed, or with the error text.
+const SubjCtlSync = "mta.ctl.sync"
+
+// ServeSync answers SubjCtlSync with s. Requests are answered from their
+// own goroutines, so concurrent requests share syncs.
+func ServeSync(nc *nats.Conn, s *Syncer) (*nats.Subscription, error) {
+	return nc.Subscribe(SubjCtlSync, func(m *nats.Msg) {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), PublishTimeout)
+			defer cancel()
+			reply := []byte{}
+			if err := s.Sync(ctx); err != nil {
+				reply = []byte(err.Error())
+			}
+			_ = m.Respond(reply)
+		}()
+	})
+}
+
+// RemoteSync returns the Room.Sync of a process that does not embed the
+// server: nil when no server answers SubjCtlSync now (a server that is
+// not Mailroot's syncs by its own configuration), else RequestSync on nc.
+// Once a responder has been seen, a missing one is an error (the mail is
+// not known to be durable), not a pass.
+func RemoteSync(ctx context.Context, nc *nats.Conn) func(context.Context) error {
+	if errors.Is(RequestSync(ctx, nc), nats.ErrNoResponders) {
+		return nil
+	}
+	return func(ctx context.Context) error { return RequestSync(ctx, nc) }
+}
+
+// RequestSync asks the server's process for a sync that starts after the
+// request (SubjCtlSync) and waits for it. nats.ErrNoResponders means the
+// server is not Mailroot's.
+func RequestSync(ctx context.Context, nc *nats.Conn) error {
+	ctx, cancel := context.WithTimeout(ctx, PublishTimeout)
+	defer cancel()
+	m, err := nc.RequestWithContext(ctx, SubjCtlSync, nil)
+	if err != nil {
+		return fmt.Errorf("bus: sync of the store: %w", err)
+	}
+	if len(m.Data) > 0 {
+		return errors.New(string(m.Data))
+	}
+	return nil
+}

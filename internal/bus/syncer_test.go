@@ -1,0 +1,288 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/testutil"
+)
+
+// Callers that arrive while a sync runs share the next one: N callers
+// behind a slow sync cost two syncs, not N.
+func TestSyncerGroups(t *testing.T) {
+	gate := make(chan struct{})
+	var calls atomic.Int32
+	s := NewSyncer(func() error {
+		if calls.Add(1) == 1 {
+			<-gate
+		}
+		return nil
+	})
+	const n = 20
+	errs := make(chan error, n)
+	go func() { errs <- s.Sync(context.Background()) }()
+	testutil.WaitFor(t, 5*time.Second, "the first sync to start", func() bool { return calls.Load() == 1 })
+	for i := 1; i < n; i++ {
+		go func() { errs <- s.Sync(context.Background()) }()
+	}
+	testutil.WaitFor(t, 5*time.Second, "the others to wait for the next sync", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.next != nil && s.next.n == n-1
+	})
+	close(gate)
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c := calls.Load(); c != 2 {
+		t.Errorf("%d syncs for %d callers behind a running one, want 2", c, n)
+	}
+}
+
+// Sync returns only after a sync that started after it was called has
+// completed, whatever the interleaving.
+func TestSyncerStartsAfterCall(t *testing.T) {
+	var started atomic.Int64 // syncs started
+	var mu sync.Mutex
+	completed := int64(0) // highest start number among completed syncs
+	s := NewSyncer(func() error {
+		k := started.Add(1)
+		time.Sleep(time.Duration(k%3) * 100 * time.Microsecond) // a disk of varying speed
+		mu.Lock()
+		completed = max(completed, k)
+		mu.Unlock()
+		return nil
+	})
+	var wg sync.WaitGroup
+	for g := 0; g < 16; g++ {
+		wg.Go(func() {
+			for i := 0; i < 50; i++ {
+				before := started.Load()
+				if err := s.Sync(context.Background()); err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				c := completed
+				mu.Unlock()
+				if c <= before {
+					t.Errorf("Sync returned when the last completed sync was #%d, started before the call (%d had started)", c, before)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := started.Load(); n >= 16*50 {
+		t.Errorf("%d syncs for %d calls: no grouping", n, 16*50)
+	}
+}
+
+// A failed sync is the caller's error; the next one is tried afresh.
+func TestSyncerError(t *testing.T) {
+	fail := errors.New("EIO")
+	var calls atomic.Int32
+	s := NewSyncer(func() error {
+		if calls.Add(1) == 1 {
+			return fail
+		}
+		return nil
+	})
+	if err := s.Sync(context.Background()); !errors.Is(err, fail) {
+		t.Fatalf("first sync: %v, want %v", err, fail)
+	}
+	if err := s.Sync(context.Background()); err != nil {
+		t.Fatalf("second sync: %v", err)
+	}
+}
+
+// events is an ordered log shared by the publisher, the store and the
+// syncs.
+type events struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (e *events) add(s string) {
+	e.mu.Lock()
+	e.log = append(e.log, s)
+	e.mu.Unlock()
+}
+
+// checkSynced fails unless, for every id that returned, a sync started
+// after its PubAck and completed before it returned.
+func (e *events) checkSynced(t *testing.T, ids []string) {
+	t.Helper()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, id := range ids {
+		ack, ret := -1, -1
+		for i, ev := range e.log {
+			switch ev {
+			case "puback " + id:
+				if ack < 0 {
+					ack = i
+				}
+			case "return " + id:
+				ret = i
+			}
+		}
+		if ack < 0 || ret < 0 {
+			t.Errorf("%s: puback at %d, returned at %d", id, ack, ret)
+			continue
+		}
+		ok := false
+		for i := ack + 1; i < ret && !ok; i++ {
+			if strings.HasPrefix(e.log[i], "sync-start ") {
+				end := "sync-end " + strings.TrimPrefix(e.log[i], "sync-start ")
+				for j := i + 1; j < ret; j++ {
+					if e.log[j] == end {
+						ok = true
+						break
+					}
+				}
+			}
+		}
+		if !ok {
+			t.Errorf("%s returned (event %d) without a sync started after its PubAck (event %d) and completed", id, ret, ack)
+		}
+	}
+}
+
+// recordingJS notes each PubAck in the event log.
+type recordingJS struct {
+	jetstream.JetStream
+	ev *events
+}
+
+func (r recordingJS) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	ack, err := r.JetStream.PublishMsg(ctx, m, opts...)
+	if err == nil {
+		r.ev.add("puback " + m.Header.Get("Test-Id"))
+	}
+	return ack, err
+}
+
+func syncedRoom(t *testing.T, fail func(k int64) error) (*Room, *events, *atomic.Int64) {
+	n := testutil.StartNATS(t)
+	_, js := n.Connect(t)
+	if _, err := Setup(context.Background(), js, config.Default()); err != nil {
+		t.Fatal(err)
+	}
+	ev := &events{}
+	var k atomic.Int64
+	s := NewSyncer(func() error {
+		i := k.Add(1)
+		ev.add(fmt.Sprintf("sync-start %d", i))
+		err := fail(i)
+		ev.add(fmt.Sprintf("sync-end %d", i))
+		return err
+	})
+	return &Room{JS: recordingJS{js, ev}, Reserve: config.Default().NATS.Reserve, Sync: s.Sync}, ev, &k
+}
+
+// Room.Publish (intake: the 250) and Room.Forward (the pipeline: the ack
+// of the predecessor) return only after a sync that started after the
+// PubAck, for concurrent publishers.
+func TestRoomSyncsAfterThePubAck(t *testing.T) {
+	room, ev, _ := syncedRoom(t, func(int64) error { return nil })
+	var wg sync.WaitGroup
+	var ids []string
+	var idsMu sync.Mutex
+	for g := 0; g < 10; g++ {
+		wg.Go(func() {
+			for i := 0; i < 10; i++ {
+				id := fmt.Sprintf("g%d-%d", g, i)
+				m := &nats.Msg{Subject: SubjIn, Header: nats.Header{"Test-Id": {id}}, Data: []byte("x")}
+				var err error
+				if i%2 == 0 {
+					_, err = room.Publish(context.Background(), m, id)
+				} else {
+					_, err = room.Forward(context.Background(), m, id)
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ev.add("return " + id)
+				idsMu.Lock()
+				ids = append(ids, id)
+				idsMu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	ev.checkSynced(t, ids)
+}
+
+// A failed sync fails intake's publish (the client gets 451, not 250);
+// the pipeline's Forward retries until a sync succeeds.
+func TestRoomFailedSync(t *testing.T) {
+	room, ev, syncs := syncedRoom(t, func(k int64) error {
+		if k <= 3 {
+			return errors.New("EIO")
+		}
+		return nil
+	})
+	m := func(id string) *nats.Msg {
+		return &nats.Msg{Subject: SubjIn, Header: nats.Header{"Test-Id": {id}}, Data: []byte("x")}
+	}
+	if _, err := room.Publish(context.Background(), m("in"), "in"); err == nil || !strings.Contains(err.Error(), "EIO") {
+		t.Fatalf("Publish with a failing sync: %v, want the sync's error", err)
+	}
+	if _, err := room.Forward(context.Background(), m("fwd"), "fwd"); err != nil {
+		t.Fatalf("Forward: %v", err)
+	}
+	ev.add("return fwd")
+	if n := syncs.Load(); n != 4 {
+		t.Errorf("%d syncs, want 4 (one for Publish, two failed and one good for Forward)", n)
+	}
+	ev.checkSynced(t, []string{"fwd"})
+}
+
+// Processes without the server ask the one that embeds it over NATS.
+func TestRemoteSync(t *testing.T) {
+	n := testutil.StartNATS(t)
+	nc, _ := n.Connect(t)
+	if RemoteSync(context.Background(), nc) != nil {
+		t.Fatal("RemoteSync without a responder: want nil (the server syncs by itself)")
+	}
+	var calls atomic.Int32
+	fail := atomic.Bool{}
+	s := NewSyncer(func() error {
+		calls.Add(1)
+		if fail.Load() {
+			return errors.New("EIO")
+		}
+		return nil
+	})
+	srvConn, _ := n.Connect(t)
+	if _, err := ServeSync(srvConn, s); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 5*time.Second, "the responder", func() bool { return RemoteSync(context.Background(), nc) != nil })
+	sync := RemoteSync(context.Background(), nc)
+	before := calls.Load()
+	if err := sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if calls.Load() <= before {
+		t.Error("the remote sync ran no sync")
+	}
+	fail.Store(true)
+	if err := sync(context.Background()); err == nil || !strings.Contains(err.Error(), "EIO") {
+		t.Errorf("failing remote sync: %v, want EIO", err)
+	}
+}

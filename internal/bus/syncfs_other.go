@@ -1,0 +1,14 @@
+//go:build !linux
+
+package bus
+
+import (
+	"errors"
+	"os"
+)
+
+func syncFS(*os.File) error { return errors.ErrUnsupported }
+
+// HaveSyncFS says whether the group commit can run here; elsewhere the
+// server fsyncs every write itself (SyncAlways).
+const HaveSyncFS = false
