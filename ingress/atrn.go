@@ -53,18 +53,8 @@ type atrnLock struct {
 }
 
 func (ss *session) atrn(arg string) {
-	switch {
-	case !ss.site.cfg.ATRN:
-		ss.reply(502, "5.5.1", "ATRN not available")
-		return
-	case ss.helo == "":
-		ss.reply(503, "5.5.1", "Send EHLO first")
-		return
-	case ss.user == nil:
+	if ss.user == nil {
 		ss.reply(530, "5.7.0", "Authentication required")
-		return
-	case ss.inTx:
-		ss.reply(503, "5.5.1", "ATRN not allowed during a mail transaction")
 		return
 	}
 	u := ss.user

@@ -32,11 +32,7 @@ func (ss *session) authOffered() bool {
 // authCmd runs AUTH (RFC 4954): the SASL exchange of the mechanism, with
 // go-sasl's servers.
 func (ss *session) authCmd(arg string) {
-	switch {
-	case ss.helo == "":
-		ss.reply(503, "5.5.1", "Send EHLO first")
-		return
-	case ss.user != nil:
+	if ss.user != nil {
 		ss.reply(503, "5.5.1", "Already authenticated")
 		return
 	}
@@ -106,16 +102,11 @@ func decodeSASL(s string) ([]byte, bool) {
 	return b, err == nil
 }
 
-// auth checks that AUTH may run now and returns the mechanism's server.
+// auth checks that AUTH may run now (its sequence rule, in conn.go, has
+// passed) and returns the mechanism's server.
 func (ss *session) auth(mech string) (sasl.Server, *reply) {
-	if ss.site.cfg.Auth == config.AuthOff {
-		return nil, rep(502, "5.5.1", "AUTH not available")
-	}
 	if !ss.authOffered() {
 		return nil, rep(530, "5.7.0", "Must issue a STARTTLS command first")
-	}
-	if ss.inTx {
-		return nil, rep(503, "5.5.1", "AUTH not allowed during a mail transaction")
 	}
 	if ss.s.limiter.banned(ss.ip) {
 		ss.s.log.Warn("AUTH refused: client banned after failed logins", "site", ss.site.cfg.Name, "client", ss.ip.String())

@@ -175,13 +175,8 @@ func (ss *session) handle(line string) {
 	arg = strings.TrimSpace(arg)
 	ss.counts = countsAsBad(verb)
 	defer func() { ss.counts = false }()
-	if ss.needHelo {
-		switch verb {
-		case "EHLO", "HELO", "QUIT", "NOOP", "RSET":
-		default:
-			ss.reply(503, "5.5.1", "Send EHLO first")
-			return
-		}
+	if !ss.inSequence(verb) {
+		return
 	}
 	switch verb {
 	case "EHLO", "HELO":
@@ -219,6 +214,44 @@ func (ss *session) handle(line string) {
 	default:
 		ss.reply(500, "5.5.2", "Syntax error, command unrecognized")
 	}
+}
+
+// rule is what a command needs before it runs (RFC 5321 §4.1.4 and the
+// extensions' own rules): to be offered on this site, a greeting, no mail
+// transaction in progress.
+type rule struct {
+	offered   func(*session) bool // nil: always
+	greeted   bool
+	outsideTx bool
+}
+
+var rules = map[string]rule{
+	"MAIL":     {greeted: true, outsideTx: true},
+	"AUTH":     {offered: func(ss *session) bool { return ss.site.cfg.Auth != config.AuthOff }, greeted: true, outsideTx: true},
+	"STARTTLS": {offered: func(ss *session) bool { return ss.site.tlsConfig != nil && ss.site.cfg.StartTLS }, outsideTx: true},
+	"ETRN":     {offered: func(ss *session) bool { return ss.site.cfg.ETRN }, greeted: true, outsideTx: true},
+	"ATRN":     {offered: func(ss *session) bool { return ss.site.cfg.ATRN }, greeted: true, outsideTx: true},
+}
+
+// inSequence applies the command's rule, and after STARTTLS the need for
+// a new EHLO; false when it answered the command.
+func (ss *session) inSequence(verb string) bool {
+	switch verb {
+	case "EHLO", "HELO", "QUIT", "NOOP", "RSET":
+		return true
+	}
+	r, known := rules[verb]
+	switch {
+	case known && r.offered != nil && !r.offered(ss):
+		ss.reply(502, "5.5.1", verb+" not available")
+	case ss.needHelo || (r.greeted && ss.helo == ""):
+		ss.reply(503, "5.5.1", "Send EHLO first")
+	case r.outsideTx && ss.inTx:
+		ss.reply(503, "5.5.1", verb+" not allowed during a mail transaction")
+	default:
+		return true
+	}
+	return false
 }
 
 // countsAsBad tells which rejected commands count toward max_bad_commands:
@@ -286,14 +319,6 @@ func (ss *session) ehloKeywords() []string {
 
 // mailCmd is MAIL FROM (RFC 5321 §4.1.1.2, parameters in params.go).
 func (ss *session) mailCmd(arg string) {
-	switch {
-	case ss.helo == "":
-		ss.reply(503, "5.5.1", "Send EHLO first")
-		return
-	case ss.inTx:
-		ss.reply(503, "5.5.1", "Sender already given")
-		return
-	}
 	rest, ok := cutPrefixFold(arg, "FROM:")
 	if !ok {
 		ss.reply(501, "5.5.2", "Syntax: MAIL FROM:<address>")
@@ -312,11 +337,7 @@ func (ss *session) mailCmd(arg string) {
 	if rep == nil {
 		rep = ss.Mail(from, p)
 	}
-	if rep != nil {
-		ss.replyWith(rep)
-		return
-	}
-	ss.reply(250, "2.1.0", "Sender OK")
+	ss.replyOr(rep, 250, "2.1.0", "Sender OK")
 }
 
 // rcptCmd is RCPT TO (RFC 5321 §4.1.1.3).
@@ -348,11 +369,7 @@ func (ss *session) rcptCmd(arg string) {
 	if rep == nil {
 		rep = ss.Rcpt(to, p)
 	}
-	if rep != nil {
-		ss.replyWith(rep)
-		return
-	}
-	ss.reply(250, "2.1.5", "Recipient OK")
+	ss.replyOr(rep, 250, "2.1.5", "Recipient OK")
 }
 
 // resetTx forgets the mail transaction (RSET, a new EHLO, after DATA).
@@ -368,9 +385,6 @@ func (ss *session) resetTx() {
 func (ss *session) startTLS(arg string) {
 	_, isTLS := ss.tlsState()
 	switch {
-	case ss.site.tlsConfig == nil || !ss.site.cfg.StartTLS:
-		ss.reply(502, "5.5.1", "STARTTLS not available")
-		return
 	case isTLS:
 		ss.reply(503, "5.5.1", "TLS already active")
 		return
@@ -379,9 +393,6 @@ func (ss *session) startTLS(arg string) {
 		return
 	case ss.user != nil:
 		ss.reply(503, "5.5.1", "STARTTLS not allowed after AUTH")
-		return
-	case ss.inTx:
-		ss.reply(503, "5.5.1", "STARTTLS not allowed during a mail transaction")
 		return
 	}
 	ss.reply(220, "2.0.0", "Ready to start TLS")
@@ -440,10 +451,7 @@ func (ss *session) readCommand() (string, error) {
 			return "", ss.readFailed(err)
 		}
 		if tooLong {
-			ss.counts = true
-			ss.reply(500, "5.5.2", "Line too long")
-			ss.counts = false
-			if ss.quit {
+			if !ss.replyBad(500, "5.5.2", "Line too long") {
 				return "", errClosed
 			}
 			continue
@@ -466,10 +474,7 @@ func (ss *session) readCommand() (string, error) {
 			return "", errClosed
 		}
 		if crBare {
-			ss.counts = true
-			ss.reply(501, "5.5.2", "Syntax error: bare <CR> in command")
-			ss.counts = false
-			if ss.quit {
+			if !ss.replyBad(501, "5.5.2", "Syntax error: bare <CR> in command") {
 				return "", errClosed
 			}
 			continue
@@ -579,6 +584,26 @@ func (ss *session) replyLines(code int, lines []string) {
 			ss.reply(421, "4.7.0", ss.site.cfg.Hostname+" Too many errors, closing connection")
 		}
 	}
+}
+
+// replyBad buffers a refusal of a line that is no command at all, which
+// counts as a bad command; false when that closes the connection.
+func (ss *session) replyBad(code int, enhanced, text string) bool {
+	counts := ss.counts
+	ss.counts = true
+	ss.reply(code, enhanced, text)
+	ss.counts = counts
+	return !ss.quit
+}
+
+// replyOr buffers r, the refusal of the policy code, or when it is nil
+// the given reply.
+func (ss *session) replyOr(r *reply, code int, enhanced, text string) {
+	if r != nil {
+		ss.replyWith(r)
+		return
+	}
+	ss.reply(code, enhanced, text)
 }
 
 // replyWith buffers a reply made by the policy code.

@@ -371,12 +371,9 @@ func (r *bdatReader) next() bool {
 			return true
 		case "NOOP":
 			ss.reply(250, "2.0.0", "OK")
-		case "MAIL":
-			ss.reply(502, "5.5.1", "Sender already given")
-		case "RCPT":
-			ss.reply(502, "5.5.1", "Recipient not allowed now")
-		case "DATA":
-			ss.reply(502, "5.5.1", "DATA not allowed now")
+		case "MAIL", "RCPT", "DATA":
+			// RFC 3030 §2: only BDAT (or RSET) may follow a BDAT chunk.
+			ss.reply(503, "5.5.1", strings.ToUpper(verb)+" not allowed during BDAT")
 		default:
 			ss.pending = line
 			r.err = errAborted

@@ -18,35 +18,23 @@ import (
 	"github.com/mailroot/mailroot/internal/testutil"
 )
 
-// syncLog is the order of PubAcks, syncs and 250s.
-type syncLog struct {
-	mu  sync.Mutex
-	log []string
-}
-
-func (l *syncLog) add(s string) {
-	l.mu.Lock()
-	l.log = append(l.log, s)
-	l.mu.Unlock()
-}
-
 // ackRecorder notes each PubAck of a message with its queue id.
 type ackRecorder struct {
 	jetstream.JetStream
-	log *syncLog
+	log *testutil.Events
 }
 
 func (a ackRecorder) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	ack, err := a.JetStream.PublishMsg(ctx, m, opts...)
 	if err == nil {
-		a.log.add("puback " + m.Header.Get(envelope.HdrQueueID))
+		a.log.Add("puback %s", m.Header.Get(envelope.HdrQueueID))
 	}
 	return ack, err
 }
 
 // withSync gives the service a Room whose syncs run fn (the group commit
 // with an injected sync) and whose PubAcks are recorded.
-func withSync(log *syncLog, fn func() error) func(*Service) {
+func withSync(log *testutil.Events, fn func() error) func(*Service) {
 	return func(s *Service) {
 		syncer := bus.NewSyncer(fn)
 		s.Room = &bus.Room{JS: ackRecorder{s.js, log}, Reserve: s.cfg.NATS.Reserve, Sync: syncer.Sync}
@@ -56,16 +44,11 @@ func withSync(log *syncLog, fn func() error) func(*Service) {
 // No 250 is written before a sync of the store that started after the
 // message's PubAck has completed, with 10 sessions sending at once.
 func TestNo250BeforeTheSync(t *testing.T) {
-	log := &syncLog{}
-	var k atomic.Int64
-	f := startLogged(t, nil, nil, testutil.Logger(t), withSync(log, func() error {
-		i := k.Add(1)
-		log.add(fmt.Sprintf("sync-start %d", i))
-		log.add(fmt.Sprintf("sync-end %d", i))
-		return nil
-	}))
+	log := &testutil.Events{}
+	var syncs atomic.Int64
+	f := startLogged(t, nil, nil, testutil.Logger(t), withSync(log, log.Sync(func(int) error { syncs.Add(1); return nil })))
 	var wg sync.WaitGroup
-	var qids []string
+	var pairs [][2]string
 	var mu sync.Mutex
 	for g := 0; g < 10; g++ {
 		wg.Go(func() {
@@ -81,44 +64,16 @@ func TestNo250BeforeTheSync(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				log.add("250 " + qid)
+				log.Add("250 %s", qid)
 				mu.Lock()
-				qids = append(qids, qid)
+				pairs = append(pairs, [2]string{"puback " + qid, "250 " + qid})
 				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
-	log.mu.Lock()
-	defer log.mu.Unlock()
-	for _, qid := range qids {
-		ack, ok250 := -1, -1
-		for i, e := range log.log {
-			switch e {
-			case "puback " + qid:
-				ack = i
-			case "250 " + qid:
-				ok250 = i
-			}
-		}
-		synced := false
-		for i := ack + 1; ack >= 0 && i < ok250 && !synced; i++ {
-			if n, ok := strings.CutPrefix(log.log[i], "sync-start "); ok {
-				for j := i + 1; j < ok250; j++ {
-					if log.log[j] == "sync-end "+n {
-						synced = true
-						break
-					}
-				}
-			}
-		}
-		if !synced {
-			t.Errorf("%s: 250 (event %d) without a sync started after its PubAck (event %d) and completed before it", qid, ok250, ack)
-		}
-	}
-	if n := k.Load(); n >= int64(len(qids)) {
-		t.Logf("%d syncs for %d messages (no grouping in this run)", n, len(qids))
-	}
+	log.CheckSynced(t, pairs)
+	t.Logf("%d syncs for %d messages", syncs.Load(), len(pairs))
 }
 
 // sendTracked sends one message and returns the queue id from the 250.
@@ -150,7 +105,7 @@ func sendTracked(c *smtp.Client, rcpt string) (string, error) {
 // A sync that fails is 451 4.3.0: the message was written but is not
 // known to be durable, so no 250.
 func TestFailedSyncIs451(t *testing.T) {
-	f := startLogged(t, nil, nil, testutil.Logger(t), withSync(&syncLog{}, func() error { return errors.New("EIO") }))
+	f := startLogged(t, nil, nil, testutil.Logger(t), withSync(&testutil.Events{}, func() error { return errors.New("EIO") }))
 	c, err := smtp.Dial(f.addr)
 	if err != nil {
 		t.Fatal(err)

@@ -37,15 +37,6 @@ const releaseTimeout = 10 * time.Second
 func (ss *session) etrn(arg string) {
 	cfg := ss.s.cfg
 	switch {
-	case !ss.site.cfg.ETRN:
-		ss.reply(502, "5.5.1", "ETRN not available")
-		return
-	case ss.helo == "":
-		ss.reply(503, "5.5.1", "Send EHLO first")
-		return
-	case ss.inTx:
-		ss.reply(503, "5.5.1", "ETRN not allowed during a mail transaction")
-		return
 	case arg == "" || strings.ContainsAny(arg, " \t"):
 		ss.reply(501, "5.5.4", "Syntax: ETRN [@]<domain>")
 		return

@@ -157,40 +157,37 @@ func dotAtom(s string) bool {
 	return true
 }
 
-// esmtpParams splits "KEY=value KEY2" into upper-case keys and values; a
-// key given twice is an error.
-func esmtpParams(s string) ([][2]string, bool) {
-	var out [][2]string
+// eachParam calls fn for each "KEY=value" or "KEY" of s, with the key in
+// upper case, until fn returns a reply; a key given twice, or an empty
+// one, is a syntax error in what's parameters.
+func eachParam(s, what string, fn func(k, v string) *reply) *reply {
 	seen := map[string]bool{}
 	for _, f := range strings.Fields(s) {
 		k, v, _ := strings.Cut(f, "=")
 		k = strings.ToUpper(k)
 		if k == "" || seen[k] {
-			return nil, false
+			return rep(501, "5.5.4", "Syntax error in "+what+" parameters")
 		}
 		seen[k] = true
-		out = append(out, [2]string{k, v})
+		if r := fn(k, v); r != nil {
+			return r
+		}
 	}
-	return out, true
+	return nil
 }
 
 // parseMailParams parses the MAIL FROM parameters Mailroot offers.
 func parseMailParams(s string, maxSize int64) (mailParams, *reply) {
 	var p mailParams
-	params, ok := esmtpParams(s)
-	if !ok {
-		return p, rep(501, "5.5.4", "Syntax error in MAIL parameters")
-	}
-	for _, kv := range params {
-		k, v := kv[0], kv[1]
+	r := eachParam(s, "MAIL", func(k, v string) *reply {
 		switch k {
 		case "SIZE":
 			n, err := strconv.ParseUint(v, 10, 63)
 			if err != nil {
-				return p, rep(501, "5.5.4", "Syntax error in SIZE")
+				return rep(501, "5.5.4", "Syntax error in SIZE")
 			}
 			if maxSize > 0 && int64(n) > maxSize {
-				return p, rep(552, "5.3.4", "Message too big")
+				return rep(552, "5.3.4", "Message too big")
 			}
 			p.Size = int64(n)
 		case "BODY":
@@ -198,58 +195,50 @@ func parseMailParams(s string, maxSize int64) (mailParams, *reply) {
 			case body7Bit, body8Bit, bodyBinary:
 				p.Body = v
 			default:
-				return p, rep(501, "5.5.4", "Syntax error in BODY")
+				return rep(501, "5.5.4", "Syntax error in BODY")
 			}
-		case "SMTPUTF8":
+		case "SMTPUTF8", "REQUIRETLS":
 			if v != "" {
-				return p, rep(501, "5.5.4", "Syntax error in SMTPUTF8")
+				return rep(501, "5.5.4", "Syntax error in "+k)
 			}
-			p.UTF8 = true
-		case "REQUIRETLS":
-			if v != "" {
-				return p, rep(501, "5.5.4", "Syntax error in REQUIRETLS")
-			}
-			p.RequireTLS = true
+			p.UTF8 = p.UTF8 || k == "SMTPUTF8"
+			p.RequireTLS = p.RequireTLS || k == "REQUIRETLS"
 		case "RET":
 			switch v = strings.ToUpper(v); v {
 			case "FULL", "HDRS":
 				p.Ret = v
 			default:
-				return p, rep(501, "5.5.4", "Syntax error in RET")
+				return rep(501, "5.5.4", "Syntax error in RET")
 			}
 		case "ENVID":
 			id, ok := decodeXtext(v)
 			if !ok || id == "" || len(id) > 100 || !printableASCII(id) {
-				return p, rep(501, "5.5.4", "Syntax error in ENVID")
+				return rep(501, "5.5.4", "Syntax error in ENVID")
 			}
 			p.EnvID = id
 		case "AUTH":
 			// RFC 4954 §5: accepted and not trusted; Mailroot does not
 			// relay it.
 			if a, ok := decodeXtext(v); !ok || a == "" {
-				return p, rep(501, "5.5.4", "Syntax error in AUTH")
+				return rep(501, "5.5.4", "Syntax error in AUTH")
 			}
 		default:
-			return p, rep(500, "5.5.4", "Unknown MAIL parameter")
+			return rep(500, "5.5.4", "Unknown MAIL parameter")
 		}
-	}
-	return p, nil
+		return nil
+	})
+	return p, r
 }
 
 // parseRcptParams parses the RCPT TO parameters Mailroot offers.
 func parseRcptParams(s string) (rcptParams, *reply) {
 	var p rcptParams
-	params, ok := esmtpParams(s)
-	if !ok {
-		return p, rep(501, "5.5.4", "Syntax error in RCPT parameters")
-	}
-	for _, kv := range params {
-		k, v := kv[0], kv[1]
+	r := eachParam(s, "RCPT", func(k, v string) *reply {
 		switch k {
 		case "NOTIFY":
 			n, ok := parseNotify(v)
 			if !ok {
-				return p, rep(501, "5.5.4", "Syntax error in NOTIFY")
+				return rep(501, "5.5.4", "Syntax error in NOTIFY")
 			}
 			p.Notify = n
 		case "ORCPT":
@@ -264,14 +253,15 @@ func parseRcptParams(s string) (rcptParams, *reply) {
 				addr, ok = dsn.DecodeUTF8Addr(addr)
 			}
 			if !ok || addr == "" {
-				return p, rep(501, "5.5.4", "Syntax error in ORCPT")
+				return rep(501, "5.5.4", "Syntax error in ORCPT")
 			}
 			p.ORcptType, p.ORcpt = typ, addr
 		default:
-			return p, rep(500, "5.5.4", "Unknown RCPT parameter")
+			return rep(500, "5.5.4", "Unknown RCPT parameter")
 		}
-	}
-	return p, nil
+		return nil
+	})
+	return p, r
 }
 
 // parseNotify checks NOTIFY (RFC 3461 §4.1): NEVER alone, or a set of

@@ -108,88 +108,29 @@ func TestSyncerError(t *testing.T) {
 	}
 }
 
-// events is an ordered log shared by the publisher, the store and the
-// syncs.
-type events struct {
-	mu  sync.Mutex
-	log []string
-}
-
-func (e *events) add(s string) {
-	e.mu.Lock()
-	e.log = append(e.log, s)
-	e.mu.Unlock()
-}
-
-// checkSynced fails unless, for every id that returned, a sync started
-// after its PubAck and completed before it returned.
-func (e *events) checkSynced(t *testing.T, ids []string) {
-	t.Helper()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for _, id := range ids {
-		ack, ret := -1, -1
-		for i, ev := range e.log {
-			switch ev {
-			case "puback " + id:
-				if ack < 0 {
-					ack = i
-				}
-			case "return " + id:
-				ret = i
-			}
-		}
-		if ack < 0 || ret < 0 {
-			t.Errorf("%s: puback at %d, returned at %d", id, ack, ret)
-			continue
-		}
-		ok := false
-		for i := ack + 1; i < ret && !ok; i++ {
-			if strings.HasPrefix(e.log[i], "sync-start ") {
-				end := "sync-end " + strings.TrimPrefix(e.log[i], "sync-start ")
-				for j := i + 1; j < ret; j++ {
-					if e.log[j] == end {
-						ok = true
-						break
-					}
-				}
-			}
-		}
-		if !ok {
-			t.Errorf("%s returned (event %d) without a sync started after its PubAck (event %d) and completed", id, ret, ack)
-		}
-	}
-}
-
 // recordingJS notes each PubAck in the event log.
 type recordingJS struct {
 	jetstream.JetStream
-	ev *events
+	ev *testutil.Events
 }
 
 func (r recordingJS) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	ack, err := r.JetStream.PublishMsg(ctx, m, opts...)
 	if err == nil {
-		r.ev.add("puback " + m.Header.Get("Test-Id"))
+		r.ev.Add("puback %s", m.Header.Get("Test-Id"))
 	}
 	return ack, err
 }
 
-func syncedRoom(t *testing.T, fail func(k int64) error) (*Room, *events, *atomic.Int64) {
+func syncedRoom(t *testing.T, fail func(k int) error) (*Room, *testutil.Events, *atomic.Int64) {
 	n := testutil.StartNATS(t)
 	_, js := n.Connect(t)
 	if _, err := Setup(context.Background(), js, config.Default()); err != nil {
 		t.Fatal(err)
 	}
-	ev := &events{}
+	ev := &testutil.Events{}
 	var k atomic.Int64
-	s := NewSyncer(func() error {
-		i := k.Add(1)
-		ev.add(fmt.Sprintf("sync-start %d", i))
-		err := fail(i)
-		ev.add(fmt.Sprintf("sync-end %d", i))
-		return err
-	})
+	s := NewSyncer(ev.Sync(func(i int) error { k.Add(1); return fail(i) }))
 	return &Room{JS: recordingJS{js, ev}, Reserve: config.Default().NATS.Reserve, Sync: s.Sync}, ev, &k
 }
 
@@ -197,9 +138,9 @@ func syncedRoom(t *testing.T, fail func(k int64) error) (*Room, *events, *atomic
 // of the predecessor) return only after a sync that started after the
 // PubAck, for concurrent publishers.
 func TestRoomSyncsAfterThePubAck(t *testing.T) {
-	room, ev, _ := syncedRoom(t, func(int64) error { return nil })
+	room, ev, _ := syncedRoom(t, func(int) error { return nil })
 	var wg sync.WaitGroup
-	var ids []string
+	var ids [][2]string
 	var idsMu sync.Mutex
 	for g := 0; g < 10; g++ {
 		wg.Go(func() {
@@ -216,21 +157,21 @@ func TestRoomSyncsAfterThePubAck(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				ev.add("return " + id)
+				ev.Add("return %s", id)
 				idsMu.Lock()
-				ids = append(ids, id)
+				ids = append(ids, [2]string{"puback " + id, "return " + id})
 				idsMu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
-	ev.checkSynced(t, ids)
+	ev.CheckSynced(t, ids)
 }
 
 // A failed sync fails intake's publish (the client gets 451, not 250);
 // the pipeline's Forward retries until a sync succeeds.
 func TestRoomFailedSync(t *testing.T) {
-	room, ev, syncs := syncedRoom(t, func(k int64) error {
+	room, ev, syncs := syncedRoom(t, func(k int) error {
 		if k <= 3 {
 			return errors.New("EIO")
 		}
@@ -245,11 +186,11 @@ func TestRoomFailedSync(t *testing.T) {
 	if _, err := room.Forward(context.Background(), m("fwd"), "fwd"); err != nil {
 		t.Fatalf("Forward: %v", err)
 	}
-	ev.add("return fwd")
+	ev.Add("return fwd")
 	if n := syncs.Load(); n != 4 {
 		t.Errorf("%d syncs, want 4 (one for Publish, two failed and one good for Forward)", n)
 	}
-	ev.checkSynced(t, []string{"fwd"})
+	ev.CheckSynced(t, [][2]string{{"puback fwd", "return fwd"}})
 }
 
 // Processes without the server ask the one that embeds it over NATS.

@@ -1,0 +1,66 @@
+package testutil
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Events is an ordered log of what happened, shared by goroutines: the
+// durability tests note PubAcks, syncs and replies in it and check their
+// order.
+type Events struct {
+	mu  sync.Mutex
+	log []string
+}
+
+// Add notes one event.
+func (e *Events) Add(format string, args ...any) {
+	s := fmt.Sprintf(format, args...)
+	e.mu.Lock()
+	e.log = append(e.log, s)
+	e.mu.Unlock()
+}
+
+// Sync returns a sync function for bus.NewSyncer that notes "sync-start N"
+// and "sync-end N" around fn.
+func (e *Events) Sync(fn func(n int) error) func() error {
+	n := 0
+	return func() error {
+		e.mu.Lock()
+		n++
+		k := n
+		e.mu.Unlock()
+		e.Add("sync-start %d", k)
+		err := fn(k)
+		e.Add("sync-end %d", k)
+		return err
+	}
+}
+
+// CheckSynced fails unless, for each pair, the first event ack is followed
+// by a "sync-start N" whose "sync-end N" comes before the event done: the
+// write acknowledged at ack was made durable before done.
+func (e *Events) CheckSynced(t testing.TB, pairs [][2]string) {
+	t.Helper()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, p := range pairs {
+		ack, done := slices.Index(e.log, p[0]), slices.Index(e.log, p[1])
+		if ack < 0 || done < 0 {
+			t.Errorf("%q at %d, %q at %d: missing", p[0], ack, p[1], done)
+			continue
+		}
+		synced := false
+		for i := ack + 1; i < done && !synced; i++ {
+			if n, ok := strings.CutPrefix(e.log[i], "sync-start "); ok {
+				synced = slices.Contains(e.log[i+1:done], "sync-end "+n)
+			}
+		}
+		if !synced {
+			t.Errorf("%q (event %d) without a sync started after %q (event %d) and completed before it", p[1], done, p[0], ack)
+		}
+	}
+}
