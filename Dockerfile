@@ -21,7 +21,7 @@ COPY . .
 # same bytes.
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -buildid=" -o /out/mailroot . \
  && mkdir -p /out/skel/var/spool/mailroot/Pickup /out/skel/var/spool/mailroot/Drop \
-             /out/skel/var/spool/mailroot/Badmail /out/skel/tmp
+             /out/skel/var/spool/mailroot/Badmail /out/skel/var/spool/mailroot/nats /out/skel/tmp
 
 FROM ${RUNTIME_IMAGE}
 COPY --from=build /out/mailroot /usr/local/bin/mailroot

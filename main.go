@@ -38,6 +38,7 @@ var commands = []command{
 	{node.Delivery, "delivers mail.out.* over SMTP and writes mail.drop into Drop/", actorCommand(node.Delivery)},
 	{node.Badmail, "writes mail.bad into Badmail/", actorCommand(node.Badmail)},
 	{node.Pickupwatcher, "turns files dropped into Pickup/ into mail", actorCommand(node.Pickupwatcher)},
+	{node.ServerOnly, "the embedded nats-server alone, with the group commit, for actors in other processes (nats.listen)", actorCommand(node.ServerOnly)},
 	{"sendmail", "sendmail-compatible submission for scripts and cron (reads the message on stdin)", func(args []string) int {
 		return sendmail(args, os.Stdin, os.Stderr)
 	}},
@@ -135,7 +136,11 @@ func actorCommand(cmd string) func(args []string) int {
 			return 2
 		}
 		log := newLogger(cfg)
-		if cmd != "all" && cfg.NATS.URL == "" {
+		if cmd == node.ServerOnly && (cfg.NATS.URL != "" || cfg.NATS.Listen == "") {
+			fmt.Fprintf(os.Stderr, "mailroot: nats runs the embedded server for other processes: it needs nats.listen (or MAILROOT_NATS_LISTEN) and no nats.url\n")
+			return 2
+		}
+		if cmd != "all" && cmd != node.ServerOnly && cfg.NATS.URL == "" {
 			fmt.Fprintf(os.Stderr, "mailroot: %s needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL (only `all` embeds one)\n", cmd)
 			return 2
 		}
@@ -154,6 +159,8 @@ func runActors(cmd string, cfg config.Config, log *slog.Logger) int {
 	switch {
 	case cmd == "all" && cfg.NATS.URL == "":
 		n, err = node.StartEmbedded(ctx, cfg, log)
+	case cmd == node.ServerOnly:
+		n, err = node.StartEmbedded(ctx, cfg, log, node.ServerOnly)
 	case cmd == "all":
 		n, err = node.Connect(ctx, cfg, log)
 	default:
@@ -190,6 +197,9 @@ func runActors(cmd string, cfg config.Config, log *slog.Logger) int {
 func applyEnv(c *config.Config) {
 	if v := os.Getenv("MAILROOT_NATS_URL"); v != "" {
 		c.NATS.URL = v
+	}
+	if v := os.Getenv("MAILROOT_NATS_LISTEN"); v != "" {
+		c.NATS.Listen = v
 	}
 	if v := os.Getenv("MAILROOT_DATA_DIR"); v != "" {
 		c.DataDir = v

@@ -45,7 +45,7 @@ build_images() {
 	local tag=$1
 	need_busybox
 	rm -rf dist && mkdir -p dist/skel/var/spool/mailroot/Pickup dist/skel/var/spool/mailroot/Drop \
-		dist/skel/var/spool/mailroot/Badmail dist/skel/tmp
+		dist/skel/var/spool/mailroot/Badmail dist/skel/var/spool/mailroot/nats dist/skel/tmp
 	export CGO_ENABLED=0
 	go build -trimpath -ldflags='-s -w -buildid=' -o dist/mailroot .
 	go build -trimpath -ldflags='-s -w -buildid=' -o dist/smtpsink ./cmd/smtpsink

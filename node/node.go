@@ -36,6 +36,10 @@ const (
 	Badmail       = "badmail"
 )
 
+// ServerOnly, as the one actor given to StartEmbedded, starts the server
+// and no actor: `mailroot nats`.
+const ServerOnly = "nats"
+
 // Actors lists every actor in stop order.
 var Actors = []string{Ingress, Pickupwatcher, Router, Delivery, Badmail}
 
@@ -269,7 +273,7 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 		n.order = append(n.order, a)
 	}
 	for _, a := range actors {
-		if _, ok := services[a]; !ok {
+		if _, ok := services[a]; !ok && a != ServerOnly {
 			return nil, fmt.Errorf("app: unknown actor %q", a)
 		}
 	}
