@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -32,7 +30,7 @@ func BenchmarkAccept(b *testing.B) {
 			b.ReportAllocs()
 			b.SetParallelism(10)
 			var sent atomic.Int64
-			cpu0 := processCPU()
+			cpu0 := testutil.ProcessCPU()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				var c *smtp.Client
@@ -60,16 +58,7 @@ func BenchmarkAccept(b *testing.B) {
 			})
 			b.StopTimer()
 			b.ReportMetric(float64(sent.Load())/b.Elapsed().Seconds(), "msgs/s")
-			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(sent.Load()), "cpu-us/msg")
+			b.ReportMetric(float64((testutil.ProcessCPU()-cpu0).Microseconds())/float64(sent.Load()), "cpu-us/msg")
 		})
 	}
-}
-
-// processCPU is the user and system CPU time this process has used.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

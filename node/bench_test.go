@@ -9,18 +9,29 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
 
-// BenchmarkPipeline measures the whole in-process pipeline with fsync on:
-// SMTP submission of 4 KiB messages over parallel sessions, through router
-// and delivery, to a go-smtp sink via smart_host. b.N messages are
-// submitted; the timer stops when the sink has all of them.
+// BenchmarkPipeline measures the whole in-process pipeline: SMTP
+// submission of 4 KiB messages over parallel sessions, through router and
+// delivery, to a go-smtp sink via smart_host, for each nats.sync mode:
+// always (the group commit, the default), per-write (nats-server's fsync
+// of every record) and 2m (no sync before a reply). b.N messages are
+// submitted; the timer stops when the sink has all of them. cpu-us/msg is
+// the CPU of the whole process (server, actors, client, sink).
 func BenchmarkPipeline(b *testing.B) {
+	for _, mode := range []string{config.SyncAlways, config.SyncPerWrite, "2m"} {
+		b.Run("sync="+mode, func(b *testing.B) { benchPipeline(b, mode) })
+	}
+}
+
+func benchPipeline(b *testing.B, sync string) {
 	sink := testutil.StartSink(b)
 	w := &world{dns: testutil.StartDNS(b), port: sink.Port}
 	cfg := testConfig(b, w, b.TempDir())
 	cfg.Delivery.SmartHost = sink.Addr
+	cfg.NATS.Sync = sync
 	cfg.LogLevel = "error"
 	n, err := StartEmbedded(b.Context(), cfg, testutil.Discard())
 	if err != nil {
@@ -34,6 +45,7 @@ func BenchmarkPipeline(b *testing.B) {
 	b.ReportAllocs()
 	b.SetParallelism(10) // 20 sessions on 2 cores, like bench/relay.sh
 	var sent atomic.Int64
+	cpu0 := testutil.ProcessCPU()
 	start := time.Now()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -63,4 +75,5 @@ func BenchmarkPipeline(b *testing.B) {
 	}
 	b.ReportMetric(float64(sent.Load())/accepted.Seconds(), "accepted/s")
 	b.ReportMetric(float64(sent.Load())/total.Seconds(), "delivered/s")
+	b.ReportMetric(float64((testutil.ProcessCPU()-cpu0).Microseconds())/float64(sent.Load()), "cpu-us/msg")
 }

@@ -5,7 +5,9 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // Events is an ordered log of what happened, shared by goroutines: the
@@ -63,4 +65,14 @@ func (e *Events) CheckSynced(t testing.TB, pairs [][2]string) {
 			t.Errorf("%q (event %d) without a sync started after %q (event %d) and completed before it", p[1], done, p[0], ack)
 		}
 	}
+}
+
+// ProcessCPU is the user and system CPU time this process has used: for
+// benchmarks that report CPU per message of everything in the process.
+func ProcessCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
