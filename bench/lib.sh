@@ -5,6 +5,10 @@
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if ! command -v smtp-source >/dev/null || ! command -v smtp-sink >/dev/null; then
 	echo "installing postfix for smtp-source/smtp-sink" >&2
+	# "No configuration": no system instance is set up or started (it would
+	# listen on port 25); the benches need only the tools and their own
+	# private instance (bench/compare.sh).
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
 fi
 work=$(mktemp -d)

@@ -3,9 +3,12 @@
 // STARTTLS or implicit TLS and AUTH PLAIN when asked (Postfix's smtp-source
 // does not do AUTH). It prints the accepted messages per second: the time
 // until every message got its 250, which from Mailroot means stored and
-// fsynced in JetStream. It talks only to the address it is given.
+// fsynced in JetStream. With -latency it also records, for every message,
+// the time from sending the end-of-DATA "." to receiving the 250 and prints
+// the p50 and p99 of it. It talks only to the address it is given.
 //
 //	go run ./bench/smtpload -addr 127.0.0.1:2587 -starttls -user u -password p -n 5000 -sessions 20
+//	go run ./bench/smtpload -addr 127.0.0.1:2525 -n 5000 -sessions 20 -latency
 package main
 
 import (
@@ -14,6 +17,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,6 +39,7 @@ func main() {
 	password := flag.String("password", "", "AUTH PLAIN password")
 	from := flag.String("from", "", "envelope sender (default: the user, or load@bench.test)")
 	to := flag.String("to", "rcpt@remote.test", "recipient")
+	latency := flag.Bool("latency", false, `record each message's time from the end-of-DATA "." to the 250 and print p50/p99`)
 	flag.Parse()
 	if *from == "" {
 		*from = "load@bench.test"
@@ -46,12 +51,16 @@ func main() {
 	var sent, failed atomic.Int64
 	var firstErr atomic.Value
 	var next atomic.Int64
+	var lat *latencies
+	if *latency {
+		lat = &latencies{d: make([]time.Duration, 0, *n)}
+	}
 	t0 := time.Now()
 	var wg sync.WaitGroup
 	for range *sessions {
 		wg.Go(func() {
 			for next.Load() < int64(*n) {
-				if err := session(*addr, *startTLS, *implicit, *user, *password, *from, *to, body, *n, *perSession, &next, &sent); err != nil {
+				if err := session(*addr, *startTLS, *implicit, *user, *password, *from, *to, body, *n, *perSession, &next, &sent, lat); err != nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, err)
 					time.Sleep(100 * time.Millisecond)
@@ -76,14 +85,46 @@ func main() {
 		fmt.Printf(" (%d failed sessions, first: %v)", f, firstErr.Load())
 	}
 	fmt.Println()
+	if lat != nil {
+		lat.print()
+	}
 	if sent.Load() < int64(*n) {
 		os.Exit(1)
 	}
 }
 
+// latencies collects the end-of-DATA to 250 times of all sessions.
+type latencies struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, d)
+	l.mu.Unlock()
+}
+
+// print writes one line with the nearest-rank p50, p99 and the maximum.
+func (l *latencies) print() {
+	if len(l.d) == 0 {
+		fmt.Println("latency end-of-DATA to 250: no messages")
+		return
+	}
+	slices.Sort(l.d)
+	rank := func(p float64) time.Duration {
+		i := int(p*float64(len(l.d))+0.999999) - 1
+		return l.d[max(0, min(i, len(l.d)-1))]
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	fmt.Printf("latency end-of-DATA to 250 over %d msgs: p50 %.3f ms, p99 %.3f ms, max %.3f ms\n",
+		len(l.d), ms(rank(0.50)), ms(rank(0.99)), ms(l.d[len(l.d)-1]))
+}
+
 // session sends messages until the shared budget is used up or the
-// per-session count is reached.
-func session(addr string, startTLS, implicit bool, user, password, from, to string, body []byte, total, perSession int, next, sent *atomic.Int64) error {
+// per-session count is reached. With lat set it records each message's
+// end-of-DATA to 250 time.
+func session(addr string, startTLS, implicit bool, user, password, from, to string, body []byte, total, perSession int, next, sent *atomic.Int64, lat *latencies) error {
 	cfg := &tls.Config{InsecureSkipVerify: true} // a benchmark against our own self-signed certificate
 	var c *smtp.Client
 	var err error
@@ -108,7 +149,7 @@ func session(addr string, startTLS, implicit bool, user, password, from, to stri
 		if next.Add(1) > int64(total) {
 			break
 		}
-		if err := c.SendMail(from, []string{to}, strings.NewReader(string(body))); err != nil {
+		if err := send(c, from, to, body, lat); err != nil {
 			next.Add(-1)
 			var se *smtp.SMTPError
 			if errors.As(err, &se) {
@@ -119,6 +160,34 @@ func session(addr string, startTLS, implicit bool, user, password, from, to stri
 		sent.Add(1)
 	}
 	return c.Quit()
+}
+
+// send is Client.SendMail for one ASCII recipient, spelled out so that the
+// closing of DATA can be timed: the body is written into the client's
+// buffer first, and the clock starts just before Close, which flushes the
+// buffer's tail together with the "." and waits for the reply.
+func send(c *smtp.Client, from, to string, body []byte, lat *latencies) error {
+	if err := c.Mail(from, nil); err != nil {
+		return err
+	}
+	if err := c.Rcpt(to, nil); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(body); err != nil {
+		return err
+	}
+	t := time.Now()
+	if err := w.Close(); err != nil {
+		return err
+	}
+	if lat != nil {
+		lat.add(time.Since(t))
+	}
+	return nil
 }
 
 func message(size int, from, to string) []byte {
