@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -32,6 +33,9 @@ func benchPipeline(b *testing.B, sync string) {
 	cfg := testConfig(b, w, b.TempDir())
 	cfg.Delivery.SmartHost = sink.Addr
 	cfg.NATS.Sync = sync
+	if d, err := time.ParseDuration(os.Getenv("BENCH_SYNC_DELAY")); err == nil {
+		cfg.NATS.SyncDelay = config.Duration(d) // to try delays: BENCH_SYNC_DELAY=1ms
+	}
 	cfg.LogLevel = "error"
 	n, err := StartEmbedded(b.Context(), cfg, testutil.Discard())
 	if err != nil {
@@ -45,7 +49,7 @@ func benchPipeline(b *testing.B, sync string) {
 	b.ReportAllocs()
 	b.SetParallelism(10) // 20 sessions on 2 cores, like bench/relay.sh
 	var sent atomic.Int64
-	cpu0 := testutil.ProcessCPU()
+	cpu0, syncs0 := testutil.ProcessCPU(), n.Syncer.Syncs()
 	start := time.Now()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -76,4 +80,5 @@ func benchPipeline(b *testing.B, sync string) {
 	b.ReportMetric(float64(sent.Load())/accepted.Seconds(), "accepted/s")
 	b.ReportMetric(float64(sent.Load())/total.Seconds(), "delivered/s")
 	b.ReportMetric(float64((testutil.ProcessCPU()-cpu0).Microseconds())/float64(sent.Load()), "cpu-us/msg")
+	b.ReportMetric(float64(n.Syncer.Syncs()-syncs0)/float64(sent.Load()), "syncs/msg")
 }

@@ -75,6 +75,8 @@ type Node struct {
 	once    sync.Once
 
 	closeSync func() error // releases the group commit's store handle
+	// Syncer is the group commit of the embedded server (nil without one).
+	Syncer *bus.Syncer
 }
 
 // StartEmbedded starts an embedded nats-server in cfg.NATSDir() and the
@@ -140,6 +142,7 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 			nc.Close()
 			return nil, err
 		}
+		syncer.Delay = cfg.NATS.SyncDelay.D()
 		// Processes that reach this server over the network (tools, the
 		// submit package) ask for the same syncs.
 		if _, err := bus.ServeSync(nc, syncer); err != nil {
@@ -164,7 +167,7 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 		_ = closeSync()
 		return nil, err
 	}
-	n.Server, n.lock, n.Guard, n.stopGuard, n.closeSync = ns, lock, guard, stopGuard, closeSync
+	n.Server, n.lock, n.Guard, n.stopGuard, n.closeSync, n.Syncer = ns, lock, guard, stopGuard, closeSync, syncer
 	return n, nil
 }
 

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -25,6 +27,12 @@ import (
 // (SyncAlways, a cluster's quorum) or durability is not asked for.
 type Syncer struct {
 	fn func() error
+	// Delay is how long a sync waits, once a caller asks for it, for
+	// more callers to join (PostgreSQL's commit_delay): fewer syncs per
+	// mail for at most Delay more latency. 0 starts it at once.
+	Delay time.Duration
+
+	syncs atomic.Uint64
 
 	mu      sync.Mutex
 	next    *syncRound // collecting callers, not started yet
@@ -49,6 +57,14 @@ func StoreSyncer(dir string) (s *Syncer, close func() error, err error) {
 		return nil, nil, fmt.Errorf("bus: store syncer: %w", err)
 	}
 	return NewSyncer(func() error { return syncFS(f) }), f.Close, nil
+}
+
+// Syncs is how many syncs have run.
+func (s *Syncer) Syncs() uint64 {
+	if s == nil {
+		return 0
+	}
+	return s.syncs.Load()
 }
 
 // Sync returns nil once a sync that started after the call has completed,
@@ -82,6 +98,9 @@ func (s *Syncer) Sync(ctx context.Context) error {
 // before the sync began.
 func (s *Syncer) loop() {
 	for {
+		if s.Delay > 0 {
+			time.Sleep(s.Delay)
+		}
 		s.mu.Lock()
 		r := s.next
 		s.next = nil
@@ -91,6 +110,7 @@ func (s *Syncer) loop() {
 			return
 		}
 		s.mu.Unlock()
+		s.syncs.Add(1)
 		if err := s.fn(); err != nil {
 			r.err = fmt.Errorf("bus: sync of the store failed: %w", err)
 		}

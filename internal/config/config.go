@@ -191,6 +191,9 @@ type NATS struct {
 	// "per-write" (nats-server fsyncs each record itself) or a duration
 	// for the embedded server's sync interval (no sync before a 250).
 	Sync string `toml:"sync"`
+	// SyncDelay is how long the group commit waits for more writers to
+	// share a sync (nats.sync = "always" only).
+	SyncDelay Duration `toml:"sync_delay"`
 	// Replicas of the MAIL stream and buckets: 1, or 3 on a cluster.
 	Replicas int `toml:"replicas"`
 	// MaxStore caps the embedded server's JetStream file store in bytes.
@@ -261,7 +264,7 @@ func Default() Config {
 		},
 		Pickup: Pickup{Interval: Duration(time.Second), StableFor: Duration(2 * time.Second)},
 		Drop:   Drop{EnvelopeLines: true},
-		NATS:   NATS{Sync: "always", Replicas: 1, Reserve: Reserve{Percent: 5}},
+		NATS:   NATS{Sync: "always", SyncDelay: Duration(time.Millisecond), Replicas: 1, Reserve: Reserve{Percent: 5}},
 	}
 }
 
@@ -462,6 +465,9 @@ func (c *Config) Validate() error {
 		if d, err := time.ParseDuration(c.NATS.Sync); err != nil || d <= 0 {
 			return &KeyError{"nats.sync", `must be "always", "per-write" or a duration like "2m"`}
 		}
+	}
+	if d := c.NATS.SyncDelay.D(); d < 0 || d > 100*time.Millisecond {
+		return &KeyError{"nats.sync_delay", "must be between 0 and 100ms"}
 	}
 	if c.NATS.Replicas != 1 && c.NATS.Replicas != 3 && c.NATS.Replicas != 5 {
 		return &KeyError{"nats.replicas", "must be 1, 3 or 5"}
