@@ -1,7 +1,6 @@
 package ingress
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -9,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -153,10 +153,13 @@ func (ss *session) Data(r io.Reader) *reply {
 	received := ss.received(qid, now, env)
 
 	// Read up to InlineMax+1 bytes to decide inline vs Object Store.
-	br := bufio.NewReaderSize(r, 32<<10)
-	buf := bytes.NewBuffer(make([]byte, 0, 16<<10))
+	// r buffers by itself (data.go); the message is kept in a pooled
+	// buffer until it is stored.
+	buf := msgBuffers.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer msgBuffers.Put(buf)
 	buf.Write(received)
-	_, err := io.CopyN(buf, br, envelope.InlineMax+1-int64(len(received)))
+	_, err := io.CopyN(buf, r, envelope.InlineMax+1-int64(len(received)))
 	if err != nil && !errors.Is(err, io.EOF) {
 		return rep(451, "4.3.0", "Error reading message data") // the reader says why
 	}
@@ -183,7 +186,7 @@ func (ss *session) Data(r io.Reader) *reply {
 	} else {
 		// Stream the rest straight into the Object Store; the body is
 		// never held in memory whole.
-		cr := &countingReader{r: io.MultiReader(bytes.NewReader(buf.Bytes()), br)}
+		cr := &countingReader{r: io.MultiReader(bytes.NewReader(buf.Bytes()), r)}
 		size, err := s.bodies.Put(ctx, qid, cr)
 		if cr.err != nil {
 			// The client's data failed (too large, connection lost): the
@@ -218,6 +221,10 @@ func (ss *session) Data(r io.Reader) *reply {
 	s.log.Info("received", "qid", qid, "site", env.Site, "client", env.ClientIP, "user", env.AuthUser, "tls", env.TLS, "from", env.From, "rcpts", len(env.Rcpts), "size", env.BodySize)
 	return rep(250, "2.0.0", "OK queued as "+qid)
 }
+
+// msgBuffers hold messages while they are stored (up to InlineMax+1
+// bytes each): one allocation per session instead of several per message.
+var msgBuffers = sync.Pool{New: func() any { return bytes.NewBuffer(make([]byte, 0, 16<<10)) }}
 
 // refuseBare answers a message with bare line ends (smtpd_forbid_bare_newline
 // = reject) and closes the connection after the reply.
