@@ -140,8 +140,6 @@ func syncedRoom(t *testing.T, fail func(k int) error) (*Room, *testutil.Events, 
 func TestRoomSyncsAfterThePubAck(t *testing.T) {
 	room, ev, _ := syncedRoom(t, func(int) error { return nil })
 	var wg sync.WaitGroup
-	var ids [][2]string
-	var idsMu sync.Mutex
 	for g := 0; g < 10; g++ {
 		wg.Go(func() {
 			for i := 0; i < 10; i++ {
@@ -157,15 +155,14 @@ func TestRoomSyncsAfterThePubAck(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				ev.Add("return %s", id)
-				idsMu.Lock()
-				ids = append(ids, [2]string{"puback " + id, "return " + id})
-				idsMu.Unlock()
+				ev.Done("puback "+id, "return "+id)
 			}
 		})
 	}
 	wg.Wait()
-	ev.CheckSynced(t, ids)
+	if n := ev.CheckSynced(t); n != 100 {
+		t.Errorf("%d publishes checked, want 100", n)
+	}
 }
 
 // A failed sync fails intake's publish (the client gets 451, not 250);
@@ -186,11 +183,11 @@ func TestRoomFailedSync(t *testing.T) {
 	if _, err := room.Forward(context.Background(), m("fwd"), "fwd"); err != nil {
 		t.Fatalf("Forward: %v", err)
 	}
-	ev.Add("return fwd")
+	ev.Done("puback fwd", "return fwd")
 	if n := syncs.Load(); n != 4 {
 		t.Errorf("%d syncs, want 4 (one for Publish, two failed and one good for Forward)", n)
 	}
-	ev.CheckSynced(t, [][2]string{{"puback fwd", "return fwd"}})
+	ev.CheckSynced(t)
 }
 
 // Processes without the server ask the one that embeds it over NATS.

@@ -14,8 +14,9 @@ import (
 // durability tests note PubAcks, syncs and replies in it and check their
 // order.
 type Events struct {
-	mu  sync.Mutex
-	log []string
+	mu    sync.Mutex
+	log   []string
+	pairs [][2]string
 }
 
 // Add notes one event.
@@ -42,14 +43,24 @@ func (e *Events) Sync(fn func(n int) error) func() error {
 	}
 }
 
-// CheckSynced fails unless, for each pair, the first event ack is followed
+// Done notes the event done, which must come after a sync of what the
+// event ack acknowledged (CheckSynced).
+func (e *Events) Done(ack, done string) {
+	e.mu.Lock()
+	e.log = append(e.log, done)
+	e.pairs = append(e.pairs, [2]string{ack, done})
+	e.mu.Unlock()
+}
+
+// CheckSynced fails unless, for each Done, the first event ack is followed
 // by a "sync-start N" whose "sync-end N" comes before the event done: the
-// write acknowledged at ack was made durable before done.
-func (e *Events) CheckSynced(t testing.TB, pairs [][2]string) {
+// write acknowledged at ack was made durable before done. It returns how
+// many were checked.
+func (e *Events) CheckSynced(t testing.TB) int {
 	t.Helper()
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for _, p := range pairs {
+	for _, p := range e.pairs {
 		ack, done := slices.Index(e.log, p[0]), slices.Index(e.log, p[1])
 		if ack < 0 || done < 0 {
 			t.Errorf("%q at %d, %q at %d: missing", p[0], ack, p[1], done)
@@ -65,6 +76,7 @@ func (e *Events) CheckSynced(t testing.TB, pairs [][2]string) {
 			t.Errorf("%q (event %d) without a sync started after %q (event %d) and completed before it", p[1], done, p[0], ack)
 		}
 	}
+	return len(e.pairs)
 }
 
 // ProcessCPU is the user and system CPU time this process has used: for
