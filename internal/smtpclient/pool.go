@@ -245,12 +245,19 @@ func (p *Pool) Close(timeout time.Duration) {
 	p.n = 0
 	p.mu.Unlock()
 	d := min(timeout, quitTimeout)
+	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
 	for _, c := range all {
 		wg.Go(func() { c.quitWithin(d) })
 	}
 	wg.Wait()
-	p.quits.Wait()
+	// The janitor's QUITs started earlier get what is left of d.
+	done := make(chan struct{})
+	go func() { p.quits.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Until(deadline)):
+	}
 }
 
 // worn reports whether c may carry no more messages.
