@@ -9,8 +9,10 @@
 // SMTP transaction for all the envelope's recipients with internal/smtpclient
 // (shared with ATRN): opportunistic STARTTLS (RFC 3207), the DSN parameters
 // (RFC 3461), SMTPUTF8 (RFC 6531), SIZE (RFC 1870), and BDAT for BINARYMIME
-// (RFC 3030). Each recipient's answer is classified through one typed
-// error, *Error (smtpclient.Error):
+// (RFC 3030). The connection is kept for the next message to the same
+// server (smtpclient.Pool, delivery.connection_cache_time): see tryHost.
+// Each recipient's answer is classified through one typed error, *Error
+// (smtpclient.Error):
 //
 //   - 2xx: done. The message is acked once every recipient is final, and
 //     its Object Store body released. Recipients with NOTIFY=SUCCESS get a

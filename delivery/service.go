@@ -19,6 +19,7 @@ import (
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/notify"
+	"github.com/mailroot/mailroot/internal/smtpclient"
 )
 
 // DropSlots is how many Drop files are written at once.
@@ -68,6 +69,8 @@ type Service struct {
 	notify *notify.Notifier
 	bodies *bus.Bodies
 	stream jetstream.Stream
+	// pool keeps connections open between messages to the same host.
+	pool *smtpclient.Pool
 }
 
 // New returns a delivery service for cfg. It does not touch the network;
@@ -108,7 +111,23 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		Room:           &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
 		dns:            res,
 		self:           newSelf(cfg, res.addrs),
+		pool:           newPool(cfg.Delivery),
 	}, nil
+}
+
+// newPool is the connection cache of delivery.connection_cache_time and
+// the connection_reuse limits. It keeps as many idle connections to one
+// destination as the delivery slots could use at once, and twice that in
+// all (each is a file descriptor here and a connection slot at the
+// remote).
+func newPool(d config.Delivery) *smtpclient.Pool {
+	return smtpclient.NewPool(smtpclient.PoolLimits{
+		Idle:           d.ConnectionCacheTime.D(),
+		MaxAge:         d.ConnectionReuseTime.D(),
+		MaxUses:        d.ConnectionReuseCount,
+		MaxIdlePerDest: d.Concurrency,
+		MaxIdle:        2 * d.Concurrency,
+	})
 }
 
 // Run creates the stream and consumers if needed and works the delivery
@@ -162,6 +181,17 @@ func (s *Service) Run(ctx context.Context) error {
 	// ETRN release worker (issue 6): answers mta.ctl.release requests.
 	wg.Go(func() { _ = release.New(s.cfg, s.log, s.Room).Run(ctx) })
 	wg.Go(func() { s.sweepHeldLoop(ctx) })
+	// On shutdown the idle connections are ended with QUIT at once, while
+	// in-flight messages finish; a connection those give back later is
+	// ended then.
+	wg.Go(func() {
+		<-ctx.Done()
+		grace := s.Grace
+		if grace <= 0 {
+			grace = 10 * time.Second // bus.Worker's default
+		}
+		s.pool.Close(grace)
+	})
 	for i, w := range workers {
 		wg.Go(func() {
 			if errs[i] = w.w.Run(ctx, w.h); errs[i] != nil {

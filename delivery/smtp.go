@@ -138,9 +138,25 @@ func loopErr(domain string, t target, ip netip.Addr, why string) *Error {
 // With requireTLS (the domain's require_tls) a host that does not offer
 // STARTTLS, or whose handshake fails, is a temporary failure, as Postfix's
 // "encrypt" security level: the mail waits rather than travel in clear.
+//
+// The transaction goes over an idle connection to the same address, host
+// name and EHLO name when the pool has one (a TLS one when TLS is
+// required, by the domain or by REQUIRETLS); the caller has checked that
+// ip is not ourselves. A cached connection the remote closed meanwhile
+// costs the message nothing: it is retried at once on a fresh one.
 func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *envelope.Envelope, body bodyFunc, plain, requireTLS bool) (result, *Error) {
 	remote := remoteName(t.host, ip)
 	addr := net.JoinHostPort(ip.String(), strconv.Itoa(t.port))
+	if !plain {
+		dest := smtpclient.Dest{Addr: addr, Host: t.host, Hostname: s.cfg.Hostname}
+		if c := s.pool.Get(ctx, dest, requireTLS || env.RequireTLS); c != nil {
+			res, herr := s.send(ctx, c, env, body)
+			if herr == nil || !errors.Is(herr, smtpclient.ErrStale) {
+				return res, herr
+			}
+			s.log.Debug("cached connection closed by the remote, connecting anew", "qid", env.QueueID, "remote", remote, "err", herr.Error())
+		}
+	}
 	c, herr := smtpclient.Dial(ctx, s.Dial, addr, t.host, remote, smtpclient.Options{
 		Hostname:       s.cfg.Hostname,
 		ConnectTimeout: s.cfg.Delivery.ConnectTimeout.D(),
@@ -154,11 +170,16 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 	if herr != nil {
 		return result{}, herr
 	}
-	defer c.Close()
 	if requireTLS && c.TLS() == "" {
-		c.Quit()
+		s.pool.Put(c) // plain text: kept only for domains that do not require TLS
 		return result{}, &Error{Enhanced: "4.7.10", Message: fmt.Sprintf("TLS is required for %s, but %s did not offer STARTTLS", env.Domain, remote), Remote: remote}
 	}
+	return s.send(ctx, c, env, body)
+}
+
+// send runs the transaction on c, then gives c back to the pool, which
+// keeps it for the next message or ends it.
+func (s *Service) send(ctx context.Context, c *smtpclient.Client, env *envelope.Envelope, body bodyFunc) (result, *Error) {
 	res, herr := c.Send(ctx, env, func(ctx context.Context) (io.ReadCloser, *Error) {
 		rc, err := body(ctx)
 		switch {
@@ -169,11 +190,11 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 		}
 		return rc, nil
 	})
+	s.pool.Put(c)
 	if herr != nil {
 		return result{}, herr
 	}
-	c.Quit()
-	return result{errs: res.Errs, remote: remote, tls: c.TLS(), dsn: res.DSN, reply: res.Reply}, nil
+	return result{errs: res.Errs, remote: c.Remote(), tls: c.TLS(), dsn: res.DSN, reply: res.Reply}, nil
 }
 
 // describe renders the recipients for logs.

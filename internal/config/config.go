@@ -129,6 +129,16 @@ type Delivery struct {
 	ConnectTimeout Duration `toml:"connect_timeout"`
 	// CommandTimeout bounds each SMTP command/reply with a remote.
 	CommandTimeout Duration `toml:"command_timeout"`
+	// ConnectionCacheTime is how long a connection stays open after its
+	// message, for the next message to the same host (Postfix's
+	// smtp_connection_cache_time_limit); 0 closes it after each message.
+	ConnectionCacheTime Duration `toml:"connection_cache_time"`
+	// ConnectionReuseTime is how long after its connect a connection may
+	// still carry another message (smtp_connection_reuse_time_limit).
+	ConnectionReuseTime Duration `toml:"connection_reuse_time"`
+	// ConnectionReuseCount is how many messages one connection carries
+	// at most (smtp_connection_reuse_count_limit).
+	ConnectionReuseCount int `toml:"connection_reuse_count"`
 	// RetryJitter spreads each retry by up to ± this fraction of its step
 	// (0.1 = ±10 %), so that mail deferred together is not retried together.
 	RetryJitter float64 `toml:"retry_jitter"`
@@ -261,6 +271,11 @@ func Default() Config {
 			LocalDelayNotice: Duration(12 * time.Hour),
 			NDRReturnLimit:   10 << 20,
 			AckWait:          Duration(2 * time.Minute),
+
+			// Connection reuse, with Postfix's limits (and a count).
+			ConnectionCacheTime:  Duration(2 * time.Second),
+			ConnectionReuseTime:  Duration(5 * time.Minute),
+			ConnectionReuseCount: 100,
 		},
 		Pickup: Pickup{Interval: Duration(time.Second), StableFor: Duration(2 * time.Second)},
 		Drop:   Drop{EnvelopeLines: true},
@@ -431,6 +446,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Delivery.CommandTimeout <= 0 {
 		return &KeyError{"delivery.command_timeout", "must be greater than 0"}
+	}
+	if c.Delivery.ConnectionCacheTime < 0 {
+		return &KeyError{"delivery.connection_cache_time", "must not be negative (0 = no connection reuse)"}
+	}
+	if c.Delivery.ConnectionReuseTime <= 0 {
+		return &KeyError{"delivery.connection_reuse_time", "must be greater than 0"}
+	}
+	if c.Delivery.ConnectionReuseCount <= 0 {
+		return &KeyError{"delivery.connection_reuse_count", "must be greater than 0"}
 	}
 	if c.Delivery.RetryJitter < 0 || c.Delivery.RetryJitter > 0.5 {
 		return &KeyError{"delivery.retry_jitter", "must be between 0 and 0.5"}

@@ -66,6 +66,8 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"[delivery]\nlocal_expire = \"0s\"\n", "delivery.local_expire"},
 		{"[delivery]\nndr_copy_to = \"not an address\"\n", "delivery.ndr_copy_to"},
 		{"[delivery]\nack_wait = \"1s\"\n", "delivery.ack_wait"},
+		{"[delivery]\nconnection_cache_time = \"-1s\"\n", "delivery.connection_cache_time"},
+		{"[delivery]\nconnection_reuse_count = 0\n", "delivery.connection_reuse_count"},
 	}
 	for _, tt := range tests {
 		_, err := Load(write(t, tt.file))

@@ -24,6 +24,12 @@ import (
 // the host over a fresh plain-text connection.
 var ErrTLSFailed = errors.New("smtpclient: STARTTLS handshake failed")
 
+// ErrStale means a session taken from a Pool was closed by the remote
+// while it was idle: its first command (MAIL) got no reply or a 421.
+// Nothing of the message was answered, so the caller retries it on a
+// fresh connection, and the failure counts for nothing.
+var ErrStale = errors.New("smtpclient: cached connection closed by the remote")
+
 // Options configure a session.
 type Options struct {
 	// Hostname is said in EHLO/HELO.
@@ -39,18 +45,44 @@ type Options struct {
 }
 
 // Client is one SMTP session, past EHLO (and STARTTLS when offered).
-// go-smtp's client runs EHLO, RCPT, DATA, RSET and QUIT; MAIL and BDAT,
-// which it cannot express (BODY=BINARYMIME, chunks), are written here on
-// the same connection. Commands are never pipelined, so the two readers
-// never hold each other's bytes.
+// go-smtp's client runs EHLO, RCPT, DATA and QUIT; MAIL, BDAT and RSET
+// are written here on the same connection: MAIL and BDAT because go-smtp
+// cannot express them (BODY=BINARYMIME, chunks), RSET because go-smtp's
+// Reset forgets the EHLO and would say it again before the next command
+// that asks for an extension. Commands are never pipelined, so the two
+// readers never hold each other's bytes.
+//
+// A session that Dial opened can serve several messages, one after the
+// other, through a Pool; the keywords of its EHLO reply stay those of the
+// connection, so every Send decides BODY=, SIZE, DSN, REQUIRETLS and
+// SMTPUTF8 by what this server said on this connection.
 type Client struct {
 	c       *smtp.Client
-	conn    net.Conn
+	conn    net.Conn // the session's connection, TLS or not
+	tcp     net.Conn // the connection underneath: closing it interrupts the session
 	text    *textproto.Reader
 	remote  string
 	tlsDesc string
 	isTLS   bool
 	timeout time.Duration
+
+	// dest is where Dial connected and as whom; zero for New's sessions,
+	// which are never cached.
+	dest Dest
+	// born is when the connection was made; txns counts the MAIL commands
+	// sent on it.
+	born time.Time
+	txns int
+	// broken is set once the session cannot be trusted with another
+	// message: a reply not read, a 421, a network or protocol error.
+	broken bool
+	// pooled is true from a Pool's Get until the first command: a
+	// connection the remote closed while it was idle fails there
+	// (ErrStale).
+	pooled bool
+	// stop releases the hook that closes tcp when the caller's context
+	// ends; nil when there is none.
+	stop func() bool
 }
 
 // Remote names the server, "name[ip]".
@@ -60,16 +92,50 @@ func (c *Client) Remote() string { return c.remote }
 func (c *Client) TLS() string { return c.tlsDesc }
 
 // Quit says QUIT and closes the connection.
-func (c *Client) Quit() { _ = c.c.Quit(); _ = c.c.Close() }
+func (c *Client) Quit() { _ = c.c.Quit(); c.Close() }
 
 // Close closes the connection without QUIT.
-func (c *Client) Close() { _ = c.c.Close() }
+func (c *Client) Close() {
+	c.release()
+	_ = c.c.Close()
+}
+
+// quitWithin says QUIT, waiting at most d for the reply, and closes the
+// connection: how a Pool ends the sessions it no longer keeps.
+func (c *Client) quitWithin(d time.Duration) {
+	if !c.broken {
+		_, _ = c.raw(221, d, []byte("QUIT\r\n"))
+	}
+	c.Close()
+}
+
+// bind makes the end of ctx close the connection, as Dial's ctx does.
+func (c *Client) bind(ctx context.Context) {
+	c.release()
+	tcp := c.tcp
+	c.stop = context.AfterFunc(ctx, func() { _ = tcp.Close() })
+}
+
+// release undoes bind; false means the context ended first and the
+// connection is closed (or closing).
+func (c *Client) release() bool {
+	if c.stop == nil {
+		return true
+	}
+	ok := c.stop()
+	c.stop = nil
+	return ok
+}
 
 // New starts a session on conn, whose peer has yet to send its greeting
 // (ATRN hands over its turned connection). isTLS tells whether conn is
-// already encrypted.
+// already encrypted. Such a session is never cached by a Pool.
 func New(conn net.Conn, remote string, isTLS bool, o Options) (*Client, *Error) {
-	return hello(conn, remote, "", isTLS, o)
+	c, e := hello(conn, remote, "", isTLS, o)
+	if c != nil {
+		c.tcp = conn
+	}
+	return c, e
 }
 
 func hello(conn net.Conn, remote, tlsDesc string, isTLS bool, o Options) (*Client, *Error) {
@@ -81,7 +147,7 @@ func hello(conn net.Conn, remote, tlsDesc string, isTLS bool, o Options) (*Clien
 		return nil, ReplyErr(err, remote, "EHLO")
 	}
 	return &Client{c: sc, conn: conn, text: textproto.NewReader(bufio.NewReader(conn)), remote: remote,
-		tlsDesc: tlsDesc, isTLS: isTLS, timeout: o.CommandTimeout}, nil
+		tlsDesc: tlsDesc, isTLS: isTLS, timeout: o.CommandTimeout, born: time.Now()}, nil
 }
 
 // Dial connects to addr (host names the server for SNI), reads the
@@ -171,10 +237,14 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 		b, _ := tp.R.Peek(tp.R.Buffered())
 		pending = append(pending, b...)
 	}
-	c, e := hello(&greetedConn{Conn: conn, pending: pending, stop: stop}, remote, tlsDesc, tlsDesc != "", o)
+	c, e := hello(&greetedConn{Conn: conn, pending: pending}, remote, tlsDesc, tlsDesc != "", o)
 	if e != nil {
 		return fail(e)
 	}
+	// The session stays bound to ctx until it is closed or a Pool takes
+	// it (Put), which binds it to the context of each later user.
+	c.tcp, c.stop = raw, stop
+	c.dest = Dest{Addr: addr, Host: host, Hostname: o.Hostname}
 	return c, nil
 }
 
@@ -281,8 +351,17 @@ func (c *Client) Send(ctx context.Context, env *envelope.Envelope, body BodyFunc
 	if len(params) > 0 {
 		cmd += " " + strings.Join(params, " ")
 	}
+	pooled := c.pooled
+	c.pooled = false
+	c.txns++
 	if _, err := c.raw(250, c.timeout, []byte(cmd+"\r\n")); err != nil {
-		e := ReplyErr(err, remote, "MAIL FROM")
+		e := c.note(ReplyErr(err, remote, "MAIL FROM"))
+		if pooled && (e.Code == 421 || e.Broken && !isTimeout(err)) {
+			// The remote closed the idle connection (or says it is
+			// about to): nothing of this message was answered.
+			e.Err = fmt.Errorf("%w: %w", ErrStale, e.Err)
+			return Result{}, e
+		}
 		if !e.Permanent {
 			return Result{}, e
 		}
@@ -291,7 +370,7 @@ func (c *Client) Send(ctx context.Context, env *envelope.Envelope, body BodyFunc
 	accepted := 0
 	for i, r := range env.Rcpts {
 		if err := c.c.Rcpt(r.Addr, rcptOptions(r)); err != nil {
-			e := ReplyErr(err, remote, "RCPT TO")
+			e := c.note(ReplyErr(err, remote, "RCPT TO"))
 			if e.Broken {
 				return Result{}, e
 			}
@@ -332,18 +411,18 @@ func (c *Client) Send(ctx context.Context, env *envelope.Envelope, body BodyFunc
 func (c *Client) data(rc io.Reader) (reply string, e *Error, final bool) {
 	w, err := c.c.Data()
 	if err != nil {
-		e := ReplyErr(err, c.remote, "DATA")
+		e := c.note(ReplyErr(err, c.remote, "DATA"))
 		if !e.Broken {
 			c.reset()
 		}
 		return "", e, !e.Broken
 	}
 	if _, err := io.Copy(w, rc); err != nil {
-		return "", sendFailure(c.remote, err), false
+		return "", c.note(sendFailure(c.remote, err)), false
 	}
 	resp, err := w.CloseWithResponse()
 	if err != nil {
-		return "", ReplyErr(err, c.remote, "end of DATA"), true
+		return "", c.note(ReplyErr(err, c.remote, "end of DATA")), true
 	}
 	return resp.StatusText, nil, true
 }
@@ -356,6 +435,7 @@ func (c *Client) bdat(rc io.Reader) (reply string, e *Error, final bool) {
 	for {
 		n, err := io.ReadFull(br, buf)
 		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+			c.broken = true // a BDAT chunk may be half written
 			return "", sendFailure(c.remote, err), false
 		}
 		last := err != nil
@@ -372,7 +452,7 @@ func (c *Client) bdat(rc io.Reader) (reply string, e *Error, final bool) {
 		}
 		msg, rerr := c.raw(250, timeout, append([]byte(cmd+"\r\n"), buf[:n]...))
 		if rerr != nil {
-			e := ReplyErr(rerr, c.remote, "BDAT")
+			e := c.note(ReplyErr(rerr, c.remote, "BDAT"))
 			if !e.Broken {
 				c.reset()
 			}
@@ -392,8 +472,27 @@ func sendFailure(remote string, err error) *Error {
 	return e
 }
 
-// reset ends an open transaction; a failure shows on the next command.
-func (c *Client) reset() { _ = c.c.Reset() }
+// reset ends an open transaction with RSET; a failure marks the session
+// broken, and shows on the next command.
+func (c *Client) reset() {
+	if _, err := c.raw(250, c.timeout, []byte("RSET\r\n")); err != nil {
+		c.broken = true
+	}
+}
+
+// note marks the session broken when e says the connection is gone or
+// going (no reply, a network or protocol error, 421), and returns e.
+func (c *Client) note(e *Error) *Error {
+	if e.Broken || e.Code == 421 {
+		c.broken = true
+	}
+	return e
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
 
 // raw writes p and reads one reply, for the commands go-smtp cannot write.
 func (c *Client) raw(expect int, timeout time.Duration, p []byte) (string, error) {
@@ -486,12 +585,10 @@ func sniName(host string) string {
 	return host
 }
 
-// greetedConn replays pending bytes before reading from the connection,
-// and releases the cancellation hook when closed.
+// greetedConn replays pending bytes before reading from the connection.
 type greetedConn struct {
 	net.Conn
 	pending []byte
-	stop    func() bool
 }
 
 func (g *greetedConn) Read(p []byte) (int, error) {
@@ -501,11 +598,6 @@ func (g *greetedConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	return g.Conn.Read(p)
-}
-
-func (g *greetedConn) Close() error {
-	g.stop()
-	return g.Conn.Close()
 }
 
 var _ net.Conn = (*greetedConn)(nil)

@@ -37,7 +37,10 @@ type Sink struct {
 	// (nil error = 250). It is called with the 1-based transaction number.
 	DataFunc func(n int, m *Mail) error
 	txns     int
-	conns    int
+	// accepted and live count the TCP connections the sink accepted, and
+	// those of them still open.
+	accepted, live int
+	srv            *smtp.Server
 }
 
 // StartSink starts a recording SMTP server, closed in t.Cleanup.
@@ -76,13 +79,69 @@ func StartSinkWith(t testing.TB, addr string, edit func(*smtp.Server), hide ...s
 	}
 	s.Addr = l.Addr().String()
 	s.Port = l.Addr().(*net.TCPAddr).Port
-	var sl net.Listener = l
+	var sl net.Listener = countingListener{Listener: l, s: s}
 	if len(hide) > 0 {
-		sl = hidingListener{Listener: l, hide: hide}
+		sl = hidingListener{Listener: sl, hide: hide}
 	}
+	s.srv = srv
 	go func() { _ = srv.Serve(sl) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return s
+}
+
+// Close stops the sink: its listener and every open connection are
+// closed, as when a remote server restarts. A new sink may then listen on
+// the same Addr (StartSinkOn).
+func (s *Sink) Close() { _ = s.srv.Close() }
+
+// Connections is the number of TCP connections the sink accepted.
+func (s *Sink) Connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.accepted
+}
+
+// Live is the number of the sink's connections still open: a connection
+// counts until the server closed it (after QUIT, or when the client went
+// away).
+func (s *Sink) Live() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.live
+}
+
+// countingListener counts the connections it yields, and those of them
+// not yet closed.
+type countingListener struct {
+	net.Listener
+	s *Sink
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.s.mu.Lock()
+	l.s.accepted++
+	l.s.live++
+	l.s.mu.Unlock()
+	return &countedConn{Conn: c, s: l.s}, nil
+}
+
+type countedConn struct {
+	net.Conn
+	s    *Sink
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() {
+		c.s.mu.Lock()
+		c.s.live--
+		c.s.mu.Unlock()
+	})
+	return c.Conn.Close()
 }
 
 // hidingListener yields connections whose writes lose the EHLO lines of
@@ -146,9 +205,6 @@ func (s *Sink) Transactions() int {
 
 // NewSession implements smtp.Backend.
 func (s *Sink) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	s.mu.Lock()
-	s.conns++
-	s.mu.Unlock()
 	return &sinkSession{s: s, helo: c.Hostname()}, nil
 }
 
@@ -167,7 +223,12 @@ func (ss *sinkSession) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (ss *sinkSession) Rcpt(to string, opts *smtp.RcptOptions) error {
-	if f := ss.s.RcptFunc; f != nil {
+	// RcptFunc is read under the lock, as DataFunc is: tests set it once
+	// the server runs, and wait on the sink (Count) before it matters.
+	ss.s.mu.Lock()
+	f := ss.s.RcptFunc
+	ss.s.mu.Unlock()
+	if f != nil {
 		if err := f(to); err != nil {
 			return err
 		}
