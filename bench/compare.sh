@@ -38,6 +38,7 @@ ROUNDS=${ROUNDS:-3}       # rounds; each round runs both servers under both load
 SESSIONS=${SESSIONS:-20}  # concurrent SMTP sessions
 SIZE=${SIZE:-4096}        # message size in bytes
 SYNC=${SYNC:-always}      # Mailroot's nats.sync
+SYNC_DELAY=${SYNC_DELAY:-1ms}  # Mailroot's nats.sync_delay (the group commit's wait)
 STRACE=${STRACE:-1}       # 1: one extra traced run per server counting fsync-class calls
 CGROUP=${CGROUP:-1}       # 0: count CPU from /proc even where a cgroup could be made
 TIMEOUT=${TIMEOUT:-600}   # seconds for any one load, or for the sink to count it
@@ -324,6 +325,7 @@ smart_host = "[127.0.0.1]:$SINK_PORT"
 concurrency = 100
 [nats]
 sync = "$SYNC"
+sync_delay = "$SYNC_DELAY"
 CFG
 	srv_log="$work/mailroot-$1.log"
 	if [ -n "${2:-}" ]; then
