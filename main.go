@@ -49,6 +49,9 @@ var commands = []command{
 		return sessionsCommand(args, os.Stdout, os.Stderr)
 	}},
 	{"healthcheck", "container health probe: exit 0 when the actors in this container are up and connected to NATS", runHealthcheck},
+	{"version", "the mailroot build: module version, VCS commit, Go and nats-server versions (also -version)", func(args []string) int {
+		return versionCommand(args, os.Stdout, os.Stderr)
+	}},
 }
 
 func usage(w io.Writer) {
@@ -70,6 +73,9 @@ func run(argv []string) int {
 		cmd = base
 	} else if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
+	}
+	if len(args) > 0 && (args[0] == "-version" || args[0] == "--version") && cmd == "all" {
+		cmd, args = "version", args[1:]
 	}
 	if cmd == "help" {
 		usage(os.Stdout)
