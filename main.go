@@ -52,6 +52,9 @@ var commands = []command{
 	{"version", "the mailroot build: module version, VCS commit, Go and nats-server versions (also -version)", func(args []string) int {
 		return versionCommand(args, os.Stdout, os.Stderr)
 	}},
+	{"config", "config show [-n]: the effective configuration as TOML (-n: what differs from the defaults); config check: validate a file", func(args []string) int {
+		return configCommand(args, os.Stdout, os.Stderr)
+	}},
 }
 
 func usage(w io.Writer) {
