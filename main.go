@@ -214,6 +214,13 @@ func applyEnv(c *config.Config) {
 		c.DataDir = v
 	}
 	if v := os.Getenv("MAILROOT_HOSTNAME"); v != "" {
+		// [[site]] blocks that did not name a host of their own took the
+		// file's when it was read: they follow the override too.
+		for i := range c.Sites {
+			if c.Sites[i].Hostname == c.Hostname {
+				c.Sites[i].Hostname = v
+			}
+		}
 		c.Hostname = v
 	}
 	if v := os.Getenv("MAILROOT_NATS_REPLICAS"); v != "" {

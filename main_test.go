@@ -14,6 +14,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
 
@@ -201,5 +202,28 @@ func TestHelpListsEveryCommand(t *testing.T) {
 		if c := findCommand(name); c == nil || c.run == nil {
 			t.Errorf("command %s has no run function", name)
 		}
+	}
+}
+
+// MAILROOT_HOSTNAME reaches the [[site]] blocks that inherit the host
+// name, not those that name their own.
+func TestHostnameOverrideReachesSites(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mailroot.toml")
+	if err := os.WriteFile(path, []byte("hostname = \"file.test\"\n[[site]]\nname = \"sub\"\nkind = \"submission\"\nlisten = [\"127.0.0.1:0\"]\n[[site]]\nname = \"own\"\nkind = \"mta\"\nhostname = \"own.test\"\nlisten = [\"127.0.0.1:0\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("MAILROOT_HOSTNAME", "env.test")
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applyEnv(&cfg)
+	got := map[string]string{}
+	for _, s := range cfg.Sites {
+		got[s.Name] = s.Hostname
+	}
+	if cfg.Hostname != "env.test" || got["sub"] != "env.test" || got["own"] != "own.test" {
+		t.Errorf("hostname %q, sites %v: want env.test everywhere but the site that names its own", cfg.Hostname, got)
 	}
 }
