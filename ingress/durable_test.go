@@ -1,7 +1,6 @@
 package ingress
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -10,34 +9,18 @@ import (
 	"testing"
 
 	"github.com/emersion/go-smtp"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
 
-// ackRecorder notes each PubAck of a message with its queue id.
-type ackRecorder struct {
-	jetstream.JetStream
-	log *testutil.Events
-}
-
-func (a ackRecorder) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	ack, err := a.JetStream.PublishMsg(ctx, m, opts...)
-	if err == nil {
-		a.log.Add("puback %s", m.Header.Get(envelope.HdrQueueID))
-	}
-	return ack, err
-}
-
 // withSync gives the service a Room whose syncs run fn (the group commit
 // with an injected sync) and whose PubAcks are recorded.
 func withSync(log *testutil.Events, fn func() error) func(*Service) {
 	return func(s *Service) {
 		syncer := bus.NewSyncer(fn)
-		s.Room = &bus.Room{JS: ackRecorder{s.js, log}, Reserve: s.cfg.NATS.Reserve, Sync: syncer.Sync}
+		s.Room = &bus.Room{JS: testutil.AckRecorder{JetStream: s.js, Events: log, Header: envelope.HdrQueueID}, Reserve: s.cfg.NATS.Reserve, Sync: syncer.Sync}
 	}
 }
 

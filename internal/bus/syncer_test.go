@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/testutil"
@@ -108,20 +107,6 @@ func TestSyncerError(t *testing.T) {
 	}
 }
 
-// recordingJS notes each PubAck in the event log.
-type recordingJS struct {
-	jetstream.JetStream
-	ev *testutil.Events
-}
-
-func (r recordingJS) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	ack, err := r.JetStream.PublishMsg(ctx, m, opts...)
-	if err == nil {
-		r.ev.Add("puback %s", m.Header.Get("Test-Id"))
-	}
-	return ack, err
-}
-
 func syncedRoom(t *testing.T, fail func(k int) error) (*Room, *testutil.Events, *atomic.Int64) {
 	n := testutil.StartNATS(t)
 	_, js := n.Connect(t)
@@ -131,7 +116,7 @@ func syncedRoom(t *testing.T, fail func(k int) error) (*Room, *testutil.Events, 
 	ev := &testutil.Events{}
 	var k atomic.Int64
 	s := NewSyncer(ev.Sync(func(i int) error { k.Add(1); return fail(i) }))
-	return &Room{JS: recordingJS{js, ev}, Reserve: config.Default().NATS.Reserve, Sync: s.Sync}, ev, &k
+	return &Room{JS: testutil.AckRecorder{JetStream: js, Events: ev, Header: "Test-Id"}, Reserve: config.Default().NATS.Reserve, Sync: s.Sync}, ev, &k
 }
 
 // Room.Publish (intake: the 250) and Room.Forward (the pipeline: the ack

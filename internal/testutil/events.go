@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -8,6 +9,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Events is an ordered log of what happened, shared by goroutines: the
@@ -87,4 +91,21 @@ func ProcessCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// AckRecorder is a JetStream whose PubAcks are noted in Events as
+// "puback <value of the message's Header>".
+type AckRecorder struct {
+	jetstream.JetStream
+	Events *Events
+	Header string
+}
+
+// PublishMsg publishes and notes the PubAck.
+func (a AckRecorder) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	ack, err := a.JetStream.PublishMsg(ctx, m, opts...)
+	if err == nil {
+		a.Events.Add("puback %s", m.Header.Get(a.Header))
+	}
+	return ack, err
 }
