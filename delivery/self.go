@@ -51,11 +51,21 @@ type self struct {
 	local view
 
 	mu sync.Mutex
-	// remote are the announced ones, by bucket key.
+	// remote are the announced ones, by bucket key; list is the same in
+	// key order, rebuilt when remote changes (views runs per delivery).
 	remote map[string]announced
+	list   []announced
 	// addrs caches the addresses of host names for selfTTL.
 	addrs map[string]cachedAddrs
+	// local interface addresses, cached for ifaceTTL.
+	ifaceAddrs []netip.Addr
+	ifaceUntil time.Time
 }
+
+// ifaceTTL is how long this machine's interface addresses are cached:
+// listing them is a netlink round trip, and a listener on all addresses
+// would otherwise ask for every delivery to its port.
+const ifaceTTL = 30 * time.Second
 
 // view is a set of listeners and host names.
 type view struct {
@@ -181,15 +191,41 @@ func interfaceAddrs() []netip.Addr {
 // views returns the configuration's view and the live announced ones.
 func (s *self) views() []view {
 	now := s.now()
-	out := []view{s.local}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, k := range slices.Sorted(maps.Keys(s.remote)) {
-		if a := s.remote[k]; now.Before(a.expires) {
+	out := make([]view, 1, 1+len(s.list))
+	out[0] = s.local
+	for _, a := range s.list {
+		if now.Before(a.expires) {
 			out = append(out, a.view)
 		}
 	}
 	return out
+}
+
+// setRemote replaces the announced views (with s.mu held).
+func (s *self) setRemote(m map[string]announced) {
+	s.remote = m
+	s.list = s.list[:0]
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		s.list = append(s.list, m[k])
+	}
+}
+
+// localIfaces is s.ifaces, cached for ifaceTTL.
+func (s *self) localIfaces() []netip.Addr {
+	now := s.now()
+	s.mu.Lock()
+	if now.Before(s.ifaceUntil) {
+		defer s.mu.Unlock()
+		return s.ifaceAddrs
+	}
+	s.mu.Unlock()
+	addrs := s.ifaces()
+	s.mu.Lock()
+	s.ifaceAddrs, s.ifaceUntil = addrs, now.Add(ifaceTTL)
+	s.mu.Unlock()
+	return addrs
 }
 
 // name reports whether host is one of our host names, and if so what it is
@@ -224,7 +260,7 @@ func (s *self) is(ctx context.Context, ip netip.Addr, port int) string {
 			case l.all:
 				ifaces := l.ifaces
 				if ifaces == nil {
-					ifaces = s.ifaces()
+					ifaces = s.localIfaces()
 				}
 				if slices.Contains(ifaces, ip) {
 					return l.why
@@ -369,7 +405,8 @@ func (s *self) watchOnce(ctx context.Context, js jetstream.JetStream, replicas i
 				return fmt.Errorf("watch %s ended", bus.BucketListeners)
 			case e == nil:
 				s.mu.Lock()
-				s.remote, fresh = fresh, nil
+				s.setRemote(fresh)
+				fresh = nil
 				s.mu.Unlock()
 				synced()
 			case fresh != nil:
@@ -377,6 +414,7 @@ func (s *self) watchOnce(ctx context.Context, js jetstream.JetStream, replicas i
 			default:
 				s.mu.Lock()
 				apply(s.remote, e)
+				s.setRemote(s.remote)
 				s.mu.Unlock()
 			}
 		}

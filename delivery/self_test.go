@@ -294,7 +294,7 @@ func TestSelfAnnouncedLoopbackAndExpiry(t *testing.T) {
 		Interfaces: []string{"127.0.0.1", "::1", "192.0.2.8"}}
 	now := time.Now()
 	s.now = func() time.Time { return now }
-	s.remote["n1"] = announced{view: s.announcedView(info), expires: now.Add(time.Minute)}
+	s.setRemote(map[string]announced{"n1": {view: s.announcedView(info), expires: now.Add(time.Minute)}})
 	for _, tc := range []struct {
 		ip   string
 		port int
@@ -308,7 +308,7 @@ func TestSelfAnnouncedLoopbackAndExpiry(t *testing.T) {
 		}
 	}
 	info.Machine = "here"
-	s.remote["n1"] = announced{view: s.announcedView(info), expires: now.Add(time.Minute)}
+	s.setRemote(map[string]announced{"n1": {view: s.announcedView(info), expires: now.Add(time.Minute)}})
 	if why := s.is(t.Context(), netip.MustParseAddr("127.0.0.1"), 2525); why == "" {
 		t.Error("a loopback listener of this machine is not ours")
 	}
