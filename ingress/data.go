@@ -361,12 +361,12 @@ func (r *bdatReader) next() bool {
 				r.err = errAborted
 				return false
 			}
-			r.left, r.last = size, last
 			if r.max > 0 && r.n+size > r.max {
 				r.err = errTooBig
 				ss.discard(size)
 				return false
 			}
+			r.left, r.last = size, last
 			r.start()
 			return true
 		case "NOOP":

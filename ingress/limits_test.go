@@ -38,6 +38,26 @@ func TestLimits(t *testing.T) {
 			t.Errorf("2.1 kB message: %v, want 552 5.3.4", err)
 		}
 	})
+	t.Run("message size over BDAT chunks", func(t *testing.T) {
+		// The chunk that passes the limit is read and dropped once: the
+		// command after it is a command again.
+		rc := rawDial(t, f.addr)
+		rc.cmd("EHLO client.test")
+		rc.cmd("MAIL FROM:<a@remote.test>")
+		rc.cmd("RCPT TO:<b@local.test>")
+		chunk := strings.Repeat("z", 1200)
+		rc.send("BDAT 1200\r\n" + chunk)
+		if code, text := rc.reply(); code != 250 {
+			t.Fatalf("first chunk: %q", text)
+		}
+		rc.send("BDAT 1200 LAST\r\n" + chunk)
+		if code, text := rc.reply(); code != 552 || !strings.HasPrefix(text, "552 5.3.4") {
+			t.Errorf("chunk past the limit: %q, want 552 5.3.4", text)
+		}
+		if code, text := rc.cmd("NOOP"); code != 250 {
+			t.Errorf("NOOP after the refused chunk: %q", text)
+		}
+	})
 	t.Run("recipients per message", func(t *testing.T) {
 		c := dial(t, f.addr)
 		_ = c.Mail("a@remote.test", nil)
