@@ -9,12 +9,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/mailroot/mailroot/internal/config"
@@ -245,12 +243,5 @@ func redact(list string) string {
 	if list == "" {
 		return "embedded"
 	}
-	parts := strings.Split(list, ",")
-	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			u.User = url.User("***")
-			parts[i] = u.String()
-		}
-	}
-	return strings.Join(parts, ",")
+	return maskURLs(list)
 }
