@@ -103,8 +103,7 @@ var lim = PoolLimits{Idle: time.Minute, MaxAge: time.Hour, MaxUses: 100, MaxIdle
 // message intact.
 func TestPoolReusesSession(t *testing.T) {
 	sink := testutil.StartSink(t)
-	p := NewPool(lim)
-	t.Cleanup(func() { p.Close(time.Second) })
+	p := testPool(t, lim)
 	var w wire
 	d := dest(sink, "sink.test", "client.test")
 	c := dialSink(t, &w, sink, "sink.test", "client.test")
@@ -147,8 +146,7 @@ func TestPoolReusesSession(t *testing.T) {
 // session stays usable.
 func TestPoolSessionKeepsItsKeywords(t *testing.T) {
 	sink := testutil.StartSinkWith(t, "127.0.0.1:0", nil, "8BITMIME")
-	p := NewPool(lim)
-	t.Cleanup(func() { p.Close(time.Second) })
+	p := testPool(t, lim)
 	var w wire
 	c := dialSink(t, &w, sink, "sink.test", "client.test")
 	ehlo := w.count("EHLO")
@@ -195,8 +193,7 @@ func TestPoolStaleSession(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sink := tc.start(t)
-			p := NewPool(lim)
-			t.Cleanup(func() { p.Close(time.Second) })
+			p := testPool(t, lim)
 			var w wire
 			c := dialSink(t, &w, sink, "sink.test", "client.test")
 			sendOne(t, c, 0)
@@ -242,8 +239,7 @@ func TestPoolDrops421Session(t *testing.T) {
 	sink.DataFunc = func(int, *testutil.Mail) error {
 		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "shutting down"}
 	}
-	p := NewPool(lim)
-	t.Cleanup(func() { p.Close(time.Second) })
+	p := testPool(t, lim)
 	var w wire
 	c := dialSink(t, &w, sink, "sink.test", "client.test")
 	res, herr := c.Send(t.Context(), testEnv("", "a@sink.test"), func(context.Context) (io.ReadCloser, *Error) {
@@ -267,8 +263,7 @@ func TestPoolDrops421Session(t *testing.T) {
 // that needs TLS.
 func TestPoolKeys(t *testing.T) {
 	a, b := testutil.StartSink(t), testutil.StartSink(t)
-	p := NewPool(lim)
-	t.Cleanup(func() { p.Close(time.Second) })
+	p := testPool(t, lim)
 	var w wire
 	ca := dialSink(t, &w, a, "mx.a.test", "client.test")
 	sendOne(t, ca, 0)
@@ -305,8 +300,7 @@ func TestPoolRefusesATRNSession(t *testing.T) {
 		t.Fatal(herr)
 	}
 	sendOne(t, c, 0)
-	p := NewPool(lim)
-	t.Cleanup(func() { p.Close(time.Second) })
+	p := testPool(t, lim)
 	p.Put(c)
 	if s := p.Stats(); s.Idle != 0 {
 		t.Errorf("ATRN session cached: %+v", s)
@@ -321,8 +315,7 @@ func TestPoolLimits(t *testing.T) {
 		sink := testutil.StartSink(t)
 		l := lim
 		l.MaxUses = 2
-		p := NewPool(l)
-		t.Cleanup(func() { p.Close(time.Second) })
+		p := testPool(t, l)
 		var w wire
 		c := dialSink(t, &w, sink, "sink.test", "client.test")
 		sendOne(t, c, 0)
@@ -342,8 +335,7 @@ func TestPoolLimits(t *testing.T) {
 		sink := testutil.StartSink(t)
 		l := lim
 		l.MaxAge = 300 * time.Millisecond
-		p := NewPool(l)
-		t.Cleanup(func() { p.Close(time.Second) })
+		p := testPool(t, l)
 		var w wire
 		c := dialSink(t, &w, sink, "sink.test", "client.test")
 		sendOne(t, c, 0)
@@ -360,8 +352,7 @@ func TestPoolLimits(t *testing.T) {
 		sink := testutil.StartSink(t)
 		l := lim
 		l.Idle = 300 * time.Millisecond
-		p := NewPool(l)
-		t.Cleanup(func() { p.Close(time.Second) })
+		p := testPool(t, l)
 		var w wire
 		c := dialSink(t, &w, sink, "sink.test", "client.test")
 		sendOne(t, c, 0)
@@ -379,8 +370,7 @@ func TestPoolLimits(t *testing.T) {
 		a, b := testutil.StartSink(t), testutil.StartSink(t)
 		l := lim
 		l.MaxIdlePerDest, l.MaxIdle = 1, 2
-		p := NewPool(l)
-		t.Cleanup(func() { p.Close(time.Second) })
+		p := testPool(t, l)
 		var w wire
 		a1, a2 := dialSink(t, &w, a, "a.test", "client.test"), dialSink(t, &w, a, "a.test", "client.test")
 		p.Put(a1)
@@ -442,8 +432,7 @@ func TestPoolClose(t *testing.T) {
 // it does one Dial opened; Put then drops it.
 func TestPoolSessionBoundToContext(t *testing.T) {
 	sink := testutil.StartSink(t)
-	p := NewPool(lim)
-	t.Cleanup(func() { p.Close(time.Second) })
+	p := testPool(t, lim)
 	var w wire
 	c := dialSink(t, &w, sink, "sink.test", "client.test")
 	sendOne(t, c, 0)
@@ -456,4 +445,11 @@ func TestPoolSessionBoundToContext(t *testing.T) {
 	if s := p.Stats(); s.Idle != 0 {
 		t.Errorf("stats %+v", s)
 	}
+}
+
+// testPool is a Pool closed when the test ends.
+func testPool(t *testing.T, lim PoolLimits) *Pool {
+	p := NewPool(lim)
+	t.Cleanup(func() { p.Close(time.Second) })
+	return p
 }
