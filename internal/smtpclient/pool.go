@@ -336,8 +336,14 @@ func (p *Pool) sweep() {
 	p.quits.Add(len(expired))
 	p.mu.Unlock()
 	for _, c := range expired {
-		go func() { defer p.quits.Done(); c.quitWithin(quitTimeout) }()
+		go p.quit(c)
 	}
+}
+
+// quit ends c, counted in p.quits already.
+func (p *Pool) quit(c *Client) {
+	defer p.quits.Done()
+	c.quitWithin(quitTimeout)
 }
 
 // quitLater ends c in the background; Close waits for it.
@@ -350,5 +356,5 @@ func (p *Pool) quitLater(c *Client) {
 	}
 	p.quits.Add(1)
 	p.mu.Unlock()
-	go func() { defer p.quits.Done(); c.quitWithin(quitTimeout) }()
+	go p.quit(c)
 }
