@@ -6,6 +6,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Message content: DATA (RFC 5321 §4.1.1.4) and BDAT (RFC 3030). Both hand
@@ -73,7 +74,9 @@ func (ss *session) dataCmd(arg string) {
 		return
 	}
 	ss.reply(354, "", "Start mail input; end with <CRLF>.<CRLF>")
-	r := &dataReader{content: content{ss: ss, max: ss.site.cfg.MaxMessageSize}, prevCRLF: true, lineStart: true}
+	buf := dataBufs.Get().(*[]byte)
+	defer dataBufs.Put(buf)
+	r := &dataReader{content: content{ss: ss, max: ss.site.cfg.MaxMessageSize}, buf: (*buf)[:0], prevCRLF: true, lineStart: true}
 	ss.inContent = true
 	ss.startRequest()
 	rep := ss.Data(r)
@@ -86,6 +89,7 @@ func (ss *session) dataCmd(arg string) {
 	}
 	ss.inContent = false
 	r.finish(rep)
+	*buf = r.buf[:0]
 }
 
 // dataReader reads DATA in canonical form and unstuffed: every line ends
@@ -95,7 +99,8 @@ func (ss *session) dataCmd(arg string) {
 // another server would see its end (SMTP smuggling).
 type dataReader struct {
 	content
-	out       []byte
+	out       []byte // content prepared, not yet read
+	buf       []byte // out's storage, refilled from its start once out is read
 	done      bool
 	prevCRLF  bool // the last line ended with a genuine CRLF
 	lineStart bool
@@ -103,6 +108,11 @@ type dataReader struct {
 
 // dataChunk is how much content one fill prepares at most.
 const dataChunk = 32 << 10
+
+// dataBufs hold the storage of dataReader.out, so that reading DATA
+// allocates nothing per message: one fill prepares up to dataChunk bytes,
+// and its last line may add what the session's reader buffers (8 KiB).
+var dataBufs = sync.Pool{New: func() any { b := make([]byte, 0, dataChunk+8<<10+4); return &b }}
 
 func (r *dataReader) Read(p []byte) (int, error) {
 	for len(r.out) == 0 {
@@ -112,7 +122,10 @@ func (r *dataReader) Read(p []byte) (int, error) {
 		if r.err != nil {
 			return 0, r.err
 		}
-		if !r.fill() {
+		r.out = r.buf[:0]
+		ok := r.fill()
+		r.buf = r.out[:0]
+		if !ok {
 			if r.done {
 				return 0, io.EOF
 			}

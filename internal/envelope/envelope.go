@@ -165,7 +165,7 @@ func (e *Envelope) Header() (nats.Header, error) {
 	if len(e.Rcpts) == 0 {
 		return nil, fmt.Errorf("%w: no recipients", ErrMalformed)
 	}
-	h := nats.Header{}
+	h := make(nats.Header, 24) // room for every header below and the publish options', without growing
 	set := func(k, v string) {
 		if v != "" {
 			h.Set(k, v)

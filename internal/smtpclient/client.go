@@ -45,12 +45,12 @@ type Options struct {
 }
 
 // Client is one SMTP session, past EHLO (and STARTTLS when offered).
-// go-smtp's client runs EHLO, RCPT, DATA and QUIT; MAIL, BDAT and RSET
-// are written here on the same connection: MAIL and BDAT because go-smtp
-// cannot express them (BODY=BINARYMIME, chunks), RSET because go-smtp's
-// Reset forgets the EHLO and would say it again before the next command
-// that asks for an extension. Commands are never pipelined, so the two
-// readers never hold each other's bytes.
+// go-smtp's client runs EHLO and QUIT and keeps the EHLO keywords; the
+// transaction (RSET, MAIL, RCPT, DATA and the content, BDAT) is written
+// here on the same connection and its replies read by text, pipelined
+// when the server offers PIPELINING (see exchange). go-smtp's reader only
+// ever reads the one reply to a command of its own, so the two readers
+// never hold each other's bytes.
 //
 // A session that Dial opened can serve several messages, one after the
 // other, through a Pool; the keywords of its EHLO reply stay those of the
@@ -83,6 +83,8 @@ type Client struct {
 	// stop releases the hook that closes tcp when the caller's context
 	// ends; nil when there is none.
 	stop func() bool
+	// bw buffers the message content on its way out (data).
+	bw *bufio.Writer
 }
 
 // Remote names the server, "name[ip]".
@@ -354,22 +356,49 @@ func (c *Client) Send(ctx context.Context, env *envelope.Envelope, body BodyFunc
 	pooled := c.pooled
 	c.pooled = false
 	c.txns++
-	if _, err := c.raw(250, c.timeout, []byte(cmd+"\r\n")); err != nil {
-		e := c.note(ReplyErr(err, remote, "MAIL FROM"))
-		if pooled && (e.Code == 421 || e.Broken && !isTimeout(err)) {
-			// The remote closed the idle connection (or says it is
-			// about to): nothing of this message was answered.
+	x := &exchange{c: c, pipe: ext("PIPELINING")}
+	if pooled {
+		// A session taken from a Pool starts with RSET, as Postfix does
+		// when it reuses a cached session: it rolls back anything left
+		// open and proves the connection alive before the message is
+		// committed to it; pipelined, it costs no round trip.
+		x.add("RSET", 250, min(c.timeout, rsetTimeout))
+	}
+	x.add(cmd, 250, c.timeout)
+	bad := make([]bool, n)
+	for i, r := range env.Rcpts {
+		if bad[i] = strings.ContainsAny(r.Addr, "\r\n"); !bad[i] {
+			x.add("RCPT TO:<"+r.Addr+">"+rcptParams(r, ext("DSN")), 250, c.timeout)
+		}
+	}
+	if !binary {
+		x.add("DATA", 354, c.timeout)
+	}
+	if pooled {
+		if _, err := x.reply(); err != nil {
+			// The remote closed the idle connection (or says it is about
+			// to, or will not reset): nothing of this message was
+			// answered, and the session is not used again.
+			e := c.note(ReplyErr(err, remote, "RSET"))
+			c.broken = true
 			e.Err = fmt.Errorf("%w: %w", ErrStale, e.Err)
 			return Result{}, e
 		}
-		if !e.Permanent {
+	}
+	if _, err := x.reply(); err != nil {
+		e := c.note(ReplyErr(err, remote, "MAIL FROM"))
+		if e.Broken || !x.drain() || !e.Permanent {
 			return Result{}, e
 		}
 		return All(n, e), nil
 	}
 	accepted := 0
-	for i, r := range env.Rcpts {
-		if err := c.c.Rcpt(r.Addr, rcptOptions(r)); err != nil {
+	for i := range env.Rcpts {
+		if bad[i] {
+			res.Errs[i] = PermErr("5.1.3", remote, "bad recipient address")
+			continue
+		}
+		if _, err := x.reply(); err != nil {
 			e := c.note(ReplyErr(err, remote, "RCPT TO"))
 			if e.Broken {
 				return Result{}, e
@@ -379,16 +408,41 @@ func (c *Client) Send(ctx context.Context, env *envelope.Envelope, body BodyFunc
 		}
 		accepted++
 	}
-	if accepted == 0 {
-		c.reset()
-		return res, nil
+	var rc io.ReadCloser
+	var berr *Error
+	if accepted > 0 {
+		if rc, berr = body(ctx); rc != nil {
+			defer rc.Close()
+		}
 	}
-	rc, berr := body(ctx)
-	if berr != nil {
+	if (binary || !x.pipe) && (accepted == 0 || berr != nil) {
+		// Nothing to send, and no DATA on the wire yet.
 		c.reset()
 		return res.fill(berr), nil
 	}
-	defer rc.Close()
+	if binary {
+		// BDAT follows.
+	} else if _, err := x.reply(); err != nil {
+		e := c.note(ReplyErr(err, remote, "DATA"))
+		if e.Broken {
+			return Result{}, e
+		}
+		c.reset()
+		if accepted == 0 || berr != nil {
+			return res.fill(berr), nil
+		}
+		return res.fill(e), nil
+	} else if accepted == 0 || berr != nil {
+		// 354 with no recipient accepted (a server outside RFC 2920
+		// §3.1) or no body to send: only a dropped connection ends
+		// the content without delivering an empty message.
+		c.broken = true
+		c.Close()
+		if berr == nil {
+			return res, nil
+		}
+		return res.fill(berr), nil
+	}
 	send := c.data
 	if binary {
 		send = c.bdat
@@ -405,26 +459,110 @@ func (c *Client) Send(ctx context.Context, env *envelope.Envelope, body BodyFunc
 	return res, nil
 }
 
-// data sends the body with DATA (dot-stuffed). final is true when e is
-// the answer for the accepted recipients: a reply, or no reply to the end
-// of the message (trying another host then would risk a duplicate).
-func (c *Client) data(rc io.Reader) (reply string, e *Error, final bool) {
-	w, err := c.c.Data()
-	if err != nil {
-		e := c.note(ReplyErr(err, c.remote, "DATA"))
-		if !e.Broken {
-			c.reset()
-		}
-		return "", e, !e.Broken
+// exchange runs the commands of one transaction: with PIPELINING (RFC
+// 2920) every queued command goes out in one write before the first reply
+// is read (RSET, MAIL, RCPT and DATA: one round trip), otherwise each
+// command is written just before its reply is read, so that nothing is
+// sent after a reply that should stop the transaction.
+type exchange struct {
+	c       *Client
+	pipe    bool
+	cmds    []string
+	expects []int           // the reply code each command wants
+	waits   []time.Duration // how long each reply may take
+	written int             // commands on the wire
+	read    int             // replies read
+}
+
+func (x *exchange) add(cmd string, expect int, wait time.Duration) {
+	x.cmds = append(x.cmds, cmd)
+	x.expects = append(x.expects, expect)
+	x.waits = append(x.waits, wait)
+}
+
+// reply reads the reply to the next command, writing first what must be
+// on the wire by then; a reply other than the one the command wants is an
+// *smtp.SMTPError.
+func (x *exchange) reply() (string, error) {
+	upto := x.read + 1
+	if x.pipe {
+		upto = len(x.cmds)
 	}
-	if _, err := io.Copy(w, rc); err != nil {
+	if x.written < upto {
+		var b []byte
+		for _, cmd := range x.cmds[x.written:upto] {
+			b = append(b, cmd...)
+			b = append(b, '\r', '\n')
+		}
+		x.written = upto
+		_ = x.c.conn.SetWriteDeadline(time.Now().Add(x.c.timeout))
+		if _, err := x.c.conn.Write(b); err != nil {
+			return "", err
+		}
+	}
+	i := x.read
+	x.read++
+	return x.c.readReply(x.expects[i], x.waits[i])
+}
+
+// drain reads the replies of commands already written (pipelined after a
+// refused MAIL), which are expected to fail; false if the connection broke
+// meanwhile, or if a DATA was answered 354 anyway (the server now waits
+// for content: only closing the connection ends that).
+func (x *exchange) drain() bool {
+	for x.read < x.written {
+		want := x.expects[x.read]
+		_, err := x.reply()
+		if err == nil && want == 354 {
+			x.c.broken = true
+			return false
+		}
+		if err != nil && x.c.note(ReplyErr(err, x.c.remote, "pipelined command")).Broken {
+			return false
+		}
+	}
+	return true
+}
+
+// data sends the body dot-stuffed after DATA's 354, and reads the reply to
+// its end. final is true when e is the answer for the accepted
+// recipients: a reply, or no reply to the end of the message (trying
+// another host then would risk a duplicate). A small message and its end
+// go out in one write.
+func (c *Client) data(rc io.Reader) (reply string, e *Error, final bool) {
+	if c.bw == nil {
+		c.bw = bufio.NewWriterSize(progressWriter{c.conn, c.timeout}, dataBuffer)
+	}
+	w := textproto.NewWriter(c.bw).DotWriter()
+	_, err := io.Copy(w, rc)
+	if err == nil {
+		err = w.Close() // the end marker, and the flush
+	}
+	if err != nil {
+		c.bw.Reset(progressWriter{c.conn, c.timeout})
 		return "", c.note(sendFailure(c.remote, err)), false
 	}
-	resp, err := w.CloseWithResponse()
+	msg, err := c.readReply(250, 2*c.timeout)
 	if err != nil {
 		return "", c.note(ReplyErr(err, c.remote, "end of DATA")), true
 	}
-	return resp.StatusText, nil, true
+	return msg, nil, true
+}
+
+// dataBuffer is how much of the message is written at once.
+const dataBuffer = 32 << 10
+
+// progressWriter gives every write of the message its own deadline: a
+// large message may take longer than one command timeout in all, but no
+// write may stall for longer.
+type progressWriter struct {
+	conn    net.Conn
+	timeout time.Duration
+}
+
+func (w progressWriter) Write(p []byte) (int, error) {
+	_ = w.conn.SetWriteDeadline(time.Now().Add(w.timeout))
+	return w.conn.Write(p)
 }
 
 // bdat sends the body byte for byte in BDAT chunks (RFC 3030), the last
@@ -489,18 +627,21 @@ func (c *Client) note(e *Error) *Error {
 	return e
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// raw writes p and reads one reply, for the commands go-smtp cannot write.
+// raw writes p and reads one reply, for the commands outside a
+// transaction's exchange (BDAT, RSET, QUIT).
 func (c *Client) raw(expect int, timeout time.Duration, p []byte) (string, error) {
-	_ = c.conn.SetDeadline(time.Now().Add(timeout))
-	defer func() { _ = c.conn.SetDeadline(time.Time{}) }()
+	_ = c.conn.SetWriteDeadline(time.Now().Add(timeout))
 	if _, err := c.conn.Write(p); err != nil {
 		return "", err
 	}
+	return c.readReply(expect, timeout)
+}
+
+// readReply reads one reply within timeout; a reply other than expect (0:
+// any success) is an *smtp.SMTPError.
+func (c *Client) readReply(expect int, timeout time.Duration) (string, error) {
+	_ = c.conn.SetReadDeadline(time.Now().Add(timeout))
+	defer func() { _ = c.conn.SetDeadline(time.Time{}) }()
 	code, msg, err := c.text.ReadResponse(expect)
 	var pe *textproto.Error
 	if errors.As(err, &pe) {
@@ -509,36 +650,45 @@ func (c *Client) raw(expect int, timeout time.Duration, p []byte) (string, error
 	return msg, err
 }
 
-// rcptOptions maps the envelope's DSN parameters; go-smtp sends them only
-// when the remote advertises DSN. The envelope keeps ORCPT as
+// rcptParams are the DSN parameters of r's RCPT command (RFC 3461), sent
+// only when the remote advertises DSN. The envelope keeps ORCPT as
 // "type;" + xtext(address) (ingress and router encode the decoded address
-// with dsn.EncodeXtext, whatever the type): it is decoded here and go-smtp
-// encodes it for the wire (xtext, or RFC 6533 utf-8-addr for "utf-8"), so
-// it is encoded exactly once there.
-func rcptOptions(r envelope.Rcpt) *smtp.RcptOptions {
-	o := &smtp.RcptOptions{}
-	never := false
-	for _, n := range r.Notify {
-		never = never || n == "NEVER"
-		o.Notify = append(o.Notify, smtp.DSNNotify(n))
+// with dsn.EncodeXtext, whatever the type): it is decoded here and encoded
+// for the wire, xtext for rfc822 and RFC 6533 utf-8-addr-xtext for utf-8
+// (valid whether or not the remote offers SMTPUTF8), so it is encoded
+// exactly once there.
+func rcptParams(r envelope.Rcpt, dsnOK bool) string {
+	if !dsnOK {
+		return ""
 	}
-	if never && len(r.Notify) > 1 {
-		o.Notify = nil // invalid combination, leave it out
+	var b strings.Builder
+	never := false
+	var notify []string
+	for _, n := range r.Notify {
+		n = strings.ToUpper(n)
+		switch n {
+		case "NEVER", "SUCCESS", "FAILURE", "DELAY":
+			never = never || n == "NEVER"
+			notify = append(notify, n)
+		}
+	}
+	if len(notify) > 0 && !(never && len(notify) > 1) { // NEVER alone, or not at all
+		b.WriteString(" NOTIFY=" + strings.Join(notify, ","))
 	}
 	if typ, val, ok := strings.Cut(r.ORcpt, ";"); ok {
 		addr := dsn.DecodeXtext(val)
 		switch strings.ToLower(typ) {
 		case "rfc822":
 			if isPrintableASCII(addr) {
-				o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeRFC822, addr
+				b.WriteString(" ORCPT=rfc822;" + dsn.EncodeXtext(addr))
 			}
 		case "utf-8":
 			if utf8.ValidString(addr) && !strings.ContainsAny(addr, "\r\n") {
-				o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeUTF8, addr
+				b.WriteString(" ORCPT=utf-8;" + dsn.EncodeUTF8Addr(addr))
 			}
 		}
 	}
-	return o
+	return b.String()
 }
 
 func isPrintableASCII(s string) bool {

@@ -178,3 +178,145 @@ func TestPerRecipientErrors(t *testing.T) {
 		t.Errorf("delivered %+v", m)
 	}
 }
+
+// since returns the client's writes after the first n.
+func (w *wire) since(n int) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.writes[n:]...)
+}
+
+func (w *wire) nWrites() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.writes)
+}
+
+func refuse(code int, enhanced smtp.EnhancedCode, names ...string) func(string) error {
+	return func(addr string) error {
+		for _, n := range names {
+			if addr == n {
+				return &smtp.SMTPError{Code: code, EnhancedCode: enhanced, Message: "no"}
+			}
+		}
+		return nil
+	}
+}
+
+// With PIPELINING (RFC 2920) a transaction is two writes: MAIL, every
+// RCPT and DATA together (with RSET first on a reused session), then the
+// message with its end. A refused recipient among them is answered on
+// its own, and the others get the message.
+func TestPipelinedTransaction(t *testing.T) {
+	sink := testutil.StartSink(t)
+	sink.RcptFunc = refuse(550, smtp.EnhancedCode{5, 1, 1}, "no@sink.test")
+	p := testPool(t, lim)
+	var w wire
+	c := dialSink(t, &w, sink, "sink.test", "client.test")
+	body := "Subject: x\r\n\r\n.dot\r\nbody\r\n"
+	for i, first := range []string{"MAIL FROM:", "RSET\r\nMAIL FROM:"} {
+		if i > 0 {
+			if c = p.Get(t.Context(), dest(sink, "sink.test", "client.test"), false); c == nil {
+				t.Fatal("no idle session")
+			}
+		}
+		mark := w.nWrites()
+		res, herr := c.Send(t.Context(), testEnv("", "a@sink.test", "no@sink.test", "b@sink.test"), func(context.Context) (io.ReadCloser, *Error) {
+			return io.NopCloser(strings.NewReader(body)), nil
+		})
+		if herr != nil || res.Errs[0] != nil || res.Errs[2] != nil {
+			t.Fatalf("message %d: %v %v", i, herr, res.Errs)
+		}
+		if e := res.Errs[1]; e == nil || e.Code != 550 || !e.Permanent {
+			t.Errorf("message %d: refused recipient got %v, want its 550", i, e)
+		}
+		writes := w.since(mark)
+		wantCmds := first + "<sender@origin.test>\r\nRCPT TO:<a@sink.test>\r\nRCPT TO:<no@sink.test>\r\nRCPT TO:<b@sink.test>\r\nDATA\r\n"
+		if len(writes) != 2 || !strings.HasPrefix(writes[0], first) || strings.Count(writes[0], "\r\n") != strings.Count(wantCmds, "\r\n") ||
+			!strings.HasSuffix(writes[0], "DATA\r\n") || writes[1] != "Subject: x\r\n\r\n..dot\r\nbody\r\n.\r\n" {
+			t.Errorf("message %d: writes %q, want the commands in one (%q) and the stuffed content with its end in another", i, writes, wantCmds)
+		}
+		p.Put(c)
+	}
+	mails := sink.Mails()
+	if len(mails) != 2 {
+		t.Fatalf("%d mails, want 2", len(mails))
+	}
+	for _, m := range mails {
+		if strings.Join(m.To, ",") != "a@sink.test,b@sink.test" || string(m.Data) != body {
+			t.Errorf("mail to %v: %q", m.To, m.Data)
+		}
+	}
+}
+
+// Pipelined, the DATA sent along with recipients that were all refused,
+// or after a refused MAIL, is answered with an error and read; the
+// session stays in step and carries the next message.
+func TestPipelinedRefusalsKeepSessionInStep(t *testing.T) {
+	sink := testutil.StartSink(t)
+	sink.MailFunc = refuse(550, smtp.EnhancedCode{5, 7, 1}, "bad@origin.test")
+	sink.RcptFunc = refuse(550, smtp.EnhancedCode{5, 1, 1}, "no@sink.test", "nobody@sink.test")
+	var w wire
+	c := dialSink(t, &w, sink, "sink.test", "client.test")
+	defer c.Quit()
+	opened := 0
+	bodyFn := func(context.Context) (io.ReadCloser, *Error) {
+		opened++
+		return io.NopCloser(strings.NewReader("Subject: ok\r\n\r\nok\r\n")), nil
+	}
+	res, herr := c.Send(t.Context(), testEnv("", "no@sink.test", "nobody@sink.test"), bodyFn)
+	if herr != nil || res.Errs[0] == nil || res.Errs[1] == nil || res.Errs[0].Code != 550 {
+		t.Fatalf("all recipients refused: %v %v", herr, res.Errs)
+	}
+	env := testEnv("", "a@sink.test")
+	env.From = "bad@origin.test"
+	res, herr = c.Send(t.Context(), env, bodyFn)
+	if herr != nil || res.Errs[0] == nil || res.Errs[0].Code != 550 || res.Errs[0].Enhanced != "5.7.1" {
+		t.Fatalf("refused sender: %v %v, want the MAIL's 550 5.7.1 for the recipient", herr, res.Errs)
+	}
+	if opened != 0 {
+		t.Errorf("body opened %d times with no recipient accepted", opened)
+	}
+	res, herr = c.Send(t.Context(), testEnv("", "a@sink.test"), bodyFn)
+	if herr != nil || res.Errs[0] != nil {
+		t.Fatalf("next message on the session: %v %v", herr, res.Errs)
+	}
+	if m := sink.Mails(); len(m) != 1 || m[0].To[0] != "a@sink.test" {
+		t.Errorf("mails %+v, want the last message only", m)
+	}
+	if w.count("DATA") != 3 {
+		t.Errorf("%d DATA, want 3 (pipelined with each group)", w.count("DATA"))
+	}
+}
+
+// Without PIPELINING every command waits for the reply before it: no
+// RCPT after a refused MAIL, no DATA when every recipient was refused.
+func TestLockstepWithoutPipelining(t *testing.T) {
+	sink := testutil.StartSinkWith(t, "127.0.0.1:0", nil, "PIPELINING")
+	sink.RcptFunc = refuse(550, smtp.EnhancedCode{5, 1, 1}, "no@sink.test")
+	var w wire
+	c := dialSink(t, &w, sink, "sink.test", "client.test")
+	defer c.Quit()
+	mark := w.nWrites()
+	res, herr := c.Send(t.Context(), testEnv("", "no@sink.test"), func(context.Context) (io.ReadCloser, *Error) {
+		t.Error("body opened with no recipient accepted")
+		return nil, nil
+	})
+	if herr != nil || res.Errs[0] == nil || res.Errs[0].Code != 550 {
+		t.Fatalf("refused recipient: %v %v", herr, res.Errs)
+	}
+	got := w.since(mark)
+	if len(got) != 3 || !strings.HasPrefix(got[0], "MAIL FROM:") || got[1] != "RCPT TO:<no@sink.test>\r\n" || got[2] != "RSET\r\n" {
+		t.Errorf("writes %q, want MAIL, RCPT and RSET one by one, no DATA", got)
+	}
+	mark = w.nWrites()
+	res, herr = c.Send(t.Context(), testEnv("", "a@sink.test"), func(context.Context) (io.ReadCloser, *Error) {
+		return io.NopCloser(strings.NewReader("Subject: ok\r\n\r\nok\r\n")), nil
+	})
+	if herr != nil || res.Errs[0] != nil {
+		t.Fatalf("send: %v %v", herr, res.Errs)
+	}
+	if got := w.since(mark); len(got) != 4 || got[2] != "DATA\r\n" {
+		t.Errorf("writes %q, want MAIL, RCPT, DATA and the content one by one", got)
+	}
+}

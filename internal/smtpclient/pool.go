@@ -10,7 +10,8 @@ import (
 // session: the message is long delivered, QUIT is a courtesy.
 const quitTimeout = 5 * time.Second
 
-// rsetTimeout bounds the RSET of Put (Postfix's smtp_rset_timeout).
+// rsetTimeout bounds the RSET that starts the next transaction on a
+// session from the pool (Postfix's smtp_rset_timeout).
 const rsetTimeout = 20 * time.Second
 
 // Dest is where a session goes and as whom: two sessions with the same
@@ -157,9 +158,10 @@ func (p *Pool) Get(ctx context.Context, d Dest, tlsOnly bool) *Client {
 }
 
 // Put takes back c after a transaction (or after a Send that sent
-// nothing): it says RSET and keeps the session when the connection is
-// sound and within the limits, else it says QUIT. Either way the caller
-// is done with c.
+// nothing): it keeps the session when the connection is sound and within
+// the limits, else it says QUIT. Either way the caller is done with c.
+// Nothing is said to keep it: the next Send on it starts with RSET, which
+// proves it alive and rolls back anything left open.
 func (p *Pool) Put(c *Client) {
 	if p == nil || p.lim.Idle <= 0 || c.dest == (Dest{}) || c.broken || p.worn(c, time.Now()) {
 		p.end(c)
@@ -168,20 +170,6 @@ func (p *Pool) Put(c *Client) {
 	k := key{c.dest, c.isTLS}
 	full := func() bool { // with p.mu held
 		return p.closed || p.lim.MaxIdlePerDest > 0 && len(p.idle[k]) >= p.lim.MaxIdlePerDest
-	}
-	p.mu.Lock()
-	skip := full()
-	p.mu.Unlock()
-	if skip {
-		c.quitWithin(quitTimeout)
-		return
-	}
-	// RSET checks the connection is alive and leaves no transaction open
-	// (RFC 5321 §4.1.1.5); while it runs, c is still bound to the
-	// caller's context.
-	if _, err := c.raw(250, min(c.timeout, rsetTimeout), []byte("RSET\r\n")); err != nil {
-		c.Close()
-		return
 	}
 	if !c.release() {
 		c.Close() // the caller's context ended: the connection is closed

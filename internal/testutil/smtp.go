@@ -31,6 +31,8 @@ type Sink struct {
 
 	mu    sync.Mutex
 	mails []Mail
+	// MailFunc, if set, decides each MAIL (nil error = accept).
+	MailFunc func(from string) error
 	// RcptFunc, if set, decides each RCPT (nil error = accept).
 	RcptFunc func(to string) error
 	// DataFunc, if set, decides the DATA reply after the data was read
@@ -215,6 +217,14 @@ type sinkSession struct {
 }
 
 func (ss *sinkSession) Mail(from string, opts *smtp.MailOptions) error {
+	ss.s.mu.Lock()
+	f := ss.s.MailFunc
+	ss.s.mu.Unlock()
+	if f != nil {
+		if err := f(from); err != nil {
+			return err
+		}
+	}
 	ss.m = Mail{From: from, Helo: ss.helo}
 	if opts != nil {
 		ss.m.MailOpts = *opts
