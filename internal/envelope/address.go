@@ -135,10 +135,32 @@ func NormalizeDomain(d string) string {
 		return strings.ToLower(d)
 	}
 	d = strings.TrimSuffix(strings.ToLower(d), ".")
+	if isASCII(d) && !strings.Contains(d, "xn--") {
+		// UTS #46 maps no lower-case ASCII: outside A-labels (which it
+		// decodes and checks) ToASCII gives d back or fails, and either
+		// way the answer is d. Most domains take this path, and idna
+		// costs a trie walk per character.
+		return d
+	}
+	return toASCII(d)
+}
+
+// toASCII is NormalizeDomain's answer for d, lower-cased and without its
+// trailing dot, by idna alone.
+func toASCII(d string) string {
 	if a, err := idna.Lookup.ToASCII(d); err == nil {
 		return a
 	}
 	return d
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // scanUnquoted returns the index of target in s[start:] outside a quoted

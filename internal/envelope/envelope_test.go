@@ -220,3 +220,21 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// NormalizeDomain's ASCII shortcut answers exactly what idna does: for
+// any input, the result equals idna's on the lower-cased, dot-trimmed
+// domain (or that domain itself when idna refuses it).
+func FuzzNormalizeDomainASCII(f *testing.F) {
+	for _, s := range []string{"Example.COM.", "xn--bcher-kva.example", "a--b.test", "-x.test", "a..b", "a_b.test", "bücher.example", "[127.0.0.1]", "xn--zz.test", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, d string) {
+		if strings.HasPrefix(d, "[") {
+			return
+		}
+		want := toASCII(strings.TrimSuffix(strings.ToLower(d), "."))
+		if got := NormalizeDomain(d); got != want {
+			t.Fatalf("NormalizeDomain(%q) = %q, idna gives %q", d, got, want)
+		}
+	})
+}
