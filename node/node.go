@@ -52,7 +52,8 @@ type runner interface {
 type Node struct {
 	// Server is the embedded nats-server (nil when connected to an external one).
 	Server *server.Server
-	// Conn is the NATS connection the actors share.
+	// Conn is the NATS connection the actors share (in-process, ingress,
+	// router and delivery have one each: own).
 	Conn *nats.Conn
 	// JS is the JetStream context on Conn.
 	JS jetstream.JetStream
@@ -73,6 +74,9 @@ type Node struct {
 	dones   map[string]chan error
 	errc    chan error
 	once    sync.Once
+
+	// own are the connections of actors that have their own.
+	own []*nats.Conn
 
 	closeSync func() error // releases the group commit's store handle
 	// Syncer is the group commit of the embedded server (nil without one).
@@ -161,7 +165,12 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 		}
 		return r
 	}
-	n, err := start(ctx, cfg, log, nc, actors, room)
+	// In one process the busy actors still get a connection each, as they
+	// have in a split deployment: a connection is one reader and one
+	// writer on each side, so on a shared one the PubAcks that hold back
+	// a 250 would queue behind the router's and delivery's messages.
+	own := func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(ns, name) }
+	n, err := start(ctx, cfg, log, nc, actors, room, own)
 	if err != nil {
 		nc.Close()
 		_ = closeSync()
@@ -196,7 +205,7 @@ func Connect(ctx context.Context, cfg config.Config, log *slog.Logger, actors ..
 			}
 		}
 	}
-	n, err := start(ctx, cfg, log, nc, actors, room)
+	n, err := start(ctx, cfg, log, nc, actors, room, nil)
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -206,8 +215,9 @@ func Connect(ctx context.Context, cfg config.Config, log *slog.Logger, actors ..
 
 // start starts the actors on nc. room, when not nil, makes the Room that
 // the front doors (ingress, pickupwatcher) check before taking new mail;
-// by default they check the store's limit alone.
-func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Conn, actors []string, room func(jetstream.JetStream) *bus.Room) (*Node, error) {
+// by default they check the store's limit alone. own, when not nil,
+// connects ingress, router and delivery each on a connection of its own.
+func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Conn, actors []string, room func(jetstream.JetStream) *bus.Room, own func(name string) (*nats.Conn, error)) (_ *Node, err error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("app: jetstream: %w", err)
@@ -229,13 +239,30 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 		shared = room(js)
 	}
 	n.Room = shared
+	defer func() {
+		if err != nil {
+			for _, c := range n.own {
+				c.Close()
+			}
+		}
+	}()
 	services := map[string]runner{}
 	for _, a := range Actors {
 		if !contains(actors, a) {
 			continue
 		}
 		var r runner
-		var err error
+		js := js
+		if own != nil && (a == Ingress || a == Router || a == Delivery) {
+			c, err := own("mailroot-" + a)
+			if err != nil {
+				return nil, err
+			}
+			n.own = append(n.own, c)
+			if js, err = jetstream.New(c); err != nil {
+				return nil, fmt.Errorf("app: jetstream: %w", err)
+			}
+		}
 		switch a {
 		case Ingress:
 			var s *ingress.Service
@@ -337,13 +364,17 @@ func (n *Node) Stop() {
 				late = true
 			}
 		}
-		if err := n.Conn.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-			n.log.Warn("drain", "err", err)
+		for _, c := range append(n.own, n.Conn) {
+			if err := c.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+				n.log.Warn("drain", "err", err)
+			}
 		}
-		for i := 0; i < 100 && !n.Conn.IsClosed(); i++ {
-			time.Sleep(20 * time.Millisecond)
+		for _, c := range append(n.own, n.Conn) {
+			for i := 0; i < 100 && !c.IsClosed(); i++ {
+				time.Sleep(20 * time.Millisecond)
+			}
+			c.Close()
 		}
-		n.Conn.Close()
 		n.shutdownServer()
 		n.log.Info("stopped")
 	})
@@ -353,6 +384,9 @@ func (n *Node) Stop() {
 // close as a test can get to a crash inside one process.
 func (n *Node) Kill() {
 	n.once.Do(func() {
+		for _, c := range n.own {
+			c.Close()
+		}
 		n.Conn.Close()
 		for _, a := range n.order {
 			n.cancels[a]()
