@@ -17,6 +17,7 @@ import (
 	"github.com/mailroot/mailroot/delivery/release"
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/dkim"
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/notify"
 	"github.com/mailroot/mailroot/internal/smtpclient"
@@ -69,6 +70,8 @@ type Service struct {
 	notify *notify.Notifier
 	bodies *bus.Bodies
 	stream jetstream.Stream
+	// dkim signs what leaves over SMTP with the keys under data_dir/dkim.
+	dkim *dkim.Signer
 	// pool keeps connections open between messages to the same host.
 	pool *smtpclient.Pool
 }
@@ -112,6 +115,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		dns:            res,
 		self:           newSelf(cfg, res.addrs),
 		pool:           newPool(cfg.Delivery),
+		dkim:           dkim.NewSigner(dkim.Dir(cfg.DataDir), log),
 	}, nil
 }
 

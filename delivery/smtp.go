@@ -57,6 +57,7 @@ func (s *Service) deliver(ctx context.Context, env *envelope.Envelope, domain st
 	if rerr != nil {
 		return all(n, rerr)
 	}
+	env, body = s.sign(ctx, env, body)
 	var lastTemp, lastPerm *Error
 	note := func(e *Error) {
 		if e.Permanent {
@@ -175,6 +176,42 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 		return result{}, &Error{Enhanced: "4.7.10", Message: fmt.Sprintf("TLS is required for %s, but %s did not offer STARTTLS", env.Domain, remote), Remote: remote}
 	}
 	return s.send(ctx, c, env, body)
+}
+
+// sign puts the DKIM signatures of the keys of the message's From:
+// domain (internal/dkim) on top of the body for this attempt: made once,
+// whatever the number of hosts tried, after every header Mailroot adds,
+// and never stored, so a retry is signed afresh instead of twice. env's
+// copy declares the size with them (SIZE=). A message that cannot be
+// signed goes out unsigned, and the log says why.
+func (s *Service) sign(ctx context.Context, env *envelope.Envelope, body bodyFunc) (*envelope.Envelope, bodyFunc) {
+	if s.dkim == nil || !s.dkim.HasKeys() {
+		return env, body
+	}
+	rc, err := body(ctx)
+	if err != nil {
+		return env, body // the transaction reports the body's failure
+	}
+	sigs, from, err := s.dkim.Sign(rc)
+	_ = rc.Close()
+	if err != nil {
+		s.log.Warn("message not DKIM-signed", "qid", env.QueueID, "from_domain", from, "err", err)
+	}
+	if sigs == "" {
+		return env, body
+	}
+	e := *env
+	e.BodySize += int64(len(sigs))
+	return &e, func(ctx context.Context) (io.ReadCloser, error) {
+		rc, err := body(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(strings.NewReader(sigs), rc), rc}, nil
+	}
 }
 
 // send runs the transaction on c, then gives c back to the pool, which

@@ -96,3 +96,25 @@ func (d *DNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	d.mu.Unlock()
 	_ = w.WriteMsg(m)
 }
+
+// LookupTXT asks the server for the TXT records of name over UDP, each
+// record's strings joined (RFC 7208 §3.3), as a verifier in a test needs
+// (go-msgauth's dkim.VerifyOptions.LookupTXT).
+func (d *DNS) LookupTXT(name string) ([]string, error) {
+	q := new(dns.Msg)
+	q.SetQuestion(dns.Fqdn(name), dns.TypeTXT)
+	r, _, err := new(dns.Client).Exchange(q, d.Addr)
+	if err != nil {
+		return nil, err
+	}
+	if r.Rcode != dns.RcodeSuccess {
+		return nil, &net.DNSError{Err: dns.RcodeToString[r.Rcode], Name: name, IsNotFound: r.Rcode == dns.RcodeNameError}
+	}
+	var out []string
+	for _, rr := range r.Answer {
+		if t, ok := rr.(*dns.TXT); ok {
+			out = append(out, strings.Join(t.Txt, ""))
+		}
+	}
+	return out, nil
+}

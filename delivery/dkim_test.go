@@ -1,0 +1,72 @@
+package delivery
+
+import (
+	"bytes"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-msgauth/dkim"
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailroot/mailroot/internal/config"
+	dkimkeys "github.com/mailroot/mailroot/internal/dkim"
+	"github.com/mailroot/mailroot/internal/testutil"
+)
+
+// A key made under data_dir/dkim signs, with no configuration, the mail
+// of its From: domain as it leaves over SMTP: the sink gets one signature
+// per key, which verifies against the key published in the test's DNS
+// server, and SIZE= counts it. A retry after a 451 carries one signature
+// again, not two; mail of another From: domain leaves unsigned.
+func TestDKIMSignedOnceOnTheWayOut(t *testing.T) {
+	h := newHarness(t, "dkim.test. MX 10 mx.dkim.test.", "mx.dkim.test. A 127.0.0.1")
+	k, err := dkimkeys.Generate(dkimkeys.Dir(h.cfg.DataDir), "origin.test", dkimkeys.DefaultSelector, dkimkeys.Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.dns.Add(t, k.Zone())
+	h.cfg.Delivery.Retry = []config.Duration{config.Duration(100 * time.Millisecond)}
+	var refused atomic.Bool // the signed mail's first attempt gets a 451
+	h.sink.DataFunc = func(_ int, m *testutil.Mail) error {
+		if m.To[0] == "a@dkim.test" && refused.CompareAndSwap(false, true) {
+			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try again"}
+		}
+		return nil
+	}
+	h.start(nil)
+	h.publishOut(newEnv("dkim.test", "a@dkim.test"), sampleBody)
+	other := []byte("From: x@elsewhere.test\r\nSubject: unsigned\r\n\r\nhi\r\n")
+	h.publishOut(newEnv("dkim.test", "b@dkim.test"), other)
+
+	mails := h.waitMails(2)
+	for _, m := range mails {
+		if m.To[0] == "b@dkim.test" {
+			if !bytes.Equal(m.Data, other) {
+				t.Errorf("mail of a domain without a key changed: %q", m.Data)
+			}
+			continue
+		}
+		if n := bytes.Count(m.Data, []byte("DKIM-Signature:")); n != 1 {
+			t.Errorf("%d DKIM-Signature fields after a retry, want 1:\n%s", n, m.Data)
+		}
+		if !bytes.HasSuffix(m.Data, sampleBody) {
+			t.Errorf("message under the signature changed:\n%q", m.Data)
+		}
+		if m.MailOpts.Size != int64(len(m.Data)) {
+			t.Errorf("SIZE=%d, the message has %d bytes", m.MailOpts.Size, len(m.Data))
+		}
+		vs, err := dkim.VerifyWithOptions(bytes.NewReader(m.Data), &dkim.VerifyOptions{LookupTXT: h.dns.LookupTXT})
+		if err != nil || len(vs) != 1 || vs[0].Err != nil || vs[0].Domain != "origin.test" {
+			t.Errorf("verification: %v %+v", err, vs)
+		}
+		if !strings.Contains(string(m.Data), "s="+dkimkeys.DefaultSelector) {
+			t.Errorf("signature does not name selector %s", dkimkeys.DefaultSelector)
+		}
+	}
+	h.waitEmpty()
+	if n := h.sink.Transactions(); n != 3 {
+		t.Errorf("%d transactions, want 3 (the signed mail retried once)", n)
+	}
+}
