@@ -3,15 +3,10 @@ package delivery
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -616,24 +611,25 @@ func serveSMTP(t *testing.T, be smtp.Backend, edit func(*smtp.Server)) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func selfSigned(t *testing.T) tls.Certificate {
+// selfSigned is a certificate for names (default mx.tls.test) signed by
+// itself: unverifiable unless trusted (trust).
+func selfSigned(t *testing.T, names ...string) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
+	if len(names) == 0 {
+		names = []string{"mx.tls.test"}
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "mx.tls.test"},
-		DNSNames:     []string{"mx.tls.test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
+	return testutil.SelfSigned(t, names...)
+}
+
+// trust makes delivery verify remote certificates against cert alone
+// (delivery.tls_ca_file).
+func (h *harness) trust(cert tls.Certificate) {
+	h.t.Helper()
+	path := filepath.Join(h.t.TempDir(), "ca.pem")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o644); err != nil {
+		h.t.Fatal(err)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	h.cfg.Delivery.TLSCAFile = path
 }
 
 func TestOpportunisticTLS(t *testing.T) {

@@ -49,7 +49,9 @@ func TestDomainSmartHost(t *testing.T) {
 
 // require_tls: a server without STARTTLS gets nothing — the mail is
 // deferred with 4.7.10 — and a failed handshake is not retried in plain
-// text; a server with STARTTLS gets the mail over TLS.
+// text; a server with STARTTLS gets the mail over TLS when its certificate
+// verifies for the MX host name, and nothing (4.7.5) when it does not: not
+// trusted, or trusted but for another name.
 func TestDomainRequireTLS(t *testing.T) {
 	t.Run("no STARTTLS: deferred", func(t *testing.T) {
 		h := newHarness(t, "secure.test. MX 10 mx.secure.test.", "mx.secure.test. A 127.0.0.1")
@@ -69,12 +71,14 @@ func TestDomainRequireTLS(t *testing.T) {
 			t.Errorf("mail sent in plain text to a require_tls domain")
 		}
 	})
-	t.Run("STARTTLS offered: delivered over TLS", func(t *testing.T) {
+	t.Run("STARTTLS with a verified certificate: delivered over TLS", func(t *testing.T) {
 		b := &tlsBackend{sink: &testutil.Sink{}}
+		cert := selfSigned(t, "mx.secure.test")
 		port := serveSMTP(t, b, func(srv *smtp.Server) {
-			srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
+			srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 		})
 		h := newHarness(t, "secure.test. MX 10 mx.secure.test.", "mx.secure.test. A 127.0.0.1")
+		h.trust(cert)
 		h.cfg.Delivery.Port = port
 		h.cfg.Domains = []config.Domain{{Name: "secure.test", Type: config.DomainRemote, RequireTLS: true}}
 		h.start(nil)
@@ -85,6 +89,42 @@ func TestDomainRequireTLS(t *testing.T) {
 		}
 		h.waitEmpty()
 	})
+	for name, tc := range map[string]struct {
+		names  []string
+		trust  bool
+		reason string
+	}{
+		"certificate not trusted: deferred": {[]string{"mx.secure.test"}, false, "unknown authority"},
+		"certificate for another name":      {[]string{"mx.elsewhere.test"}, true, "mx.secure.test"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			b := &tlsBackend{sink: &testutil.Sink{}}
+			cert := selfSigned(t, tc.names...)
+			port := serveSMTP(t, b, func(srv *smtp.Server) {
+				srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+			})
+			h := newHarness(t, "secure.test. MX 10 mx.secure.test.", "mx.secure.test. A 127.0.0.1")
+			if tc.trust {
+				h.trust(cert)
+			}
+			h.cfg.Delivery.Port = port
+			h.cfg.Domains = []config.Domain{{Name: "secure.test", Type: config.DomainRemote, RequireTLS: true}}
+			h.start(nil)
+			env := newEnv("secure.test", "x@secure.test")
+			h.publishOut(env, sampleBody)
+			raw := h.waitLast(bus.Defer(bus.Token("secure.test"), env.QueueID))
+			next, err := envelope.Decode(raw.Header)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(next.LastError, "4.7.5") || !strings.Contains(next.LastError, "could not be verified") || !strings.Contains(next.LastError, tc.reason) {
+				t.Errorf("last error %q, want 4.7.5 and why (%s)", next.LastError, tc.reason)
+			}
+			if n := b.sink.Count(); n != 0 {
+				t.Errorf("%d mails delivered over an unverified session", n)
+			}
+		})
+	}
 }
 
 // A temporary failure for a held domain puts the mail back on hold for the

@@ -272,10 +272,12 @@ func TestCachedConnectionTLS(t *testing.T) {
 	})
 	t.Run("TLS connection reused", func(t *testing.T) {
 		b := &tlsBackend{sink: &testutil.Sink{}}
+		cert := selfSigned(t)
 		port := serveSMTP(t, b, func(srv *smtp.Server) {
-			srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
+			srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
 		})
 		h := newHarness(t, "tls.test. MX 10 mx.tls.test.", "mx.tls.test. A 127.0.0.1")
+		h.trust(cert)
 		h.cfg.Delivery.Port = port
 		h.cfg.Domains = []config.Domain{{Name: "tls.test", Type: config.DomainRemote, RequireTLS: true}}
 		h.cfg.Delivery.ConnectionCacheTime = config.Duration(time.Minute)

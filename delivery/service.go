@@ -2,11 +2,13 @@ package delivery
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -70,6 +72,8 @@ type Service struct {
 	notify *notify.Notifier
 	bodies *bus.Bodies
 	stream jetstream.Stream
+	// roots verify remote certificates (nil: the system's).
+	roots *x509.CertPool
 	// dkim signs what leaves over SMTP with the keys under data_dir/dkim.
 	dkim *dkim.Signer
 	// pool keeps connections open between messages to the same host.
@@ -102,6 +106,10 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 			log.Warn("no DNS server, smart host must be an IP address", "err", err)
 		}
 	}
+	roots, err := loadRoots(cfg.Delivery.TLSCAFile)
+	if err != nil {
+		return nil, err
+	}
 	dialer := &net.Dialer{Timeout: cfg.Delivery.ConnectTimeout.D()}
 	res := &resolver{server: server, timeout: cfg.Delivery.ConnectTimeout.D()}
 	return &Service{
@@ -116,7 +124,24 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		self:           newSelf(cfg, res.addrs),
 		pool:           newPool(cfg.Delivery),
 		dkim:           dkim.NewSigner(dkim.Dir(cfg.DataDir), log),
+		roots:          roots,
 	}, nil
+}
+
+// loadRoots reads delivery.tls_ca_file; "" is the system's roots (nil).
+func loadRoots(path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("delivery.tls_ca_file: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("delivery.tls_ca_file: no PEM certificate in %s", path)
+	}
+	return roots, nil
 }
 
 // newPool is the connection cache of delivery.connection_cache_time and

@@ -137,8 +137,13 @@ func loopErr(domain string, t target, ip netip.Addr, why string) *Error {
 // one should be tried.
 //
 // With requireTLS (the domain's require_tls) a host that does not offer
-// STARTTLS, or whose handshake fails, is a temporary failure, as Postfix's
-// "encrypt" security level: the mail waits rather than travel in clear.
+// STARTTLS, whose handshake fails, or whose certificate cannot be
+// verified (against the system's roots or delivery.tls_ca_file, for the
+// MX host name) is a temporary failure, as Postfix's "verify" security
+// level: the mail waits rather than travel in clear or to an impostor.
+// Mail with REQUIRETLS (RFC 8689) asks the same of every domain.
+// Otherwise TLS is opportunistic: a certificate that fails verification
+// still encrypts the session, and the result records it ("unverified").
 //
 // The transaction goes over an idle connection to the same address, host
 // name and EHLO name when the pool has one (a TLS one when TLS is
@@ -148,9 +153,14 @@ func loopErr(domain string, t target, ip netip.Addr, why string) *Error {
 func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *envelope.Envelope, body bodyFunc, plain, requireTLS bool) (result, *Error) {
 	remote := remoteName(t.host, ip)
 	addr := net.JoinHostPort(ip.String(), strconv.Itoa(t.port))
+	verify := requireTLS || env.RequireTLS
 	if !plain {
 		dest := smtpclient.Dest{Addr: addr, Host: t.host, Hostname: s.cfg.Hostname}
-		if c := s.pool.Get(ctx, dest, requireTLS || env.RequireTLS); c != nil {
+		if c := s.pool.Get(ctx, dest, verify); c != nil {
+			if verify && !c.Verified() {
+				s.pool.Put(c) // still good for opportunistic mail
+				return result{}, unverified(env, c)
+			}
 			res, herr := s.send(ctx, c, env, body)
 			if herr == nil || !errors.Is(herr, smtpclient.ErrStale) {
 				return res, herr
@@ -163,6 +173,7 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 		ConnectTimeout: s.cfg.Delivery.ConnectTimeout.D(),
 		CommandTimeout: s.cfg.Delivery.CommandTimeout.D(),
 		Plain:          plain,
+		Roots:          s.roots,
 	})
 	if herr != nil && errors.Is(herr.Err, smtpclient.ErrTLSFailed) && !requireTLS {
 		s.log.Info("STARTTLS failed, retrying in plain text", "qid", env.QueueID, "remote", remote, "err", herr.Err)
@@ -175,7 +186,21 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 		s.pool.Put(c) // plain text: kept only for domains that do not require TLS
 		return result{}, &Error{Enhanced: "4.7.10", Message: fmt.Sprintf("TLS is required for %s, but %s did not offer STARTTLS", env.Domain, remote), Remote: remote}
 	}
+	if verify && c.TLS() != "" && !c.Verified() {
+		s.pool.Put(c)
+		return result{}, unverified(env, c)
+	}
 	return s.send(ctx, c, env, body)
+}
+
+// unverified is the temporary failure of a host whose certificate could
+// not be verified for mail that needs it.
+func unverified(env *envelope.Envelope, c *smtpclient.Client) *Error {
+	why := "TLS is required for " + env.Domain
+	if env.RequireTLS {
+		why = "the message requires TLS (REQUIRETLS)"
+	}
+	return &Error{Enhanced: "4.7.5", Message: fmt.Sprintf("%s, but the certificate of %s could not be verified: %s", why, c.Remote(), c.VerifyError()), Remote: c.Remote()}
 }
 
 // sign puts the DKIM signatures of the keys of the message's From:

@@ -119,6 +119,9 @@ type Delivery struct {
 	SmartHost string `toml:"smart_host"`
 	// DNSServer ("ip:port") answers MX/A/AAAA queries; empty = /etc/resolv.conf.
 	DNSServer string `toml:"dns_server"`
+	// TLSCAFile, when set, holds the PEM certificates that verify remote
+	// servers instead of the system's roots (a private PKI).
+	TLSCAFile string `toml:"tls_ca_file"`
 	// Port is the remote SMTP port.
 	Port int `toml:"port"`
 	// Retry is the retry ladder; the last step repeats.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -42,6 +43,10 @@ type Options struct {
 	ConnectTimeout time.Duration
 	// Plain skips STARTTLS (a retry after a failed handshake).
 	Plain bool
+	// Roots verify the server's certificate (nil: the system's roots).
+	// A certificate that fails does not stop the session: the caller
+	// decides by Verified whether its mail may use it.
+	Roots *x509.CertPool
 }
 
 // Client is one SMTP session, past EHLO (and STARTTLS when offered).
@@ -64,7 +69,11 @@ type Client struct {
 	remote  string
 	tlsDesc string
 	isTLS   bool
-	timeout time.Duration
+	// verified tells whether the server's certificate chains to the roots
+	// and names the host; verifyErr says why not.
+	verified  bool
+	verifyErr string
+	timeout   time.Duration
 
 	// dest is where Dial connected and as whom; zero for New's sessions,
 	// which are never cached.
@@ -90,8 +99,27 @@ type Client struct {
 // Remote names the server, "name[ip]".
 func (c *Client) Remote() string { return c.remote }
 
-// TLS describes the session's TLS, "" for plain text.
-func (c *Client) TLS() string { return c.tlsDesc }
+// TLS describes the session's TLS, "" for plain text: version, cipher
+// suite, and whether the certificate was verified ("TLS 1.3
+// TLS_AES_128_GCM_SHA256 verified", or "... unverified: <why>").
+func (c *Client) TLS() string {
+	switch {
+	case !c.isTLS || c.tlsDesc == "":
+		return c.tlsDesc
+	case c.verified:
+		return c.tlsDesc + " verified"
+	default:
+		return c.tlsDesc + " unverified: " + c.verifyErr
+	}
+}
+
+// Verified reports whether the session is TLS with a certificate that
+// chains to the roots and names the host it was dialled as.
+func (c *Client) Verified() bool { return c.isTLS && c.verified }
+
+// VerifyError says why the certificate was not verified ("" when it was,
+// or for plain text).
+func (c *Client) VerifyError() string { return c.verifyErr }
 
 // Quit says QUIT and closes the connection.
 func (c *Client) Quit() { _ = c.c.Quit(); c.Close() }
@@ -194,7 +222,7 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 	if _, err := step(220, ""); err != nil {
 		return fail(asErr(err, "greeting"))
 	}
-	conn, tlsDesc := raw, ""
+	conn, tlsDesc, verifyErr := raw, "", ""
 	msg, err := step(250, "EHLO %s", o.Hostname)
 	var pe *textproto.Error
 	switch {
@@ -215,13 +243,14 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 			// plain-text commands (CVE-2011-0411 style): don't use it.
 			return fail(&Error{Enhanced: "4.7.0", Message: "STARTTLS: data before TLS handshake", Remote: remote, Err: ErrTLSFailed})
 		}
-		// Opportunistic TLS (RFC 3207) without DANE or MTA-STS: the
-		// certificate is not verified, since refusing an unverifiable one
-		// would only push the mail to plain text. This protects against
-		// passive eavesdropping, not an active attacker.
+		// The handshake accepts any certificate, which is verified after
+		// it: opportunistic TLS (RFC 3207) still protects against passive
+		// eavesdropping when the certificate cannot be verified, and the
+		// caller decides by Verified whether a message may use the
+		// session (require_tls, REQUIRETLS, later MTA-STS and DANE).
 		tc := tls.Client(raw, &tls.Config{
 			ServerName:         sniName(host),
-			InsecureSkipVerify: true, //nolint:gosec // opportunistic TLS, see above
+			InsecureSkipVerify: true, //nolint:gosec // verified below, see above
 			MinVersion:         tls.VersionTLS12,
 		})
 		_ = raw.SetDeadline(time.Now().Add(o.CommandTimeout))
@@ -231,6 +260,7 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 		_ = raw.SetDeadline(time.Time{})
 		st := tc.ConnectionState()
 		conn, tlsDesc = tc, tls.VersionName(st.Version)+" "+tls.CipherSuiteName(st.CipherSuite)
+		verifyErr = verifyPeer(st, host, o.Roots)
 	}
 	// Hand over to go-smtp: it reads a greeting first, so give it one,
 	// followed by anything still buffered from the plain-text phase.
@@ -243,6 +273,7 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 	if e != nil {
 		return fail(e)
 	}
+	c.verified, c.verifyErr = tlsDesc != "" && verifyErr == "", verifyErr
 	// The session stays bound to ctx until it is closed or a Pool takes
 	// it (Put), which binds it to the context of each later user.
 	c.tcp, c.stop = raw, stop
@@ -725,6 +756,26 @@ func hasExtension(msg, ext string) bool {
 		}
 	}
 	return false
+}
+
+// verifyPeer checks the server's certificate chain against roots (nil:
+// the system's) for host, the MX host name (RFC 7817 §3, as MTA-STS and
+// require_tls mean it); "" when it holds, else why not.
+func verifyPeer(st tls.ConnectionState, host string, roots *x509.CertPool) string {
+	if len(st.PeerCertificates) == 0 {
+		return "no certificate"
+	}
+	inter := x509.NewCertPool()
+	for _, c := range st.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	_, err := st.PeerCertificates[0].Verify(x509.VerifyOptions{
+		DNSName: strings.TrimSuffix(host, "."), Roots: roots, Intermediates: inter,
+	})
+	if err != nil {
+		return OneLine(err.Error())
+	}
+	return ""
 }
 
 // sniName is host for TLS SNI, or "" for an IP (SNI cannot carry one).

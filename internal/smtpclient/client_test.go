@@ -3,6 +3,8 @@ package smtpclient
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net"
 	"strings"
@@ -318,5 +320,57 @@ func TestLockstepWithoutPipelining(t *testing.T) {
 	}
 	if got := w.since(mark); len(got) != 4 || got[2] != "DATA\r\n" {
 		t.Errorf("writes %q, want MAIL, RCPT, DATA and the content one by one", got)
+	}
+}
+
+// STARTTLS goes on whatever the certificate, and the session says whether
+// it verified: against the roots given, for the host name dialled.
+func TestTLSVerification(t *testing.T) {
+	cert := testutil.SelfSigned(t, "mx.sink.test")
+	sink := testutil.StartSinkWith(t, "127.0.0.1:0", func(s *smtp.Server) {
+		s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	})
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	trusted := x509.NewCertPool()
+	trusted.AddCert(leaf)
+	for _, tc := range []struct {
+		name     string
+		host     string
+		roots    *x509.CertPool
+		verified bool
+		why      string
+	}{
+		{"trusted, right name", "mx.sink.test", trusted, true, ""},
+		{"not trusted", "mx.sink.test", nil, false, "unknown authority"},
+		{"trusted, other name", "mx.other.test", trusted, false, "mx.other.test"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var d net.Dialer
+			c, herr := Dial(t.Context(), d.DialContext, sink.Addr, tc.host, tc.host+"["+sink.Addr+"]", Options{
+				Hostname: "client.test", ConnectTimeout: 5 * time.Second, CommandTimeout: 10 * time.Second, Roots: tc.roots,
+			})
+			if herr != nil {
+				t.Fatalf("dial: %v", herr)
+			}
+			defer c.Quit()
+			if c.Verified() != tc.verified || !strings.Contains(c.VerifyError(), tc.why) {
+				t.Errorf("verified %v (%q), want %v (%s)", c.Verified(), c.VerifyError(), tc.verified, tc.why)
+			}
+			want := " unverified: "
+			if tc.verified {
+				want = " verified"
+			}
+			if !strings.HasPrefix(c.TLS(), "TLS 1.") || !strings.Contains(c.TLS(), want) {
+				t.Errorf("TLS() = %q, want the version and %q", c.TLS(), want)
+			}
+			if res, herr := c.Send(t.Context(), testEnv("", "a@sink.test"), func(context.Context) (io.ReadCloser, *Error) {
+				return io.NopCloser(strings.NewReader("Subject: x\r\n\r\nx\r\n")), nil
+			}); herr != nil || res.Errs[0] != nil {
+				t.Errorf("send over the session: %v %v", herr, res.Errs)
+			}
+		})
 	}
 }
