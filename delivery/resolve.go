@@ -26,6 +26,9 @@ type target struct {
 	// addrs are the host's addresses when already known; nil means they are
 	// looked up when the host's turn comes.
 	addrs []netip.Addr
+	// user and passwordFile are the smart host's login ("": none;
+	// passwordFile "" with a user: MAILROOT_SMART_HOST_PASSWORD).
+	user, passwordFile string
 	// kind says what the host is, for reports: "MX host", "smart host",
 	// "mail host" (no MX, the domain's own address) or "address literal".
 	kind string
@@ -134,9 +137,9 @@ func isNegative(err error) bool { return errors.Is(err, errNXDomain) || errors.I
 // ends the attempt for every recipient.
 func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error) {
 	// A [[domain]] smart host wins over the global one.
-	sh := s.cfg.Delivery.SmartHost
+	sh, user, pwFile := s.cfg.Delivery.SmartHost, s.cfg.Delivery.SmartHostUser, s.cfg.Delivery.SmartHostPasswordFile
 	if d, ok := s.cfg.Domain(domain); ok && d.SmartHost != "" {
-		sh = d.SmartHost
+		sh, user, pwFile = d.SmartHost, d.SmartHostUser, d.SmartHostPasswordFile
 	}
 	if sh != "" {
 		host, p, err := net.SplitHostPort(sh)
@@ -144,7 +147,7 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 		if err != nil || perr != nil {
 			return nil, permErr("5.3.5", "", "smart host %q is not host:port", sh)
 		}
-		t := target{host: host, port: port, kind: "smart host"}
+		t := target{host: host, port: port, kind: "smart host", user: user, passwordFile: pwFile}
 		if ip, err := netip.ParseAddr(host); err == nil {
 			t.addrs = []netip.Addr{ip.Unmap()}
 		}

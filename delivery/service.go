@@ -72,6 +72,12 @@ type Service struct {
 	notify *notify.Notifier
 	bodies *bus.Bodies
 	stream jetstream.Stream
+	// ImplicitTLSPort is the smart host port where TLS starts at connect
+	// (RFC 8314 submissions, 465; a test seam).
+	ImplicitTLSPort int
+	// loginFailed is when a smart host's refused login was last logged.
+	loginMu     sync.Mutex
+	loginFailed map[string]time.Time
 	// roots verify remote certificates (nil: the system's).
 	roots *x509.CertPool
 	// dkim signs what leaves over SMTP with the keys under data_dir/dkim.
@@ -113,18 +119,19 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 	dialer := &net.Dialer{Timeout: cfg.Delivery.ConnectTimeout.D()}
 	res := &resolver{server: server, timeout: cfg.Delivery.ConnectTimeout.D()}
 	return &Service{
-		Now:            time.Now,
-		Dial:           dialer.DialContext,
-		DropRetryDelay: 30 * time.Second,
-		cfg:            cfg,
-		log:            log.With("svc", "delivery"),
-		js:             js,
-		Room:           &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
-		dns:            res,
-		self:           newSelf(cfg, res.addrs),
-		pool:           newPool(cfg.Delivery),
-		dkim:           dkim.NewSigner(dkim.Dir(cfg.DataDir), log),
-		roots:          roots,
+		Now:             time.Now,
+		Dial:            dialer.DialContext,
+		DropRetryDelay:  30 * time.Second,
+		cfg:             cfg,
+		log:             log.With("svc", "delivery"),
+		js:              js,
+		Room:            &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
+		dns:             res,
+		self:            newSelf(cfg, res.addrs),
+		pool:            newPool(cfg.Delivery),
+		dkim:            dkim.NewSigner(dkim.Dir(cfg.DataDir), log),
+		roots:           roots,
+		ImplicitTLSPort: 465,
 	}, nil
 }
 

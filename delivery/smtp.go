@@ -7,11 +7,14 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/smtpclient"
 )
@@ -154,8 +157,16 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 	remote := remoteName(t.host, ip)
 	addr := net.JoinHostPort(ip.String(), strconv.Itoa(t.port))
 	verify := requireTLS || env.RequireTLS
+	var auth *smtpclient.Auth
+	if t.user != "" {
+		pw, err := s.password(t.passwordFile)
+		if err != nil {
+			return result{}, tempErr("4.7.0", remote, err, "smart host login as %s: %v", t.user, err)
+		}
+		auth = &smtpclient.Auth{User: t.user, Password: pw}
+	}
 	if !plain {
-		dest := smtpclient.Dest{Addr: addr, Host: t.host, Hostname: s.cfg.Hostname}
+		dest := smtpclient.Dest{Addr: addr, Host: t.host, Hostname: s.cfg.Hostname, User: t.user}
 		if c := s.pool.Get(ctx, dest, verify); c != nil {
 			if verify && !c.Verified() {
 				s.pool.Put(c) // still good for opportunistic mail
@@ -174,8 +185,14 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 		CommandTimeout: s.cfg.Delivery.CommandTimeout.D(),
 		Plain:          plain,
 		Roots:          s.roots,
+		ImplicitTLS:    t.kind == "smart host" && t.port == s.ImplicitTLSPort,
+		Auth:           auth,
+		AuthInsecure:   s.cfg.Delivery.SmartHostInsecure,
 	})
-	if herr != nil && errors.Is(herr.Err, smtpclient.ErrTLSFailed) && !requireTLS {
+	if auth != nil {
+		s.noteLogin(remote, herr)
+	}
+	if herr != nil && errors.Is(herr.Err, smtpclient.ErrTLSFailed) && !requireTLS && auth == nil && !plain {
 		s.log.Info("STARTTLS failed, retrying in plain text", "qid", env.QueueID, "remote", remote, "err", herr.Err)
 		return s.tryHost(ctx, t, ip, env, body, true, false)
 	}
@@ -192,6 +209,49 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 	}
 	return s.send(ctx, c, env, body)
 }
+
+// password reads a smart host's password: the first line of file, or
+// MAILROOT_SMART_HOST_PASSWORD when there is no file. The file is read at
+// each connection, so a new password needs no restart.
+func (s *Service) password(file string) (string, error) {
+	if file == "" {
+		if pw := os.Getenv(config.SmartHostPasswordEnv); pw != "" {
+			return pw, nil
+		}
+		return "", fmt.Errorf("no password: neither smart_host_password_file nor %s", config.SmartHostPasswordEnv)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", err
+	}
+	pw, _, _ := strings.Cut(string(b), "\n")
+	return strings.TrimSuffix(pw, "\r"), nil
+}
+
+// noteLogin logs a smart host's refused login once per burst: the first
+// failure, then again only after loginLogEvery or once a login worked,
+// rather than once per message that waits because of it.
+func (s *Service) noteLogin(remote string, herr *Error) {
+	s.loginMu.Lock()
+	defer s.loginMu.Unlock()
+	if herr == nil || !errors.Is(herr, smtpclient.ErrAuth) {
+		delete(s.loginFailed, remote)
+		return
+	}
+	now := s.Now()
+	if last, ok := s.loginFailed[remote]; ok && now.Sub(last) < loginLogEvery {
+		return
+	}
+	if s.loginFailed == nil {
+		s.loginFailed = map[string]time.Time{}
+	}
+	s.loginFailed[remote] = now
+	s.log.Error("smart host login failed: mail to it waits", "remote", remote, "err", herr.Error())
+}
+
+// loginLogEvery is how often a smart host login that keeps failing is
+// logged again.
+const loginLogEvery = 10 * time.Minute
 
 // unverified is the temporary failure of a host whose certificate could
 // not be verified for mail that needs it.

@@ -91,6 +91,10 @@ type Domain struct {
 	DropDir string `toml:"drop_dir"`
 	// SmartHost (remote) sends this domain's mail to host:port.
 	SmartHost string `toml:"smart_host"`
+	// SmartHostUser and SmartHostPasswordFile (remote) log in to this
+	// domain's smart host (AUTH); the password is the file's first line.
+	SmartHostUser         string `toml:"smart_host_user"`
+	SmartHostPasswordFile string `toml:"smart_host_password_file"`
 	// RequireTLS (remote) refuses to deliver without STARTTLS.
 	RequireTLS bool `toml:"require_tls"`
 	// Hold (remote) keeps the domain's mail queued until ETRN/ATRN.
@@ -117,6 +121,15 @@ type Delivery struct {
 	Concurrency int `toml:"concurrency"`
 	// SmartHost, when set ("host:port" or "[ip]:port"), receives all remote mail.
 	SmartHost string `toml:"smart_host"`
+	// SmartHostUser logs in to the smart host (AUTH PLAIN, or LOGIN); the
+	// password is the first line of SmartHostPasswordFile, or else the
+	// environment variable MAILROOT_SMART_HOST_PASSWORD: it is never in
+	// the configuration. On port 465 TLS is implicit (RFC 8314), else
+	// STARTTLS; the password goes only over TLS whose certificate
+	// verified, unless SmartHostInsecure.
+	SmartHostUser         string `toml:"smart_host_user"`
+	SmartHostPasswordFile string `toml:"smart_host_password_file"`
+	SmartHostInsecure     bool   `toml:"smart_host_insecure"`
 	// DNSServer ("ip:port") answers MX/A/AAAA queries; empty = /etc/resolv.conf.
 	DNSServer string `toml:"dns_server"`
 	// TLSCAFile, when set, holds the PEM certificates that verify remote
@@ -372,6 +385,9 @@ func (c *Config) Validate() error {
 				return err
 			}
 		}
+		if err := checkLogin(key, d.SmartHost, d.SmartHostUser, d.SmartHostPasswordFile, false); err != nil {
+			return err
+		}
 		for j := range i {
 			if c.Domains[j].Name == d.Name {
 				return &KeyError{key + ".name", fmt.Sprintf("%q is configured twice", d.Name)}
@@ -424,6 +440,9 @@ func (c *Config) Validate() error {
 		if err := checkHostPort("delivery.smart_host", c.Delivery.SmartHost, remoteAddr); err != nil {
 			return err
 		}
+	}
+	if err := checkLogin("delivery", c.Delivery.SmartHost, c.Delivery.SmartHostUser, c.Delivery.SmartHostPasswordFile, true); err != nil {
+		return err
 	}
 	if c.Delivery.DNSServer != "" {
 		if err := checkHostPort("delivery.dns_server", c.Delivery.DNSServer, ipAddr); err != nil {
@@ -611,4 +630,29 @@ func (c Config) SlogLevel() slog.Level {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(c.LogLevel))
 	return level
+}
+
+// SmartHostPasswordEnv holds the global smart host's password when
+// delivery.smart_host_password_file is not set.
+const SmartHostPasswordEnv = "MAILROOT_SMART_HOST_PASSWORD"
+
+// checkLogin checks a smart host login of block key: a user needs a smart
+// host and a password (a file, or for the global one the environment).
+func checkLogin(key, smartHost, user, passwordFile string, env bool) error {
+	switch {
+	case user == "" && passwordFile != "":
+		return &KeyError{key + ".smart_host_password_file", "needs smart_host_user"}
+	case user == "":
+		return nil
+	case smartHost == "":
+		return &KeyError{key + ".smart_host_user", "needs smart_host"}
+	case strings.ContainsAny(user, "\x00\r\n"):
+		return &KeyError{key + ".smart_host_user", "must not hold NUL, CR or LF"}
+	case passwordFile == "" && !(env && os.Getenv(SmartHostPasswordEnv) != ""):
+		if env {
+			return &KeyError{key + ".smart_host_user", "needs smart_host_password_file or " + SmartHostPasswordEnv}
+		}
+		return &KeyError{key + ".smart_host_user", "needs smart_host_password_file"}
+	}
+	return nil
 }

@@ -199,3 +199,39 @@ hold = true
 		}
 	}
 }
+
+// A smart host login needs a smart host and a password source; for the
+// global smart host the environment can hold the password.
+func TestSmartHostLoginKeys(t *testing.T) {
+	base := func() Config { c := Default(); c.DataDir = t.TempDir(); return c }
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+		env  string
+		key  string
+	}{
+		{"user without smart host", func(c *Config) { c.Delivery.SmartHostUser = "u" }, "", "delivery.smart_host_user"},
+		{"user without password", func(c *Config) { c.Delivery.SmartHost = "relay.test:587"; c.Delivery.SmartHostUser = "u" }, "", "delivery.smart_host_user"},
+		{"password from the environment", func(c *Config) { c.Delivery.SmartHost = "relay.test:587"; c.Delivery.SmartHostUser = "u" }, "pw", ""},
+		{"password file without user", func(c *Config) { c.Delivery.SmartHost = "relay.test:587"; c.Delivery.SmartHostPasswordFile = "/x" }, "", "delivery.smart_host_password_file"},
+		{"domain user needs its own file", func(c *Config) {
+			c.Domains = []Domain{{Name: "d.test", Type: DomainRemote, SmartHost: "relay.test:587", SmartHostUser: "u"}}
+		}, "pw", "domain[0].smart_host_user"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(SmartHostPasswordEnv, tc.env)
+			c := base()
+			tc.edit(&c)
+			err := c.Validate()
+			if tc.key == "" {
+				if err != nil {
+					t.Fatalf("valid: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.key) {
+				t.Errorf("error %v, want one naming %s", err, tc.key)
+			}
+		})
+	}
+}

@@ -2,6 +2,7 @@ package smtpclient
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,6 +16,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailroot/mailroot/internal/dsn"
@@ -43,11 +45,29 @@ type Options struct {
 	ConnectTimeout time.Duration
 	// Plain skips STARTTLS (a retry after a failed handshake).
 	Plain bool
+	// ImplicitTLS starts TLS as soon as the connection is made (port 465,
+	// RFC 8314) instead of by STARTTLS.
+	ImplicitTLS bool
+	// Auth, when set, logs in after EHLO (a smart host's submission
+	// service), only over TLS whose certificate verified unless
+	// AuthInsecure.
+	Auth         *Auth
+	AuthInsecure bool
 	// Roots verify the server's certificate (nil: the system's roots).
 	// A certificate that fails does not stop the session: the caller
 	// decides by Verified whether its mail may use it.
 	Roots *x509.CertPool
 }
+
+// Auth is a login for AUTH PLAIN, or AUTH LOGIN when PLAIN is not
+// offered.
+type Auth struct {
+	User, Password string
+}
+
+// ErrAuth marks the failure of a login: the server refused it, or the
+// session was not safe to send the password over.
+var ErrAuth = errors.New("smtpclient: login failed")
 
 // Client is one SMTP session, past EHLO (and STARTTLS when offered).
 // go-smtp's client runs EHLO and QUIT and keeps the EHLO keywords; the
@@ -199,7 +219,34 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 		_ = raw.Close()
 		return nil, e
 	}
-	tp := textproto.NewConn(raw)
+	conn, tlsDesc, verifyErr := raw, "", ""
+	handshake := func() *Error {
+		// The handshake accepts any certificate, which is verified after
+		// it: opportunistic TLS (RFC 3207) still protects against passive
+		// eavesdropping when the certificate cannot be verified, and the
+		// caller decides by Verified whether a message may use the
+		// session (require_tls, REQUIRETLS, later MTA-STS and DANE).
+		tc := tls.Client(raw, &tls.Config{
+			ServerName:         sniName(host),
+			InsecureSkipVerify: true, //nolint:gosec // verified below, see above
+			MinVersion:         tls.VersionTLS12,
+		})
+		_ = raw.SetDeadline(time.Now().Add(o.CommandTimeout))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return &Error{Enhanced: "4.7.0", Message: "TLS handshake: " + OneLine(err.Error()), Remote: remote, Err: ErrTLSFailed}
+		}
+		_ = raw.SetDeadline(time.Time{})
+		st := tc.ConnectionState()
+		conn, tlsDesc = tc, tls.VersionName(st.Version)+" "+tls.CipherSuiteName(st.CipherSuite)
+		verifyErr = verifyPeer(st, host, o.Roots)
+		return nil
+	}
+	if o.ImplicitTLS {
+		if e := handshake(); e != nil {
+			return fail(e)
+		}
+	}
+	tp := textproto.NewConn(conn)
 	step := func(expect int, format string, args ...any) (string, error) {
 		_ = raw.SetDeadline(time.Now().Add(o.CommandTimeout))
 		defer func() { _ = raw.SetDeadline(time.Time{}) }()
@@ -222,7 +269,6 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 	if _, err := step(220, ""); err != nil {
 		return fail(asErr(err, "greeting"))
 	}
-	conn, tlsDesc, verifyErr := raw, "", ""
 	msg, err := step(250, "EHLO %s", o.Hostname)
 	var pe *textproto.Error
 	switch {
@@ -230,7 +276,7 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 		// No ESMTP: the go-smtp client falls back to HELO below.
 	case err != nil:
 		return fail(asErr(err, "EHLO"))
-	case !o.Plain && hasExtension(msg, "STARTTLS"):
+	case !o.Plain && !o.ImplicitTLS && hasExtension(msg, "STARTTLS"):
 		if _, err := step(220, "STARTTLS"); err != nil {
 			if !errors.As(err, &pe) {
 				return fail(asErr(err, "STARTTLS"))
@@ -243,24 +289,10 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 			// plain-text commands (CVE-2011-0411 style): don't use it.
 			return fail(&Error{Enhanced: "4.7.0", Message: "STARTTLS: data before TLS handshake", Remote: remote, Err: ErrTLSFailed})
 		}
-		// The handshake accepts any certificate, which is verified after
-		// it: opportunistic TLS (RFC 3207) still protects against passive
-		// eavesdropping when the certificate cannot be verified, and the
-		// caller decides by Verified whether a message may use the
-		// session (require_tls, REQUIRETLS, later MTA-STS and DANE).
-		tc := tls.Client(raw, &tls.Config{
-			ServerName:         sniName(host),
-			InsecureSkipVerify: true, //nolint:gosec // verified below, see above
-			MinVersion:         tls.VersionTLS12,
-		})
-		_ = raw.SetDeadline(time.Now().Add(o.CommandTimeout))
-		if err := tc.HandshakeContext(ctx); err != nil {
-			return fail(&Error{Enhanced: "4.7.0", Message: "STARTTLS: " + OneLine(err.Error()), Remote: remote, Err: ErrTLSFailed})
+		if e := handshake(); e != nil {
+			e.Message = "STARTTLS: " + strings.TrimPrefix(e.Message, "TLS handshake: ")
+			return fail(e)
 		}
-		_ = raw.SetDeadline(time.Time{})
-		st := tc.ConnectionState()
-		conn, tlsDesc = tc, tls.VersionName(st.Version)+" "+tls.CipherSuiteName(st.CipherSuite)
-		verifyErr = verifyPeer(st, host, o.Roots)
 	}
 	// Hand over to go-smtp: it reads a greeting first, so give it one,
 	// followed by anything still buffered from the plain-text phase.
@@ -274,11 +306,61 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 		return fail(e)
 	}
 	c.verified, c.verifyErr = tlsDesc != "" && verifyErr == "", verifyErr
+	if o.Auth != nil {
+		if e := c.login(o); e != nil {
+			c.Close()
+			stop()
+			return nil, e
+		}
+		c.dest.User = o.Auth.User
+	}
 	// The session stays bound to ctx until it is closed or a Pool takes
 	// it (Put), which binds it to the context of each later user.
 	c.tcp, c.stop = raw, stop
-	c.dest = Dest{Addr: addr, Host: host, Hostname: o.Hostname}
+	c.dest.Addr, c.dest.Host, c.dest.Hostname = addr, host, o.Hostname
 	return c, nil
+}
+
+// login says AUTH with o.Auth: PLAIN, or LOGIN when only that is
+// offered. The password is sent only over TLS whose certificate verified,
+// unless o.AuthInsecure. A failure is temporary (the login may be fixed,
+// or the server back to normal), carries the server's reply, and wraps
+// ErrAuth.
+func (c *Client) login(o Options) *Error {
+	switch {
+	case !c.isTLS && !o.AuthInsecure:
+		return &Error{Enhanced: "4.7.0", Message: "not logging in to " + c.remote + " in plain text (it offered no TLS); smart_host_insecure = true allows it", Remote: c.remote, Err: ErrAuth}
+	case !c.verified && !o.AuthInsecure:
+		return &Error{Enhanced: "4.7.0", Message: "not logging in to " + c.remote + ": its certificate could not be verified: " + c.verifyErr + "; smart_host_insecure = true allows it", Remote: c.remote, Err: ErrAuth}
+	}
+	ok, mechs := c.c.Extension("AUTH")
+	if !ok {
+		return &Error{Enhanced: "4.7.0", Message: c.remote + " does not offer AUTH, and a login is configured for it", Remote: c.remote, Err: ErrAuth}
+	}
+	var client sasl.Client
+	for _, m := range strings.Fields(strings.ToUpper(mechs)) {
+		if m == sasl.Plain {
+			client = sasl.NewPlainClient("", o.Auth.User, o.Auth.Password)
+			break
+		}
+		if m == sasl.Login {
+			client = sasl.NewLoginClient(o.Auth.User, o.Auth.Password)
+		}
+	}
+	if client == nil {
+		return &Error{Enhanced: "4.7.0", Message: c.remote + " offers AUTH " + mechs + ", neither PLAIN nor LOGIN", Remote: c.remote, Err: ErrAuth}
+	}
+	if err := c.c.Auth(client); err != nil {
+		// The server's reply is kept as it was (535 5.7.8 ...), yet the
+		// mail waits: a refused login is the sender's configuration to
+		// fix, or the smart host's hiccup, not the recipient's fault.
+		e := ReplyErr(err, c.remote, "AUTH")
+		e.Permanent = false
+		e.Message = "login as " + o.Auth.User + " refused: " + e.Message
+		e.Err = fmt.Errorf("%w: %w", ErrAuth, cmp.Or(e.Err, errors.New(e.Message)))
+		return e
+	}
+	return nil
 }
 
 // Result is the outcome of a transaction the server answered.

@@ -23,6 +23,9 @@ type Dest struct {
 	Host string
 	// Hostname is the name we said in EHLO.
 	Hostname string
+	// User is who the session logged in as ("" for none): a login is
+	// never lent to mail that did not ask for it.
+	User string
 }
 
 // key is a Dest with the TLS state the session reached.

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
 
@@ -28,6 +29,8 @@ type Mail struct {
 	MailOpts smtp.MailOptions
 	RcptOpts []smtp.RcptOptions
 	Helo     string
+	// User is who the client logged in as (AUTH), "" for nobody.
+	User string
 }
 
 // Sink is a go-smtp server on 127.0.0.1 that records what it receives. Its
@@ -38,6 +41,10 @@ type Sink struct {
 
 	mu    sync.Mutex
 	mails []Mail
+	// Users, when set before the sink serves, are the logins AUTH PLAIN
+	// accepts (name to password): the sink then offers AUTH where go-smtp
+	// allows it (over TLS, or with AllowInsecureAuth).
+	Users map[string]string
 	// MailFunc, if set, decides each MAIL (nil error = accept).
 	MailFunc func(from string) error
 	// RcptFunc, if set, decides each RCPT (nil error = accept).
@@ -220,7 +227,27 @@ func (s *Sink) NewSession(c *smtp.Conn) (smtp.Session, error) {
 type sinkSession struct {
 	s    *Sink
 	helo string
+	user string
 	m    Mail
+}
+
+// AuthMechanisms implements smtp.AuthSession: PLAIN when Users is set.
+func (ss *sinkSession) AuthMechanisms() []string {
+	if ss.s.Users == nil {
+		return nil
+	}
+	return []string{sasl.Plain}
+}
+
+// Auth implements smtp.AuthSession.
+func (ss *sinkSession) Auth(string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(_, user, pass string) error {
+		if want, ok := ss.s.Users[user]; !ok || want != pass {
+			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
+		}
+		ss.user = user
+		return nil
+	}), nil
 }
 
 func (ss *sinkSession) Mail(from string, opts *smtp.MailOptions) error {
@@ -232,7 +259,7 @@ func (ss *sinkSession) Mail(from string, opts *smtp.MailOptions) error {
 			return err
 		}
 	}
-	ss.m = Mail{From: from, Helo: ss.helo}
+	ss.m = Mail{From: from, Helo: ss.helo, User: ss.user}
 	if opts != nil {
 		ss.m.MailOpts = *opts
 	}
