@@ -29,6 +29,11 @@ type EmbeddedOptions struct {
 	// MaxStore caps JetStream file storage in bytes (0 = server default);
 	// publishes past it fail and ingress answers 452 4.3.1.
 	MaxStore int64
+	// User and Password, when set, are required of every client, the
+	// in-process ones too (ConnectInProcess with nats.UserInfo): the
+	// loopback listener of `mailroot all` is open to every local user,
+	// its credentials only to data_dir's owner (LocalAccessFile).
+	User, Password string
 }
 
 // StartEmbedded starts a JetStream-enabled nats-server in this process and
@@ -47,6 +52,8 @@ func StartEmbedded(o EmbeddedOptions, log *slog.Logger) (*server.Server, error) 
 		DontListen:         o.Listen == "",
 		MaxPayload:         2 << 20,
 		JetStreamMaxMemory: embeddedMaxMemory,
+		Username:           o.User,
+		Password:           o.Password,
 	}
 	if o.Listen != "" {
 		host, port, err := net.SplitHostPort(o.Listen)
@@ -96,9 +103,10 @@ func waitReady(ns *server.Server, fatal <-chan error, timeout time.Duration) err
 	}
 }
 
-// ConnectInProcess connects to an embedded server without a socket.
-func ConnectInProcess(ns *server.Server, name string) (*nats.Conn, error) {
-	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.Name(name), nats.MaxReconnects(-1))
+// ConnectInProcess connects to an embedded server without a socket; opts
+// add to the defaults (nats.UserInfo for a server with a password).
+func ConnectInProcess(ns *server.Server, name string, opts ...nats.Option) (*nats.Conn, error) {
+	nc, err := nats.Connect("", append([]nats.Option{nats.InProcessServer(ns), nats.Name(name), nats.MaxReconnects(-1)}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("bus: in-process connect: %w", err)
 	}
