@@ -46,6 +46,12 @@ var commands = []command{
 	{"sessions", "list the live SMTP sessions of all ingress processes", func(args []string) int {
 		return sessionsCommand(args, os.Stdout, os.Stderr)
 	}},
+	{"queue", "the mail queue: queue list [-domain D] [-sender S] [-older 1h] [-state S] [-json] | show ID | cat ID", func(args []string) int {
+		return queueCommand(args, os.Stdout, os.Stderr)
+	}},
+	{"mailq", "list the mail queue as Postfix's mailq does (also as a `mailq` symlink and `sendmail -bp`)", func(args []string) int {
+		return mailqCommand(args, os.Stdout, os.Stderr)
+	}},
 	{"healthcheck", "container health probe: exit 0 when the actors in this container are up and connected to NATS", runHealthcheck},
 	{"version", "the mailroot build: module version, VCS commit, Go and nats-server versions (also -version)", func(args []string) int {
 		return versionCommand(args, os.Stdout, os.Stderr)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // EmbeddedOptions configure the in-process nats-server of `mailroot all`.
@@ -54,6 +55,16 @@ func StartEmbedded(o EmbeddedOptions, log *slog.Logger) (*server.Server, error) 
 		JetStreamMaxMemory: embeddedMaxMemory,
 		Username:           o.User,
 		Password:           o.Password,
+	}
+	if o.Password != "" {
+		// The server keeps a bcrypt hash (and does not warn about a plain
+		// password at every start). The password is 192 random bits: a
+		// costly hash would add nothing but time to every connect.
+		h, err := bcrypt.GenerateFromPassword([]byte(o.Password), bcrypt.MinCost)
+		if err != nil {
+			return nil, fmt.Errorf("bus: embedded server password: %w", err)
+		}
+		opts.Password = string(h)
 	}
 	if o.Listen != "" {
 		host, port, err := net.SplitHostPort(o.Listen)
