@@ -66,6 +66,7 @@ func queueUsage(w io.Writer) {
 	fmt.Fprint(w, `usage: mailroot queue list [-domain D] [-sender S] [-older 1h] [-state active|deferred|held|bad] [-json]
        mailroot queue show ID
        mailroot queue cat ID
+       mailroot queue flush ID... | -domain D | -all
 (each also takes -config FILE, -data DIR, -nats URL)
 `)
 }
@@ -80,6 +81,8 @@ func queueCommand(args []string, stdout, stderr io.Writer) int {
 		return queueList("mailroot queue list", args[1:], stdout, stderr)
 	case "show", "cat":
 		return queueOne(args[0], args[1:], stdout, stderr)
+	case "flush":
+		return queueFlush(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		queueUsage(stdout)
 		return 0
@@ -574,4 +577,106 @@ func copyHeaderSection(w io.Writer, r io.Reader) error {
 			return err
 		}
 	}
+}
+
+// queueFlush is `queue flush ID... | -domain D | -all` (postqueue -i / -s /
+// -f): the retry schedules of the deferred mail selected fire now, the
+// way ETRN fires them (bus.FireDeferred), each with an id of its own
+// (envelope.FlushID) so that a flush retried is not a second attempt.
+func queueFlush(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("mailroot queue flush", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cf := addCommonFlags(fs)
+	domain := fs.String("domain", "", "the deferred mail of this destination domain")
+	all := fs.Bool("all", false, "all deferred mail")
+	var ids []string
+	// Ids and flags in any order: `queue flush ID -data DIR`.
+	for rest := args; ; {
+		if err := fs.Parse(rest); err != nil {
+			return 2
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		ids, rest = append(ids, fs.Arg(0)), fs.Args()[1:]
+	}
+	chosen := 0
+	for _, b := range []bool{len(ids) > 0, *domain != "", *all} {
+		if b {
+			chosen++
+		}
+	}
+	if chosen != 1 {
+		fmt.Fprintln(stderr, "mailroot: queue flush needs queue ids, -domain D or -all (one of them)")
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	q, code := openQueue(ctx, cf, "mailroot queue flush", stderr)
+	if q == nil {
+		return code
+	}
+	defer q.nc.Close()
+	entries, err := q.entries(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "mailroot: %v\n", err)
+		return 1
+	}
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	status := 0
+	var picked []*queueEntry
+	seen := map[string]bool{}
+	for _, e := range entries {
+		seen[e.ID] = true
+		switch {
+		case e.State != stateDeferred:
+			if want[e.ID] {
+				fmt.Fprintf(stderr, "mailroot: %s is %s, not deferred: nothing to flush (%s)\n", e.ID, e.State, e.Subject)
+			}
+			continue
+		case *all, want[e.ID]:
+		case *domain != "" && envelope.NormalizeDomain(e.Domain) == envelope.NormalizeDomain(*domain):
+		default:
+			continue
+		}
+		picked = append(picked, e)
+	}
+	for _, id := range ids {
+		if !seen[id] {
+			fmt.Fprintf(stderr, "mailroot: no such message: %s\n", id)
+			status = 1
+		}
+	}
+	// Where the server is Mailroot's, its group commit makes the new
+	// schedules durable before this says they are.
+	room := &bus.Room{JS: q.js, Sync: bus.RemoteSync(ctx, q.nc)}
+	flushed := 0
+	for _, e := range picked {
+		rest, _ := strings.CutPrefix(e.Subject, bus.SubjDeferPrefix)
+		tok, _, ok := strings.Cut(rest, ".")
+		if !ok {
+			fmt.Fprintf(stderr, "mailroot: %s: subject %s is not %s<domain>.<id>\n", e.ID, e.Subject, bus.SubjDeferPrefix)
+			status = 1
+			continue
+		}
+		_, fired, err := bus.FireDeferred(ctx, room, tok, e.Subject, func(qid string, seq uint64) string {
+			return envelope.FlushID(qid, tok, seq)
+		})
+		if err != nil {
+			fmt.Fprintf(stderr, "mailroot: flush %s: %v\n", e.ID, err)
+			status = 1
+			continue
+		}
+		if fired {
+			flushed++
+			fmt.Fprintf(stdout, "%s: to %s now\n", e.ID, bus.Out(tok))
+		} else {
+			fmt.Fprintf(stdout, "%s: already on its way (its retry fired meanwhile)\n", e.ID)
+		}
+	}
+	fmt.Fprintf(stdout, "%d deferred messages flushed\n", flushed)
+	return status
 }

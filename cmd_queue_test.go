@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,14 +23,18 @@ import (
 // queueNode runs `mailroot all` in-process on dir/mailroot-data (the
 // default data_dir, seen from dir) with no nats.listen, delivering
 // remote.test and other.test to a sink that answers 451 to every RCPT:
-// whatever it is sent waits in the queue for an hour.
-func queueNode(t *testing.T, dir string) (*node.Node, config.Config) {
+// whatever it is sent waits in the queue for an hour, until accept is
+// set (when not nil).
+func queueNode(t *testing.T, dir string, accept *atomic.Bool) (*node.Node, config.Config, *testutil.Sink) {
 	t.Helper()
 	t.Setenv("MAILROOT_CONFIG", "")
 	t.Setenv("MAILROOT_NATS_URL", "")
 	t.Setenv("MAILROOT_DATA_DIR", "")
 	sink := testutil.StartSink(t)
 	sink.RcptFunc = func(string) error {
+		if accept != nil && accept.Load() {
+			return nil
+		}
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "try later"}
 	}
 	dns := testutil.StartDNS(t,
@@ -56,7 +61,36 @@ func queueNode(t *testing.T, dir string) (*node.Node, config.Config) {
 	}
 	t.Cleanup(n.Stop)
 	<-n.Ingress.Ready()
-	return n, cfg
+	return n, cfg, sink
+}
+
+// queueTwo sends a small message to b@remote.test and a big one (body in
+// the Object Store) to d@other.test, and waits until both are deferred.
+func queueTwo(t *testing.T, n *node.Node, cfg config.Config, small, big string) []queueEntry {
+	t.Helper()
+	for _, m := range []struct{ from, to, body string }{
+		{"a@local.test", "b@remote.test", small},
+		{"c@local.test", "d@other.test", big},
+	} {
+		c, err := smtp.Dial(n.Ingress.Addrs()[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SendMail(m.from, []string{m.to}, strings.NewReader(m.body)); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	var list []queueEntry
+	testutil.WaitFor(t, 30*time.Second, "two deferred messages", func() bool {
+		out, stderr, code := runQueue("list", "-json", "-state", "deferred", "-data", cfg.DataDir)
+		if code != 0 {
+			t.Fatalf("queue list -json: exit %d: %s", code, stderr)
+		}
+		list = decodeEntries(t, out)
+		return len(list) == 2
+	})
+	return list
 }
 
 // runQueue runs `mailroot queue args...` in-process.
@@ -88,33 +122,12 @@ func decodeEntries(t *testing.T, out string) []queueEntry {
 // no flags at all print the same list.
 func TestQueueCommands(t *testing.T) {
 	dir := t.TempDir()
-	n, cfg := queueNode(t, dir)
+	n, cfg, _ := queueNode(t, dir, nil)
 	data := []string{"-data", cfg.DataDir}
 
 	small := "Subject: small\r\n\r\nsmall body\r\n"
 	big := "Subject: big\r\n\r\n" + strings.Repeat("a line of a big body, over 64 KiB in all\r\n", 2000)
-	for _, m := range []struct{ from, to, body string }{
-		{"a@local.test", "b@remote.test", small},
-		{"c@local.test", "d@other.test", big},
-	} {
-		c, err := smtp.Dial(n.Ingress.Addrs()[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.SendMail(m.from, []string{m.to}, strings.NewReader(m.body)); err != nil {
-			t.Fatal(err)
-		}
-		c.Close()
-	}
-	var list []queueEntry
-	testutil.WaitFor(t, 30*time.Second, "two deferred messages", func() bool {
-		out, stderr, code := runQueue(append([]string{"list", "-json", "-state", "deferred"}, data...)...)
-		if code != 0 {
-			t.Fatalf("queue list -json: exit %d: %s", code, stderr)
-		}
-		list = decodeEntries(t, out)
-		return len(list) == 2
-	})
+	list := queueTwo(t, n, cfg, small, big)
 	byRcpt := map[string]queueEntry{}
 	for _, e := range list {
 		if len(e.Recipients) != 1 {
@@ -307,4 +320,48 @@ func FuzzScheduleTime(f *testing.F) {
 			t.Fatalf("scheduleTime(%q) = %v, but its own rendering reads %v", v, tm, again)
 		}
 	})
+}
+
+// queue flush: deferred mail is attempted now, by id, by domain or all of
+// it, long before its retry is due; an unknown id exits 1.
+func TestQueueFlush(t *testing.T) {
+	var accept atomic.Bool
+	n, cfg, sink := queueNode(t, t.TempDir(), &accept)
+	list := queueTwo(t, n, cfg, "Subject: one\r\n\r\n1\r\n", "Subject: two\r\n\r\n2\r\n")
+	accept.Store(true) // the remote is fixed
+	data := []string{"-data", cfg.DataDir}
+	if _, stderr, code := runQueue(append([]string{"flush"}, data...)...); code != 2 || !strings.Contains(stderr, "one of them") {
+		t.Errorf("flush with nothing chosen: exit %d, %q", code, stderr)
+	}
+	if _, stderr, code := runQueue(append([]string{"flush", "NOPE"}, data...)...); code != 1 || !strings.Contains(stderr, "no such message: NOPE") {
+		t.Errorf("flush NOPE: exit %d, %q", code, stderr)
+	}
+	out, stderr, code := runQueue(append([]string{"flush", "-domain", "remote.test"}, data...)...)
+	if code != 0 || !strings.Contains(out, "1 deferred messages flushed") {
+		t.Fatalf("flush -domain: exit %d, %q %s", code, out, stderr)
+	}
+	testutil.WaitFor(t, 20*time.Second, "the remote.test mail delivered", func() bool { return sink.Count() == 1 })
+	if got := sink.Mails()[0].To; len(got) != 1 || got[0] != "b@remote.test" {
+		t.Fatalf("delivered to %v, want b@remote.test", got)
+	}
+	out, _, _ = runQueue(append([]string{"list", "-json"}, data...)...)
+	if left := decodeEntries(t, out); len(left) != 1 || left[0].Recipients[0] != "d@other.test" || left[0].State != stateDeferred {
+		t.Fatalf("after flush -domain remote.test the queue holds %+v, want d@other.test deferred", left)
+	}
+	var other string
+	for _, e := range list {
+		if e.Recipients[0] == "d@other.test" {
+			other = e.ID
+		}
+	}
+	if out, stderr, code := runQueue(append([]string{"flush", other}, data...)...); code != 0 || !strings.Contains(out, other+": to mail.out.other_test now") {
+		t.Fatalf("flush %s: exit %d, %q %s", other, code, out, stderr)
+	}
+	testutil.WaitFor(t, 20*time.Second, "both delivered and the queue empty", func() bool {
+		out, _, _ := runQueue(append([]string{"list"}, data...)...)
+		return sink.Count() == 2 && out == "Mail queue is empty\n"
+	})
+	if out, _, code := runQueue(append([]string{"flush", "-all"}, data...)...); code != 0 || !strings.Contains(out, "0 deferred messages flushed") {
+		t.Errorf("flush -all of an empty queue: exit %d, %q", code, out)
+	}
 }
