@@ -63,6 +63,13 @@ func TestLocalAccessFile(t *testing.T) {
 		more.Close()
 	}
 
+	// Another node on another data_dir listens on a port of its own.
+	cfg2 := testConfig(t, w, t.TempDir())
+	startNode(t, cfg2, Router)
+	if b, err := bus.ReadLocalAccess(cfg2.DataDir); err != nil || b.URL == a.URL || b.Password == a.Password {
+		t.Errorf("a second node elsewhere: %+v, %v; want another URL and password than %+v", b, err, a)
+	}
+
 	if _, err := StartEmbedded(context.Background(), cfg, testutil.Logger(t), Router); err == nil {
 		t.Fatal("a second node on the same data_dir started")
 	}

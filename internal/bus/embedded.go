@@ -75,6 +75,11 @@ func StartEmbedded(o EmbeddedOptions, log *slog.Logger) (*server.Server, error) 
 		if opts.Port, err = strconv.Atoi(port); err != nil {
 			return nil, fmt.Errorf("bus: embedded listen %q: %w", o.Listen, err)
 		}
+		if opts.Port == 0 {
+			// nats-server reads port 0 as its default, 4222; a free
+			// port is RANDOM_PORT.
+			opts.Port = server.RANDOM_PORT
+		}
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
