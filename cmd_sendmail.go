@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/user"
+	"slices"
 	"strings"
 	"time"
 
@@ -131,6 +132,10 @@ func sendmail(args []string, stdin io.Reader, stderr io.Writer) int {
 	fail := func(code int, format string, a ...any) int {
 		fmt.Fprintf(stderr, "sendmail: "+format+"\n", a...)
 		return code
+	}
+	if i := slices.Index(args, "-bp"); i >= 0 {
+		// -bp is mailq (Postfix, Sendmail): the other options are its.
+		return mailqCommand(slices.Delete(slices.Clone(args), i, i+1), os.Stdout, stderr)
 	}
 	o, err := parseSendmailArgs(args)
 	if err != nil {

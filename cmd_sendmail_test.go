@@ -161,7 +161,7 @@ func TestSendmailExitCodes(t *testing.T) {
 		input string
 		code  int
 	}{
-		{"bad option", []string{"-bp"}, "", exUsage},
+		{"bad option", []string{"-bs"}, "", exUsage}, // -bp is mailq: TestQueueCommands
 		{"no recipient in headers", []string{"-t", "-config", cfgPath}, "Subject: none\n\nx\n", exDataErr},
 		{"binary junk", []string{"-config", cfgPath, "a@localhost"}, "Subject: x\n\n\x00\x01\x02\n", exDataErr},
 		{"bad recipient", []string{"-config", cfgPath, "not an address@@"}, "Subject: x\n\nx\n", exDataErr},

@@ -36,8 +36,8 @@ func sessionsCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mailroot: %v\n", err)
 		return 2
 	}
-	if cfg.NATS.URL == "" {
-		fmt.Fprintln(stderr, "mailroot: sessions needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL (for `mailroot all`, expose its embedded server with nats.listen)")
+	if err := useLocalServer(&cfg); err != nil {
+		fmt.Fprintf(stderr, "mailroot: sessions needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL, or `mailroot all` running on this machine: %v\n", err)
 		return 2
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

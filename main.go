@@ -46,6 +46,12 @@ var commands = []command{
 	{"sessions", "list the live SMTP sessions of all ingress processes", func(args []string) int {
 		return sessionsCommand(args, os.Stdout, os.Stderr)
 	}},
+	{"queue", "the mail queue: queue list [-domain D] [-sender S] [-older 1h] [-state S] [-json] | show ID | cat ID | flush ID…|-domain D|-all", func(args []string) int {
+		return queueCommand(args, os.Stdout, os.Stderr)
+	}},
+	{"mailq", "list the mail queue as Postfix's mailq does (also as a `mailq` symlink and `sendmail -bp`)", func(args []string) int {
+		return mailqCommand(args, os.Stdout, os.Stderr)
+	}},
 	{"dkim", "DKIM signing keys: dkim keygen -domain D [-selector S] [-algorithm rsa|ed25519], dkim list", func(args []string) int {
 		return dkimCommand(args, os.Stdout, os.Stderr)
 	}},

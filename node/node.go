@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -81,6 +82,12 @@ type Node struct {
 	closeSync func() error // releases the group commit's store handle
 	// Syncer is the group commit of the embedded server (nil without one).
 	Syncer *bus.Syncer
+
+	// inproc authenticates in-process connections to the embedded server.
+	inproc []nats.Option
+	// accessDir is the data_dir holding bus.LocalAccessFile, removed at
+	// shutdown (empty without an embedded server).
+	accessDir string
 }
 
 // StartEmbedded starts an embedded nats-server in cfg.NATSDir() and the
@@ -112,6 +119,20 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 	eo := bus.EmbeddedOptions{StoreDir: cfg.NATSDir(), Listen: cfg.NATS.Listen, MaxStore: cfg.NATS.MaxStore,
 		SyncAlways:   cfg.NATS.Sync == config.SyncPerWrite || (cfg.NATS.Sync == config.SyncAlways && !group),
 		SyncInterval: cfg.NATS.SyncInterval()}
+	// Without nats.listen the server still listens, on the loopback at a
+	// port of its choosing and with a password of its own, for the tools
+	// on this machine (`mailroot queue`, mailq) that read both from
+	// data_dir; nothing else can reach it.
+	access := bus.LocalAccess{User: cfg.NATS.User, Password: cfg.NATS.Password, Token: cfg.NATS.Token, PID: os.Getpid()}
+	var inproc []nats.Option
+	if eo.Listen == "" {
+		if eo.Password, err = bus.NewLocalPassword(); err != nil {
+			return nil, err
+		}
+		eo.Listen, eo.User = "127.0.0.1:0", bus.LocalUser
+		access.User, access.Password, access.Token = eo.User, eo.Password, ""
+		inproc = append(inproc, nats.UserInfo(eo.User, eo.Password))
+	}
 	ns, err := bus.StartEmbedded(eo, log)
 	if err != nil {
 		return nil, err
@@ -120,6 +141,17 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 		if err != nil {
 			ns.Shutdown()
 			ns.WaitForShutdown()
+		}
+	}()
+	if access.URL, err = bus.LocalURL(ns.Addr()); err != nil {
+		return nil, err
+	}
+	if err = bus.WriteLocalAccess(cfg.DataDir, access); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = bus.RemoveLocalAccess(cfg.DataDir)
 		}
 	}()
 	if cfg.NATS.SyncInterval() > 0 {
@@ -135,7 +167,7 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 			stopGuard()
 		}
 	}()
-	nc, err := bus.ConnectInProcess(ns, "mailroot-all")
+	nc, err := bus.ConnectInProcess(ns, "mailroot-all", inproc...)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +201,7 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 	// have in a split deployment: a connection is one reader and one
 	// writer on each side, so on a shared one the PubAcks that hold back
 	// a 250 would queue behind the router's and delivery's messages.
-	own := func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(ns, name) }
+	own := func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(ns, name, inproc...) }
 	n, err := start(ctx, cfg, log, nc, actors, room, own)
 	if err != nil {
 		nc.Close()
@@ -177,7 +209,17 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 		return nil, err
 	}
 	n.Server, n.lock, n.Guard, n.stopGuard, n.closeSync, n.Syncer = ns, lock, guard, stopGuard, closeSync, syncer
+	n.inproc, n.accessDir = inproc, cfg.DataDir
 	return n, nil
+}
+
+// ConnectInProcess opens another in-process connection to the node's
+// embedded server, with the credentials the server requires.
+func (n *Node) ConnectInProcess(name string) (*nats.Conn, error) {
+	if n.Server == nil {
+		return nil, errors.New("node: no embedded server")
+	}
+	return bus.ConnectInProcess(n.Server, name, n.inproc...)
 }
 
 // Connect connects to the NATS servers in cfg.NATS and starts the given actors.
@@ -411,6 +453,11 @@ func (n *Node) shutdownServer() {
 	}
 	if n.closeSync != nil {
 		_ = n.closeSync()
+	}
+	if n.accessDir != "" {
+		if err := bus.RemoveLocalAccess(n.accessDir); err != nil {
+			n.log.Warn("local access file", "err", err)
+		}
 	}
 	n.lock.Release()
 }

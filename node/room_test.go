@@ -80,7 +80,7 @@ func fill(t *testing.T, addr string, size, most int) []string {
 // its store's Room.
 func startActors(t *testing.T, n *Node, cfg config.Config, actors ...string) {
 	t.Helper()
-	nc, err := bus.ConnectInProcess(n.Server, "more-actors")
+	nc, err := n.ConnectInProcess("more-actors")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -191,40 +191,18 @@ func (s *Service) fireDeferred(ctx context.Context, tok string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	stream, err := s.js.Stream(ctx, bus.StreamMail)
-	if err != nil {
-		return 0, fmt.Errorf("release: stream: %w", err)
-	}
 	n := 0
 	for _, subj := range subjects {
-		raw, err := stream.GetLastMsgForSubject(ctx, subj)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue // fired meanwhile
-		}
+		qid, fired, err := bus.FireDeferred(ctx, s.room, tok, subj, func(qid string, seq uint64) string {
+			return envelope.ETRNID(qid, tok, seq)
+		})
 		if err != nil {
-			return n, fmt.Errorf("release: read %s: %w", subj, err)
+			return n, fmt.Errorf("release: %w", err)
 		}
-		msg := &nats.Msg{Subject: subj, Header: nats.Header{}, Data: raw.Data}
-		for k, vs := range raw.Header {
-			if len(k) >= 5 && k[:5] == "Nats-" {
-				continue
-			}
-			msg.Header[k] = append([]string(nil), vs...)
+		if fired {
+			s.log.Info("released deferred message", "qid", qid, "to", bus.Out(tok))
+			n++
 		}
-		qid := msg.Header.Get(envelope.HdrQueueID)
-		id := envelope.ETRNID(qid, tok, raw.Sequence)
-		_, err = s.room.Forward(ctx, msg, id,
-			jetstream.WithScheduleAt(time.Now()), jetstream.WithScheduleTarget(bus.Out(tok)),
-			jetstream.WithExpectLastSequencePerSubject(raw.Sequence))
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-			continue // the schedule fired or was replaced meanwhile
-		}
-		if err != nil {
-			return n, fmt.Errorf("release: reschedule %s: %w", subj, err)
-		}
-		s.log.Info("released deferred message", "qid", qid, "to", bus.Out(tok))
-		n++
 	}
 	return n, nil
 }

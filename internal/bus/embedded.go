@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // EmbeddedOptions configure the in-process nats-server of `mailroot all`.
@@ -29,6 +30,11 @@ type EmbeddedOptions struct {
 	// MaxStore caps JetStream file storage in bytes (0 = server default);
 	// publishes past it fail and ingress answers 452 4.3.1.
 	MaxStore int64
+	// User and Password, when set, are required of every client, the
+	// in-process ones too (ConnectInProcess with nats.UserInfo): the
+	// loopback listener of `mailroot all` is open to every local user,
+	// its credentials only to data_dir's owner (LocalAccessFile).
+	User, Password string
 }
 
 // StartEmbedded starts a JetStream-enabled nats-server in this process and
@@ -47,6 +53,18 @@ func StartEmbedded(o EmbeddedOptions, log *slog.Logger) (*server.Server, error) 
 		DontListen:         o.Listen == "",
 		MaxPayload:         2 << 20,
 		JetStreamMaxMemory: embeddedMaxMemory,
+		Username:           o.User,
+		Password:           o.Password,
+	}
+	if o.Password != "" {
+		// The server keeps a bcrypt hash (and does not warn about a plain
+		// password at every start). The password is 192 random bits: a
+		// costly hash would add nothing but time to every connect.
+		h, err := bcrypt.GenerateFromPassword([]byte(o.Password), bcrypt.MinCost)
+		if err != nil {
+			return nil, fmt.Errorf("bus: embedded server password: %w", err)
+		}
+		opts.Password = string(h)
 	}
 	if o.Listen != "" {
 		host, port, err := net.SplitHostPort(o.Listen)
@@ -56,6 +74,11 @@ func StartEmbedded(o EmbeddedOptions, log *slog.Logger) (*server.Server, error) 
 		opts.Host = host
 		if opts.Port, err = strconv.Atoi(port); err != nil {
 			return nil, fmt.Errorf("bus: embedded listen %q: %w", o.Listen, err)
+		}
+		if opts.Port == 0 {
+			// nats-server reads port 0 as its default, 4222; a free
+			// port is RANDOM_PORT.
+			opts.Port = server.RANDOM_PORT
 		}
 	}
 	ns, err := server.NewServer(opts)
@@ -96,9 +119,10 @@ func waitReady(ns *server.Server, fatal <-chan error, timeout time.Duration) err
 	}
 }
 
-// ConnectInProcess connects to an embedded server without a socket.
-func ConnectInProcess(ns *server.Server, name string) (*nats.Conn, error) {
-	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.Name(name), nats.MaxReconnects(-1))
+// ConnectInProcess connects to an embedded server without a socket; opts
+// add to the defaults (nats.UserInfo for a server with a password).
+func ConnectInProcess(ns *server.Server, name string, opts ...nats.Option) (*nats.Conn, error) {
+	nc, err := nats.Connect("", append([]nats.Option{nats.InProcessServer(ns), nats.Name(name), nats.MaxReconnects(-1)}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("bus: in-process connect: %w", err)
 	}

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/internal/envelope"
 )
 
 // Hold, ETRN and ATRN (docs/DESIGN.md §4 "Hold / ETRN / ATRN"):
@@ -100,6 +103,47 @@ func DeferredSubjects(ctx context.Context, js jetstream.JetStream, tok string) (
 		out = append(out, subj)
 	}
 	return out, nil
+}
+
+// FireDeferred makes the retry schedule on subj (mail.defer.<tok>.<qid>)
+// fire into mail.out.<tok> now: the envelope it carries (without the
+// schedule's Nats-* headers) is published on subj again as a schedule due
+// at once, with the id that id builds from the queue id and the old
+// schedule's sequence, and only if subj still holds that schedule. It
+// returns the queue id and whether it fired; a schedule that fired or was
+// replaced meanwhile is not fired twice (false, nil). ETRN (delivery's
+// release worker) and `mailroot queue flush` both fire schedules here.
+func FireDeferred(ctx context.Context, room *Room, tok, subj string, id func(qid string, seq uint64) string) (string, bool, error) {
+	stream, err := room.JS.Stream(ctx, StreamMail)
+	if err != nil {
+		return "", false, fmt.Errorf("bus: stream %s: %w", StreamMail, err)
+	}
+	raw, err := stream.GetLastMsgForSubject(ctx, subj)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return "", false, nil // fired meanwhile
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("bus: read %s: %w", subj, err)
+	}
+	msg := &nats.Msg{Subject: subj, Header: nats.Header{}, Data: raw.Data}
+	for k, vs := range raw.Header {
+		if len(k) >= 5 && k[:5] == "Nats-" {
+			continue
+		}
+		msg.Header[k] = append([]string(nil), vs...)
+	}
+	qid := msg.Header.Get(envelope.HdrQueueID)
+	_, err = room.Forward(ctx, msg, id(qid, raw.Sequence),
+		jetstream.WithScheduleAt(time.Now()), jetstream.WithScheduleTarget(Out(tok)),
+		jetstream.WithExpectLastSequencePerSubject(raw.Sequence))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return qid, false, nil // the schedule fired or was replaced meanwhile
+	}
+	if err != nil {
+		return qid, false, fmt.Errorf("bus: reschedule %s: %w", subj, err)
+	}
+	return qid, true, nil
 }
 
 // BucketSessions is the KV bucket of live SMTP sessions and ATRN locks

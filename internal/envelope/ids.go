@@ -76,6 +76,10 @@ func ReleaseID(qid, tok string, seq uint64) string { return attemptID(qid, tok, 
 // ETRNID is held mail at seq released by ETRN: "<qid>.<tok>.etrn<seq>".
 func ETRNID(qid, tok string, seq uint64) string { return attemptID(qid, tok, "etrn", seq) }
 
+// FlushID is a retry schedule at seq made to fire now by `mailroot queue
+// flush`: "<qid>.<tok>.flush<seq>".
+func FlushID(qid, tok string, seq uint64) string { return attemptID(qid, tok, "flush", seq) }
+
 // BadmailDSNID is Badmail's report for the mail.bad message at seq:
 // "<qid>.bad<seq>.dsn".
 func BadmailDSNID(qid string, seq uint64) string {

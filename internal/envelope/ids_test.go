@@ -24,6 +24,7 @@ func TestIDsDoNotChange(t *testing.T) {
 		{ATRNDSNID(q, tok, 17), "01JQ.example_test.atrndsn17"},
 		{ReleaseID(q, tok, 9), "01JQ.example_test.rel9"},
 		{ETRNID(q, tok, 9), "01JQ.example_test.etrn9"},
+		{FlushID(q, tok, 9), "01JQ.example_test.flush9"},
 		{BadmailDSNID(q, 12), "01JQ.bad12.dsn"},
 		{PoisonID(12, q), "bad.12.01JQ"},
 	} {
