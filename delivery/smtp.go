@@ -150,6 +150,7 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 	if !plain {
 		dest := smtpclient.Dest{Addr: addr, Host: t.host, Hostname: s.cfg.Hostname}
 		if c := s.pool.Get(ctx, dest, requireTLS || env.RequireTLS); c != nil {
+			s.m.ConnReused.Inc()
 			res, herr := s.send(ctx, c, env, body)
 			if herr == nil || !errors.Is(herr, smtpclient.ErrStale) {
 				return res, herr
@@ -170,6 +171,7 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 	if herr != nil {
 		return result{}, herr
 	}
+	s.m.ConnOpened.Inc()
 	if requireTLS && c.TLS() == "" {
 		s.pool.Put(c) // plain text: kept only for domains that do not require TLS
 		return result{}, &Error{Enhanced: "4.7.10", Message: fmt.Sprintf("TLS is required for %s, but %s did not offer STARTTLS", env.Domain, remote), Remote: remote}
