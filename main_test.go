@@ -132,6 +132,8 @@ func TestSeparateProcesses(t *testing.T) {
 	cfg := fmt.Sprintf(`hostname = "mailroot.test"
 data_dir = %q
 local_domains = ["local.test"]
+[metrics]
+listen = "127.0.0.1:0"
 [ingress]
 listen = ["127.0.0.1:%d"]
 [delivery]

@@ -24,7 +24,7 @@ import (
 // followed by extra.
 func writeAllConfig(t *testing.T, path, dataDir string, port int, extra string) string {
 	t.Helper()
-	cfg := fmt.Sprintf("hostname = \"mailroot.test\"\ndata_dir = %q\nlocal_domains = [\"local.test\"]\n[ingress]\nlisten = [\"127.0.0.1:%d\"]\n%s", dataDir, port, extra)
+	cfg := fmt.Sprintf("hostname = \"mailroot.test\"\ndata_dir = %q\nlocal_domains = [\"local.test\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n[ingress]\nlisten = [\"127.0.0.1:%d\"]\n%s", dataDir, port, extra)
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,7 @@ import (
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/internal/notify"
 )
 
@@ -72,7 +73,11 @@ type Service struct {
 	// Room publishes the reports to senders (Room.Forward); New makes one
 	// that checks the store's limit, `mailroot all` shares its own.
 	Room *bus.Room
+	// Metrics counts the entries written; nil: metrics of its own that
+	// nothing serves.
+	Metrics *metrics.Metrics
 
+	m      *metrics.Metrics
 	cfg    config.Config
 	log    *slog.Logger
 	js     jetstream.JetStream
@@ -96,6 +101,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		log = slog.Default()
 	}
 	s := &Service{
+		m:      metrics.New(), // until Run takes the node's
 		cfg:    cfg,
 		log:    log.With("svc", "badmail"),
 		js:     js,
@@ -111,6 +117,9 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 // Run consumes mail.bad until ctx is done, then lets the messages in hand
 // finish and returns.
 func (s *Service) Run(ctx context.Context) error {
+	if s.Metrics != nil {
+		s.m = s.Metrics
+	}
 	cons, err := bus.Setup(ctx, s.js, s.cfg, bus.ConsumerBadmail)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -213,6 +222,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
 		log.Info("badmail entry already written", "file", res.Name, "reason", reason)
 		return
 	}
+	s.m.Badmail.Inc()
 	log.Warn("badmail", "reason", reason, "file", res.Name+badfile.ExtBAD, "subject", h.Get(envelope.HdrBadSubject))
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/dkim"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/internal/notify"
 	"github.com/mailroot/mailroot/internal/smtpclient"
 )
@@ -63,7 +64,11 @@ type Service struct {
 	// New makes one that checks the store's limit, `mailroot all` shares
 	// its own.
 	Room *bus.Room
+	// Metrics counts recipients by result, attempts and connections;
+	// nil: metrics of its own that nothing serves.
+	Metrics *metrics.Metrics
 
+	m      *metrics.Metrics
 	cfg    config.Config
 	log    *slog.Logger
 	js     jetstream.JetStream
@@ -181,6 +186,8 @@ func (s *Service) Run(ctx context.Context) error {
 		s.notify = notify.NewNotifier(s.cfg, s.js, s.bodies)
 		s.notify.Room = s.Room
 		s.notify.Now = func() time.Time { return s.Now() }
+		s.m = metrics.Or(s.Metrics)
+		s.m.WatchIdleConnections(func() int { return s.pool.Stats().Idle })
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -266,7 +273,9 @@ func (s *Service) handleOut(ctx context.Context, m jetstream.Msg) {
 	}
 	open := func(ctx context.Context) (io.ReadCloser, error) { return s.bodies.Open(ctx, env, m.Data()) }
 
+	t0 := time.Now()
 	res := s.deliver(ctx, env, domain, open)
+	s.m.AttemptDuration.Observe(time.Since(t0).Seconds())
 	if ctx.Err() != nil && slices.ContainsFunc(res.errs, func(e *Error) bool { return e != nil && !e.Permanent }) {
 		// Shut down mid-transaction: give the message back so another
 		// worker takes it soon. Not a plain Nak: bus.Worker has stopped

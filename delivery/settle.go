@@ -214,6 +214,11 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 		log.Warn("ack failed", "err", err)
 		return
 	}
+	s.m.Delivered.Add(float64(len(delivered)))
+	s.m.Deferred.Add(float64(len(temp)))
+	for _, f := range perm {
+		s.m.Bounced.Add(float64(len(f.rcpts)))
+	}
 	if len(delivered) > 0 && !o.local {
 		log.Info("delivered", "remote", o.remote, "rcpts", describe(delivered), "attempt", attempt)
 	}

@@ -172,6 +172,7 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 				s.pool.Put(c) // still good for opportunistic mail
 				return result{}, unverified(env, c)
 			}
+			s.m.ConnReused.Inc()
 			res, herr := s.send(ctx, c, env, body)
 			if herr == nil || !errors.Is(herr, smtpclient.ErrStale) {
 				return res, herr
@@ -199,6 +200,7 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 	if herr != nil {
 		return result{}, herr
 	}
+	s.m.ConnOpened.Inc()
 	if requireTLS && c.TLS() == "" {
 		s.pool.Put(c) // plain text: kept only for domains that do not require TLS
 		return result{}, &Error{Enhanced: "4.7.10", Message: fmt.Sprintf("TLS is required for %s, but %s did not offer STARTTLS", env.Domain, remote), Remote: remote}

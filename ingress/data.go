@@ -49,12 +49,23 @@ func (c *content) finish(rep *reply) {
 		// Another command ended the transfer and is handled next, or the
 		// connection is over (readCommand answered).
 	case errors.Is(c.err, errTooBig):
+		ss.site.m.Refused5xx.Inc()
 		ss.reply(552, "5.3.4", "Message too big")
 	case c.err != nil:
 		// The connection failed or timed out in the content.
+		ss.site.m.Refused4xx.Inc()
 		ss.reply(451, "4.3.0", "Error reading message data")
 		_ = ss.readFailed(c.err)
 	default:
+		switch {
+		case rep.Code < 300:
+			ss.site.m.Received.Inc()
+			ss.site.m.Bytes.Add(float64(c.n))
+		case rep.Code < 500:
+			ss.site.m.Refused4xx.Inc()
+		default:
+			ss.site.m.Refused5xx.Inc()
+		}
 		ss.replyWith(rep)
 	}
 	ss.resetTx()

@@ -41,6 +41,7 @@ import (
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/internal/users"
 )
 
@@ -79,6 +80,9 @@ type Service struct {
 	// New checks the store's limit; `mailroot all` adds the file system
 	// of its store and the store's write faults.
 	Room *bus.Room
+	// Metrics counts connections, sessions and messages per site; nil:
+	// metrics of its own that nothing serves.
+	Metrics *metrics.Metrics
 }
 
 // New binds the listen addresses of every site, so that errors such as a
@@ -156,6 +160,10 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.bodies = b
+	m := metrics.Or(s.Metrics)
+	for _, st := range s.sites {
+		st.m = m.Site(st.cfg.Name)
+	}
 	if err := s.sessions.open(ctx); err != nil {
 		s.closeListeners()
 		return err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/metrics"
 )
 
 // site is one [[site]]: its listeners and policy.
@@ -25,6 +26,8 @@ type site struct {
 	local     map[string]bool // nil: every local and alias domain
 	tlsConfig *tls.Config     // nil: no TLS on this site
 	listeners []net.Listener
+	// m is the site's metrics, set by Run before it serves.
+	m *metrics.Site
 
 	mu    sync.Mutex
 	conns int
@@ -141,6 +144,7 @@ func (st *site) serve(l net.Listener) error {
 			continue
 		}
 		backoff = 0
+		st.m.Connections.Inc()
 		ip := netip.Addr{}
 		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 			ip, _ = netip.AddrFromSlice(ta.IP)
@@ -162,7 +166,9 @@ func (st *site) serve(l net.Listener) error {
 		id := strconv.FormatUint(st.svc.nextID.Add(1), 36)
 		ss := newSession(st, c, ip, id)
 		st.svc.sessions.add(id, sessionInfo{Site: st.cfg.Name, ClientIP: ip.String(), Since: ss.since})
+		st.m.Sessions.Inc()
 		ss.onClose = func() {
+			st.m.Sessions.Dec()
 			st.release(ip)
 			st.svc.sessions.remove(id)
 			st.svc.forget(ss)

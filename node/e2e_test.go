@@ -65,6 +65,7 @@ func testConfig(t testing.TB, w *world, dataDir string) config.Config {
 	cfg.Delivery.ConnectTimeout = config.Duration(2 * time.Second)
 	cfg.Pickup.Interval = config.Duration(50 * time.Millisecond)
 	cfg.Pickup.StableFor = config.Duration(100 * time.Millisecond)
+	cfg.Metrics.Listen = "127.0.0.1:0" // every node test serves its metrics, on a port of its own
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/dirlock"
+	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/pickupwatcher"
 	"github.com/mailroot/mailroot/router"
 )
@@ -65,6 +66,11 @@ type Node struct {
 	Guard *bus.StoreGuard
 	// Room is what every actor of the node checks and publishes through.
 	Room *bus.Room
+	// Metrics is the node's registry, which every actor counts into and
+	// the metrics.listen listener serves.
+	Metrics *metrics.Metrics
+
+	metricsSrv *metrics.Server
 
 	stopGuard func()
 	// lock keeps other processes off the embedded server's store.
@@ -173,12 +179,15 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 	}
 	var syncer *bus.Syncer
 	closeSync := func() error { return nil }
+	m := metrics.New()
 	if group {
 		if syncer, closeSync, err = bus.StoreSyncer(cfg.NATSDir()); err != nil {
 			nc.Close()
 			return nil, err
 		}
 		syncer.Delay = cfg.NATS.SyncDelay.D()
+		syncer.Observe = func(d time.Duration) { m.SyncDuration.Observe(d.Seconds()) }
+		m.WatchSyncs(syncer.Syncs)
 		// Processes that reach this server over the network (tools, the
 		// submit package) ask for the same syncs.
 		if _, err := bus.ServeSync(nc, syncer); err != nil {
@@ -202,7 +211,7 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 	// writer on each side, so on a shared one the PubAcks that hold back
 	// a 250 would queue behind the router's and delivery's messages.
 	own := func(name string) (*nats.Conn, error) { return bus.ConnectInProcess(ns, name, inproc...) }
-	n, err := start(ctx, cfg, log, nc, actors, room, own)
+	n, err := start(ctx, cfg, log, nc, actors, room, own, m)
 	if err != nil {
 		nc.Close()
 		_ = closeSync()
@@ -247,7 +256,7 @@ func Connect(ctx context.Context, cfg config.Config, log *slog.Logger, actors ..
 			}
 		}
 	}
-	n, err := start(ctx, cfg, log, nc, actors, room, nil)
+	n, err := start(ctx, cfg, log, nc, actors, room, nil, metrics.New())
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -255,11 +264,12 @@ func Connect(ctx context.Context, cfg config.Config, log *slog.Logger, actors ..
 	return n, nil
 }
 
-// start starts the actors on nc. room, when not nil, makes the Room that
-// the front doors (ingress, pickupwatcher) check before taking new mail;
-// by default they check the store's limit alone. own, when not nil,
-// connects ingress, router and delivery each on a connection of its own.
-func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Conn, actors []string, room func(jetstream.JetStream) *bus.Room, own func(name string) (*nats.Conn, error)) (_ *Node, err error) {
+// start starts the actors on nc, counting into m, and the metrics
+// listener. room, when not nil, makes the Room that the front doors
+// (ingress, pickupwatcher) check before taking new mail; by default they
+// check the store's limit alone. own, when not nil, connects ingress,
+// router and delivery each on a connection of its own.
+func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Conn, actors []string, room func(jetstream.JetStream) *bus.Room, own func(name string) (*nats.Conn, error), m *metrics.Metrics) (_ *Node, err error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("app: jetstream: %w", err)
@@ -273,7 +283,10 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 	if len(actors) == 0 {
 		actors = Actors
 	}
-	n := &Node{Conn: nc, JS: js, log: log, cancels: map[string]context.CancelFunc{}, dones: map[string]chan error{}, errc: make(chan error, len(Actors))}
+	// Every process tells the queue's depth: it is one reading of the
+	// stream, whichever process is scraped.
+	m.WatchQueue(js)
+	n := &Node{Conn: nc, JS: js, Metrics: m, log: log, cancels: map[string]context.CancelFunc{}, dones: map[string]chan error{}, errc: make(chan error, len(Actors))}
 	// One Room for every actor: what intake admits and what the pipeline
 	// forwards are counted against the same reserve.
 	shared := &bus.Room{JS: js, Reserve: cfg.NATS.Reserve}
@@ -310,25 +323,25 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 			var s *ingress.Service
 			s, err = ingress.New(cfg, log, js)
 			if err == nil {
-				s.Room = shared
+				s.Room, s.Metrics = shared, m
 			}
 			n.Ingress, r = s, s
 		case Router:
 			var s *router.Service
 			if s, err = router.New(cfg, log, js); err == nil {
-				s.Room = shared
+				s.Room, s.Metrics = shared, m
 			}
 			r = s
 		case Delivery:
 			var s *delivery.Service
 			if s, err = delivery.New(cfg, log, js); err == nil {
-				s.Room = shared
+				s.Room, s.Metrics = shared, m
 			}
 			r = s
 		case Badmail:
 			var s *badmail.Service
 			if s, err = badmail.New(cfg, log, js); err == nil {
-				s.Room = shared
+				s.Room, s.Metrics = shared, m
 			}
 			r = s
 		case Pickupwatcher:
@@ -361,8 +374,27 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 			done <- err
 		}()
 	}
+	if l := cfg.Metrics.Listen; l != "" {
+		// Metrics never stop mail: a port in use (actors of one host left
+		// on the default) is said, and the process runs without them.
+		if srv, err := metrics.Listen(l, m, log); err != nil {
+			log.Warn("metrics listener failed, this process serves no metrics: give each process its own metrics.listen", "metrics_listen", l, "err", err)
+		} else {
+			n.metricsSrv = srv
+			log.Info("serving metrics", "addr", "http://"+srv.Addr()+"/metrics")
+		}
+	}
 	log.Info("started", "actors", n.order)
 	return n, nil
+}
+
+// MetricsAddr is the bound address of the metrics listener ("" when
+// there is none): the free port chosen for metrics.listen port 0.
+func (n *Node) MetricsAddr() string {
+	if n.metricsSrv == nil {
+		return ""
+	}
+	return n.metricsSrv.Addr()
 }
 
 func contains(list []string, s string) bool {
@@ -444,6 +476,9 @@ func (n *Node) Kill() {
 // only then gives up the store's lock: a process waiting to start must not
 // open the store while this one still writes it.
 func (n *Node) shutdownServer() {
+	if n.metricsSrv != nil {
+		n.metricsSrv.Close()
+	}
 	if n.stopGuard != nil {
 		n.stopGuard()
 	}

@@ -84,7 +84,7 @@ func startActors(t *testing.T, n *Node, cfg config.Config, actors ...string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := start(context.Background(), cfg, testutil.Logger(t), nc, actors, func(jetstream.JetStream) *bus.Room { return n.Room }, nil)
+	m, err := start(context.Background(), cfg, testutil.Logger(t), nc, actors, func(jetstream.JetStream) *bus.Room { return n.Room }, nil, n.Metrics)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,6 +43,7 @@ func (s *Service) bounce(ctx context.Context, m jetstream.Msg, env *envelope.Env
 		log.Warn("ack failed", "err", err)
 		return
 	}
+	s.m.RoutedBounce.Inc()
 	if qid == "" {
 		log.Warn("not routed, no report: the recipients asked for none (NOTIFY)", "reason", be.Error())
 	} else {

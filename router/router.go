@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -23,6 +24,7 @@ import (
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/internal/notify"
 )
 
@@ -38,6 +40,10 @@ type Service struct {
 	// Room publishes the routed parts (Room.Forward); New makes one that
 	// checks the store's limit, `mailroot all` shares its own.
 	Room *bus.Room
+	// Metrics counts what was routed where; nil: metrics of its own that
+	// nothing serves.
+	Metrics *metrics.Metrics
+	m       *metrics.Metrics
 }
 
 // New returns a router.
@@ -56,6 +62,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.notify = notify.NewNotifier(s.cfg, s.js, s.bodies)
 	s.notify.Room = s.Room
+	s.m = metrics.Or(s.Metrics)
 	w := &bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerRouter], Slots: s.Slots, Log: s.log}
 	return w.Run(ctx, s.route)
 }
@@ -82,6 +89,7 @@ func (s *Service) route(ctx context.Context, m jetstream.Msg) {
 			_ = m.NakWithDelay(10 * time.Second)
 			return
 		}
+		s.m.RoutedBad.Inc()
 		s.log.Warn("rejected to badmail", "qid", qid, "reason", err.Error())
 		return
 	}
@@ -109,6 +117,14 @@ func (s *Service) route(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	for _, p := range parts {
+		switch {
+		case p.subject == bus.SubjDrop:
+			s.m.RoutedDrop.Inc()
+		case strings.HasPrefix(p.subject, bus.SubjHoldPrefix):
+			s.m.RoutedHold.Inc()
+		default:
+			s.m.RoutedRemote.Inc()
+		}
 		s.log.Info("routed", "qid", env.QueueID, "to", p.subject, "rcpts", len(p.env.Rcpts))
 	}
 }

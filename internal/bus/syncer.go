@@ -31,6 +31,10 @@ type Syncer struct {
 	// more callers to join (PostgreSQL's commit_delay): fewer syncs per
 	// mail for at most Delay more latency. 0 starts it at once.
 	Delay time.Duration
+	// Observe, when set, is told how long each sync took (the metrics'
+	// histogram); it is called once per sync, not per caller. Set it
+	// before the first Sync.
+	Observe func(time.Duration)
 
 	syncs atomic.Uint64
 
@@ -111,8 +115,12 @@ func (s *Syncer) loop() {
 		}
 		s.mu.Unlock()
 		s.syncs.Add(1)
+		t0 := time.Now()
 		if err := s.fn(); err != nil {
 			r.err = fmt.Errorf("bus: sync of the store failed: %w", err)
+		}
+		if s.Observe != nil {
+			s.Observe(time.Since(t0))
 		}
 		close(r.done)
 	}

@@ -128,3 +128,47 @@ func checkNATSURLs(list string) error {
 	}
 	return nil
 }
+
+// metricsListenAddr is metrics.listen: ":9425" listens everywhere, port 0
+// on a free port (tests).
+var metricsListenAddr = addrRule{wildcard: true, freePort: true}
+
+// checkMetricsListen checks metrics.listen, and that it does not take the
+// port of nats.listen or of an SMTP site on the same host: one of the two
+// would fail to bind, and the metrics listener only warns.
+func (c *Config) checkMetricsListen() error {
+	l := c.Metrics.Listen
+	if l == "" {
+		return nil
+	}
+	if err := checkHostPort("metrics.listen", l, metricsListenAddr); err != nil {
+		return err
+	}
+	others := map[string]string{}
+	if c.NATS.Listen != "" {
+		others[c.NATS.Listen] = "nats.listen"
+	}
+	for _, s := range c.EffectiveSites() {
+		for _, a := range s.Listen {
+			others[a] = "the listen address of site " + strconv.Quote(s.Name)
+		}
+	}
+	for a, key := range others {
+		if sameSocket(l, a) {
+			return &KeyError{"metrics.listen", fmt.Sprintf("%q takes the port of %s (%q)", l, key, a)}
+		}
+	}
+	return nil
+}
+
+// sameSocket reports whether listen addresses a and b would bind the same
+// port: the same non-zero port on the same host, or on any host when
+// either listens everywhere.
+func sameSocket(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb || pa == "0" {
+		return false
+	}
+	return ha == hb || ha == "" || hb == "" || ha == "0.0.0.0" || hb == "0.0.0.0" || ha == "::" || hb == "::"
+}

@@ -64,6 +64,8 @@ type Config struct {
 	NATS     NATS     `toml:"nats"`
 	// Auth holds the SMTP AUTH users file and failed-login limits.
 	Auth Auth `toml:"auth"`
+	// Metrics is the Prometheus listener of the process.
+	Metrics Metrics `toml:"metrics"`
 
 	// SiteBlocks are the raw [[site]] blocks; Load resolves them into Sites.
 	SiteBlocks []toml.Primitive `toml:"site"`
@@ -241,6 +243,20 @@ type NATS struct {
 	KeyFile  string `toml:"key_file"`
 }
 
+// Metrics is the [metrics] section.
+type Metrics struct {
+	// Listen is where the process serves Prometheus metrics on /metrics
+	// (host:port; port 0: a free port; empty: no listener). Every
+	// process, `mailroot all` and each actor, takes the same default:
+	// actors on one host need one each.
+	Listen string `toml:"listen"`
+}
+
+// DefaultMetricsListen is metrics.listen by default: loopback only, as
+// the metrics say how much mail flows where; 9425 is used by no other
+// default of Mailroot (SMTP 2525, NATS 4222).
+const DefaultMetricsListen = "127.0.0.1:9425"
+
 // Default returns the configuration used when no file is given.
 func Default() Config {
 	host, _ := os.Hostname()
@@ -272,8 +288,9 @@ func Default() Config {
 			ETRN:                 true,
 			ETRNNetworks:         []string{},
 		}},
-		Auth:   DefaultAuth(),
-		Router: Router{MaxHopCount: 15},
+		Auth:    DefaultAuth(),
+		Metrics: Metrics{Listen: DefaultMetricsListen},
+		Router:  Router{MaxHopCount: 15},
 		Delivery: Delivery{
 			Concurrency:      100,
 			Port:             25,
@@ -530,6 +547,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if err := checkNATSURLs(c.NATS.URL); err != nil {
+		return err
+	}
+	if err := c.checkMetricsListen(); err != nil {
 		return err
 	}
 	return c.validateSites()

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,6 +97,11 @@ func TestAddressesValidated(t *testing.T) {
 		"[delivery]\ndns_server = \"127.0.0.1:5353\"\n",
 		"[delivery]\ndns_server = \"[::1]:53\"\n",
 		"[[domain]]\nname = \"p.test\"\ntype = \"remote\"\nsmart_host = \"mx.p.test.:25\"\n",
+		"[metrics]\nlisten = \"127.0.0.1:0\"\n",
+		"[metrics]\nlisten = \":9425\"\n",
+		"[metrics]\nlisten = \"\"\n",
+		// Another host's port 2525 is not the SMTP site's.
+		"[metrics]\nlisten = \"127.0.0.2:2525\"\n",
 	}
 	for _, file := range good {
 		if _, err := Load(write(t, file)); err != nil {
@@ -123,6 +129,11 @@ func TestAddressesValidated(t *testing.T) {
 		{"[delivery]\ndns_server = \"ns.test:53\"\n", "delivery.dns_server", `host "ns.test" is not an IP address`},
 		{"[delivery]\ndns_server = \":53\"\n", "delivery.dns_server", "needs a host"},
 		{"[[domain]]\nname = \"p.test\"\ntype = \"remote\"\nsmart_host = \"mx.p.test:99999\"\n", "domain[0].smart_host", `port "99999"`},
+		{"[metrics]\nlisten = \"9425\"\n", "metrics.listen", "is not host:port"},
+		{"[metrics]\nlisten = \"127.0.0.1:99999\"\n", "metrics.listen", `port "99999"`},
+		{"[metrics]\nlisten = \"127.0.0.1:2525\"\n", "metrics.listen", `takes the port of the listen address of site "default"`},
+		{"[metrics]\nlisten = \":2525\"\n", "metrics.listen", `takes the port of the listen address of site "default"`},
+		{"[nats]\nlisten = \"127.0.0.1:4222\"\n[metrics]\nlisten = \"127.0.0.1:4222\"\n", "metrics.listen", "takes the port of nats.listen"},
 	}
 	for _, tt := range bad {
 		_, err := Load(write(t, tt.file))
@@ -233,5 +244,31 @@ func TestSmartHostLoginKeys(t *testing.T) {
 				t.Errorf("error %v, want one naming %s", err, tc.key)
 			}
 		})
+	}
+}
+
+// The metrics listener is on by default, on loopback, and on a port that
+// no other default of Mailroot takes (the SMTP site, the NATS client port
+// nats.listen is usually given).
+func TestMetricsListenDefault(t *testing.T) {
+	c := Default()
+	if c.Metrics.Listen != "127.0.0.1:9425" {
+		t.Fatalf("metrics.listen default %q, want 127.0.0.1:9425", c.Metrics.Listen)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(c.Metrics.Listen)
+	taken := []string{"4222", "6222", "8222"} // nats-server's client, cluster and monitoring defaults
+	for _, s := range c.EffectiveSites() {
+		for _, a := range s.Listen {
+			_, p, _ := net.SplitHostPort(a)
+			taken = append(taken, p)
+		}
+	}
+	for _, p := range taken {
+		if p == port {
+			t.Errorf("metrics.listen default port %s is taken by another default", port)
+		}
 	}
 }
