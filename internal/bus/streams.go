@@ -37,6 +37,8 @@ type Layout struct {
 	// BodyTTL is the garbage backstop of the mail-bodies bucket: the
 	// longest queue life plus two days.
 	BodyTTL time.Duration
+	// EventsMaxAge is how long MAIL_EVENTS keeps events (events.max_age).
+	EventsMaxAge time.Duration
 }
 
 // StreamConfig returns the MAIL stream definition: a WorkQueue on mail.>
@@ -87,7 +89,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, l Layout) error {
 			return fmt.Errorf("bus: create stream %s: %w", StreamMail, err)
 		}
 	}
-	if err := EnsureEvents(ctx, js, l.Replicas); err != nil {
+	if err := EnsureEvents(ctx, js, l.Replicas, l.EventsMaxAge); err != nil {
 		return err
 	}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
