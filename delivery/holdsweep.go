@@ -106,7 +106,11 @@ func (s *Service) expireHeld(ctx context.Context, tok string, raw *jetstream.Raw
 			return err
 		}
 		log.Warn("held mail expired", "dsn_qid", qid, "to", env.From)
+		bus.Emit(s.js, bus.Event{Type: bus.EventBounced, Time: now.UTC(), QueueID: env.QueueID, Domain: env.Domain,
+			Sender: env.From, Rcpts: bus.Addrs(env.Rcpts), ReportQID: qid, Reason: e.Error()})
 	}
+	bus.Emit(s.js, bus.Event{Type: bus.EventExpired, Time: now.UTC(), QueueID: env.QueueID, Domain: env.Domain,
+		Sender: env.From, Rcpts: bus.Addrs(env.Rcpts), Reason: e.Error(), Subject: raw.Subject})
 	if err := s.stream.DeleteMsg(ctx, raw.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("delete held message: %w", err)
 	}

@@ -230,6 +230,7 @@ func (s *Service) handleOut(ctx context.Context, m jetstream.Msg) {
 	}
 	open := func(ctx context.Context) (io.ReadCloser, error) { return s.bodies.Open(ctx, env, m.Data()) }
 
+	start := s.Now()
 	res := s.deliver(ctx, env, domain, open)
 	if ctx.Err() != nil && slices.ContainsFunc(res.errs, func(e *Error) bool { return e != nil && !e.Permanent }) {
 		// Shut down mid-transaction: give the message back so another
@@ -246,6 +247,7 @@ func (s *Service) handleOut(ctx context.Context, m jetstream.Msg) {
 	s.settle(ctx, m, log, outcome{
 		env: env, tok: tok, target: bus.Out(tok), data: m.Data(),
 		errs: res.errs, remote: res.remote, reply: res.reply, relayed: !res.dsn,
+		tls: res.tls, took: s.Now().Sub(start),
 	})
 }
 

@@ -83,9 +83,23 @@ func (r *Room) Check(ctx context.Context, size int64) error {
 // as soon as the store is known to have failed a write (Fault), rather
 // than waiting out PublishTimeout for an answer that will not come.
 func (r *Room) Publish(ctx context.Context, msg *nats.Msg, msgID string, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	return r.PublishEmit(ctx, msg, msgID, nil, opts...)
+}
+
+// PublishEmit is Publish that emits evs (Emit) as soon as msg is stored,
+// before the sync: the next actor may take msg while the sync runs, and
+// its events should not come before these in MAIL_EVENTS (they still
+// may: the server can hand msg on before its PubAck arrives; the events'
+// times are in order). msg is in the queue from its PubAck on, synced or
+// not, so the events are true even when the sync then fails (the sender
+// retries, the copy is a duplicate).
+func (r *Room) PublishEmit(ctx context.Context, msg *nats.Msg, msgID string, evs []Event, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	ack, err := publish(ctx, r.JS, r.Fault, msg, msgID, opts...)
 	if err != nil {
 		return nil, err
+	}
+	for _, e := range evs {
+		Emit(r.JS, e)
 	}
 	if err := r.sync(ctx); err != nil {
 		return nil, err
