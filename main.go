@@ -46,6 +46,9 @@ var commands = []command{
 	{"sessions", "list the live SMTP sessions of all ingress processes", func(args []string) int {
 		return sessionsCommand(args, os.Stdout, os.Stderr)
 	}},
+	{"events", "the mail log: events [-since 1h] [-until T] [-type T] [-domain D] [-id QID] [-follow] [-json]", func(args []string) int {
+		return eventsCommand(args, os.Stdout, os.Stderr)
+	}},
 	{"healthcheck", "container health probe: exit 0 when the actors in this container are up and connected to NATS", runHealthcheck},
 	{"version", "the mailroot build: module version, VCS commit, Go and nats-server versions (also -version)", func(args []string) int {
 		return versionCommand(args, os.Stdout, os.Stderr)
