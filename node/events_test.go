@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -74,6 +76,7 @@ func lastOn(t *testing.T, n *Node, subject string) bus.Event {
 func TestEventsOfAMailsLife(t *testing.T) {
 	w := newWorld(t)
 	retry := w.addMX(t, "retry.test", 3)
+	reject := w.addMX(t, "reject.test", 4)
 	cfg := testConfig(t, w, t.TempDir())
 	n := startNode(t, cfg)
 	addr := n.Ingress.Addrs()[0]
@@ -171,6 +174,49 @@ func TestEventsOfAMailsLife(t *testing.T) {
 		if del.Attempt != 2 || del.Rcpt != "r@retry.test" {
 			t.Errorf("delivered event %+v, want attempt 2", del)
 		}
+	})
+
+	t.Run("550 is bounced with the report's queue id", func(t *testing.T) {
+		reject.RcptFunc = func(string) error {
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+		}
+		qid := submitSMTP(t, addr, "sender@local.test", []string{"ghost@reject.test"}, "Subject: doomed\r\n\r\nx\r\n")
+		evs := mailEvents(t, n, qid, bus.EventBounced)
+		for _, e := range evs {
+			if e.Type == bus.EventBounced && (e.ReportQID == "" || e.Rcpts[0] != "ghost@reject.test" || !strings.Contains(e.Reason, "550") ||
+				e.MX != "mx.reject.test" || e.Domain != "reject.test") {
+				t.Errorf("bounced event %+v", e)
+			}
+		}
+		if e := lastOn(t, n, "events.bounced.reject_test"); e.QueueID != qid {
+			t.Errorf("events.bounced.reject_test holds %+v", e)
+		}
+	})
+
+	t.Run("a Pickup file is picked up", func(t *testing.T) {
+		if err := os.MkdirAll(cfg.PickupDir(), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(cfg.DataDir, "p.tmp")
+		if err := os.WriteFile(tmp, []byte("From: app@local.test\r\nTo: p@remote.test\r\nSubject: file\r\n\r\nx\r\n"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(cfg.PickupDir(), "p.eml")); err != nil {
+			t.Fatal(err)
+		}
+		var got bus.Event
+		testutil.WaitFor(t, 20*time.Second, "pickedup event", func() bool {
+			st, err := n.JS.Stream(t.Context(), bus.StreamEvents)
+			if err != nil {
+				return false
+			}
+			m, err := st.GetLastMsgForSubject(t.Context(), "events.pickedup.remote_test")
+			return err == nil && json.Unmarshal(m.Data, &got) == nil
+		})
+		if got.File != filepath.Join(cfg.PickupDir(), "p.eml") || got.Sender != "app@local.test" || got.RcptCount != 1 || got.QueueID == "" {
+			t.Errorf("pickedup event %+v", got)
+		}
+		mailEvents(t, n, got.QueueID, bus.EventPickedUp, bus.EventRouted, bus.EventDelivered)
 	})
 
 	t.Run("local mail is dropped with its file", func(t *testing.T) {
