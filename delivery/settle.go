@@ -162,6 +162,11 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 	// a redelivery emits the same ids again (EventMsgID).
 	var events []bus.Event
 
+	if len(expired) > 0 {
+		// Before the bounced (or badmail) event that it causes.
+		events = append(events, bus.Event{Type: bus.EventExpired, Rcpts: bus.Addrs(expired), Attempt: attempt,
+			Reason: fmt.Sprintf("queued since %s, expired at %s", env.ReceivedAt.UTC().Format(time.RFC3339), expires.UTC().Format(time.RFC3339))})
+	}
 	if len(perm) > 0 {
 		if env.From == "" {
 			for i, f := range perm {
@@ -227,10 +232,6 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 			ev.NextAttempt = at.UTC()
 		}
 		events = append(events, ev)
-	}
-	if len(expired) > 0 {
-		events = append(events, bus.Event{Type: bus.EventExpired, Rcpts: bus.Addrs(expired), Attempt: attempt,
-			Reason: fmt.Sprintf("queued since %s, expired at %s", env.ReceivedAt.UTC().Format(time.RFC3339), expires.UTC().Format(time.RFC3339))})
 	}
 	if len(delivered) > 0 {
 		events = append(events, s.deliveredEvents(o, delivered, attempt)...)
