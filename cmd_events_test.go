@@ -22,7 +22,7 @@ func TestEventsCommand(t *testing.T) {
 	n := testutil.StartNATS(t)
 	_, js := n.Connect(t)
 	ctx := context.Background()
-	if err := bus.EnsureEvents(ctx, js, 1, 0); err != nil {
+	if err := bus.EnsureEvents(ctx, js, 1, 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now().UTC()

@@ -47,12 +47,33 @@ var EventTypes = []string{EventReceived, EventPickedUp, EventRouted, EventHeld, 
 // set.
 const EventsRetention = 30 * 24 * time.Hour
 
+// EventsShare is the part of a limited store (nats.max_store, or the
+// account's limit) that events may take: 1/EventsShare. The pipeline
+// emits events while intake is refused (every retry is one), so events
+// must not grow into the reserve kept for queued mail; past their share
+// the oldest are dropped, and Room counts the whole share as in use.
+const EventsShare = 10
+
+// EventsMaxBytes is the MAIL_EVENTS byte limit under a store limit of
+// limit bytes (-1: none, when the store has no limit).
+func EventsMaxBytes(limit int64) int64 {
+	if limit <= 0 {
+		return -1
+	}
+	return limit / EventsShare
+}
+
 // EnsureEvents creates or updates the MAIL_EVENTS stream, keeping events
-// for maxAge (EventsRetention when 0). The dedup window covers a publish
-// retried by a redelivered message (DESIGN.md §4).
-func EnsureEvents(ctx context.Context, js jetstream.JetStream, replicas int, maxAge time.Duration) error {
+// for maxAge (EventsRetention when 0) and, when the store has a limit
+// (storeLimit, nats.max_store, or the account's), at most their share of
+// it. The dedup window covers a publish retried by a redelivered message
+// (DESIGN.md §4).
+func EnsureEvents(ctx context.Context, js jetstream.JetStream, replicas int, maxAge time.Duration, storeLimit int64) error {
 	if maxAge <= 0 {
 		maxAge = EventsRetention
+	}
+	if ai, err := js.AccountInfo(ctx); err == nil && ai.Limits.MaxStore > 0 && (storeLimit <= 0 || ai.Limits.MaxStore < storeLimit) {
+		storeLimit = ai.Limits.MaxStore
 	}
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        StreamEvents,
@@ -62,6 +83,7 @@ func EnsureEvents(ctx context.Context, js jetstream.JetStream, replicas int, max
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
 		MaxAge:      maxAge,
+		MaxBytes:    EventsMaxBytes(storeLimit),
 		Discard:     jetstream.DiscardOld,
 		Duplicates:  min(10*time.Minute, maxAge),
 	})

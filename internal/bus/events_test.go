@@ -66,15 +66,15 @@ func TestEmitStoresOneEvent(t *testing.T) {
 	n := testutil.StartNATS(t)
 	_, js := n.Connect(t)
 	ctx := t.Context()
-	if err := EnsureEvents(ctx, js, 1, 7*24*time.Hour); err != nil {
+	if err := EnsureEvents(ctx, js, 1, 7*24*time.Hour, 100<<20); err != nil {
 		t.Fatal(err)
 	}
 	st, err := js.Stream(ctx, StreamEvents)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := st.CachedInfo().Config.MaxAge; got != 7*24*time.Hour {
-		t.Fatalf("MaxAge %v, want 7d", got)
+	if c := st.CachedInfo().Config; c.MaxAge != 7*24*time.Hour || c.MaxBytes != 10<<20 {
+		t.Fatalf("MaxAge %v, MaxBytes %d; want 7d and a tenth of the store limit", c.MaxAge, c.MaxBytes)
 	}
 	e := Event{Type: EventDelivered, QueueID: "Q1", Domain: "a.test", Rcpt: "x@a.test", Attempt: 1, MX: "mx.a.test"}
 	Emit(js, e)

@@ -208,7 +208,7 @@ func (r *Room) check(ctx context.Context, size int64, share float64) error {
 			break
 		}
 		if fresh || time.Since(r.at) < 20*time.Millisecond {
-			return fmt.Errorf("%w: %s of the store limit of %s in use, and %s is kept for queued mail (nats.reserve = %s)",
+			return fmt.Errorf("%w: %s of the store limit of %s in use (with the events' share), and %s is kept for queued mail (nats.reserve = %s)",
 				ErrStoreFull, config.FormatSize(r.used), config.FormatSize(r.limit), config.FormatSize(reserve), r.Reserve)
 		}
 	}
@@ -234,6 +234,13 @@ func (r *Room) read(ctx context.Context) error {
 		if l := r.Limit(); l > 0 && (r.limit <= 0 || l < r.limit) {
 			r.limit = l
 		}
+	}
+	// The events' share counts as used whole: the pipeline's events fill
+	// it while intake is refused, and must not take the reserve
+	// (EventsShare). What events already use is counted twice, which
+	// only stops intake a little earlier.
+	if r.limit > 0 {
+		r.used += EventsMaxBytes(r.limit)
 	}
 	return nil
 }
