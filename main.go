@@ -46,6 +46,9 @@ var commands = []command{
 	{"sessions", "list the live SMTP sessions of all ingress processes", func(args []string) int {
 		return sessionsCommand(args, os.Stdout, os.Stderr)
 	}},
+	{"events", "the mail log: events [-since 1h] [-until T] [-type T] [-domain D] [-id QID] [-follow] [-json]", func(args []string) int {
+		return eventsCommand(args, os.Stdout, os.Stderr)
+	}},
 	{"queue", "the mail queue: queue list [-domain D] [-sender S] [-older 1h] [-state S] [-json] | show ID | cat ID | flush ID…|-domain D|-all", func(args []string) int {
 		return queueCommand(args, os.Stdout, os.Stderr)
 	}},

@@ -194,4 +194,22 @@ func TestHeldMailExpires(t *testing.T) {
 	if err != nil || left.Header.Get(envelope.HdrQueueID) != fresh.QueueID {
 		t.Errorf("left on hold: %v %v", left, err)
 	}
+	// The mail log: expired and bounced with the report for the one,
+	// expired and badmail for the null sender's.
+	testutil.WaitFor(t, wait, "expiry events", func() bool {
+		got := map[string]bus.Event{}
+		err := bus.ReadEvents(t.Context(), h.js, bus.EventFilter{Domain: "site.test"}, false, func(e bus.Event) error {
+			got[e.QueueID+"/"+e.Type] = e
+			return nil
+		})
+		b, exp := got[expired.QueueID+"/"+bus.EventBounced], got[expired.QueueID+"/"+bus.EventExpired]
+		_, bad := got[bounceless.QueueID+"/"+bus.EventBadmail]
+		_, bexp := got[bounceless.QueueID+"/"+bus.EventExpired]
+		_, freshExp := got[fresh.QueueID+"/"+bus.EventExpired]
+		if freshExp {
+			t.Fatal("the fresh message has an expired event")
+		}
+		return err == nil && b.ReportQID == report.Header.Get(envelope.HdrQueueID) && b.Rcpts[0] == "a@site.test" &&
+			strings.Contains(exp.Reason, "expired while held") && bad && bexp
+	})
 }

@@ -77,7 +77,7 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 		// A redelivery rewrites the same file: harmless.
 		log.Info("dropped", "path", path, "rcpts", describe(env.Rcpts))
 	}
-	s.settle(ctx, m, log, outcome{env: env, tok: tok, target: bus.SubjDrop, data: m.Data(), local: true, errs: errs})
+	s.settle(ctx, m, log, outcome{env: env, tok: tok, target: bus.SubjDrop, data: m.Data(), local: true, errs: errs, file: path})
 }
 
 // envelopeLines renders the IIS envelope lines: the sender ("<>" for the

@@ -87,6 +87,10 @@ func (s *Service) expireHeld(ctx context.Context, tok string, raw *jetstream.Raw
 	if env.LastError != "" {
 		e.Message += " (last attempt: " + env.LastError + ")"
 	}
+	// Before the bounced or badmail event it causes; a sweep that fails
+	// below emits it again with the same id.
+	bus.Emit(s.js, bus.Event{Type: bus.EventExpired, Time: now.UTC(), QueueID: env.QueueID, Domain: env.Domain,
+		Sender: env.From, Rcpts: bus.Addrs(env.Rcpts), Reason: e.Error(), Subject: raw.Subject})
 	if env.From == "" {
 		id := envelope.HoldBadID(env.QueueID, tok)
 		if err := s.permanentFailure(ctx, env, raw.Data, failure{rcpts: env.Rcpts, err: e}, env.Attempt, now, id, raw.Subject); err != nil {
@@ -106,6 +110,8 @@ func (s *Service) expireHeld(ctx context.Context, tok string, raw *jetstream.Raw
 			return err
 		}
 		log.Warn("held mail expired", "dsn_qid", qid, "to", env.From)
+		bus.Emit(s.js, bus.Event{Type: bus.EventBounced, Time: now.UTC(), QueueID: env.QueueID, Domain: env.Domain,
+			Sender: env.From, Rcpts: bus.Addrs(env.Rcpts), ReportQID: qid, Reason: e.Error()})
 	}
 	if err := s.stream.DeleteMsg(ctx, raw.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("delete held message: %w", err)

@@ -501,6 +501,27 @@ func TestRetryLadderDelayNoticeExpiry(t *testing.T) {
 	h.waitEmpty()
 	in.none()
 
+	// The mail log: a deferred event per attempt with its next attempt,
+	// then expired and bounced with the expiry report.
+	var types []string
+	testutil.WaitFor(t, wait, "expiry events", func() bool {
+		types = types[:0]
+		err := bus.ReadEvents(t.Context(), h.js, bus.EventFilter{QueueID: env.QueueID}, false, func(e bus.Event) error {
+			types = append(types, fmt.Sprintf("%s%d", e.Type, e.Attempt))
+			if e.Type == bus.EventDeferred && (e.NextAttempt.IsZero() || e.MX != "mx.slow.test") {
+				t.Errorf("deferred event %+v", e)
+			}
+			if e.Type == bus.EventBounced && e.ReportQID != final.env.QueueID {
+				t.Errorf("bounced event %+v, want report %s", e, final.env.QueueID)
+			}
+			return nil
+		})
+		return err == nil && len(types) == 6
+	})
+	if got := strings.Join(types, " "); got != "deferred1 deferred2 deferred3 deferred4 expired5 bounced5" {
+		t.Errorf("events %s", got)
+	}
+
 	mu.Lock()
 	defer mu.Unlock()
 	if len(tries) != 5 {

@@ -274,6 +274,7 @@ func (s *Service) handleOut(ctx context.Context, m jetstream.Msg) {
 	open := func(ctx context.Context) (io.ReadCloser, error) { return s.bodies.Open(ctx, env, m.Data()) }
 
 	t0 := time.Now()
+	start := s.Now()
 	res := s.deliver(ctx, env, domain, open)
 	s.m.AttemptDuration.Observe(time.Since(t0).Seconds())
 	if ctx.Err() != nil && slices.ContainsFunc(res.errs, func(e *Error) bool { return e != nil && !e.Permanent }) {
@@ -291,6 +292,7 @@ func (s *Service) handleOut(ctx context.Context, m jetstream.Msg) {
 	s.settle(ctx, m, log, outcome{
 		env: env, tok: tok, target: bus.Out(tok), data: m.Data(),
 		errs: res.errs, remote: res.remote, reply: res.reply, relayed: !res.dsn,
+		tls: res.tls, took: s.Now().Sub(start),
 	})
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -36,6 +37,11 @@ type outcome struct {
 	// relayed is true when the accepting server does not send
 	// notifications itself (no DSN): NOTIFY=SUCCESS is answered by us.
 	relayed bool
+	// tls is the TLS of the session that delivered, took how long the
+	// attempt lasted, file the Drop file written: for the events.
+	tls  string
+	took time.Duration
+	file string
 }
 
 // failure is a group of recipients that failed permanently with one error.
@@ -98,7 +104,9 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 			tempErrs = append(tempErrs, e)
 		}
 	}
+	var expired []envelope.Rcpt
 	if len(temp) > 0 && !now.Before(expires) {
+		expired = temp
 		for i, r := range temp {
 			perm = addFailure(perm, r, &Error{
 				Permanent: true,
@@ -130,15 +138,16 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 		}
 	}
 	// notify publishes one notification about env (id is its
-	// Nats-Msg-Id); false means it failed and the message was given back.
-	notify := func(kind dsn.Kind, id string, st []dsn.Status, until time.Time) bool {
+	// Nats-Msg-Id) and returns the report's queue id ("" when none was
+	// asked for); false means it failed and the message was given back.
+	notify := func(kind dsn.Kind, id string, st []dsn.Status, until time.Time) (string, bool) {
 		qid, err := s.notify.Send(ctx, dsn.Notice{
 			Kind: kind, ID: id,
 			Env: envAt(env, attempt), Data: o.data, Rcpts: st, LastAttempt: now, RetryUntil: until,
 		})
 		if err != nil {
 			fail(kind.String()+" notification", err)
-			return false
+			return "", false
 		}
 		if qid == "" {
 			if kind == dsn.Failure {
@@ -147,9 +156,17 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 		} else {
 			log.Info(kind.String()+" notification queued", "dsn_qid", qid, "to", env.From, "attempt", attempt)
 		}
-		return true
+		return qid, true
 	}
+	// events are emitted once every successor is stored, before the ack:
+	// a redelivery emits the same ids again (EventMsgID).
+	var events []bus.Event
 
+	if len(expired) > 0 {
+		// Before the bounced (or badmail) event that it causes.
+		events = append(events, bus.Event{Type: bus.EventExpired, Rcpts: bus.Addrs(expired), Attempt: attempt,
+			Reason: fmt.Sprintf("queued since %s, expired at %s", env.ReceivedAt.UTC().Format(time.RFC3339), expires.UTC().Format(time.RFC3339))})
+	}
 	if len(perm) > 0 {
 		if env.From == "" {
 			for i, f := range perm {
@@ -168,9 +185,11 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 				}
 				log.Warn("delivery failed permanently", "rcpts", describe(f.rcpts), "remote", remoteOf(f.err), "attempt", attempt, "reason", f.err.Error())
 			}
-			if !notify(dsn.Failure, envelope.FailureDSNID(env.QueueID, o.tok, attempt), st, time.Time{}) {
+			report, ok := notify(dsn.Failure, envelope.FailureDSNID(env.QueueID, o.tok, attempt), st, time.Time{})
+			if !ok {
 				return
 			}
+			events = append(events, bounced(env, perm, attempt, report))
 		}
 	}
 
@@ -183,7 +202,7 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 		for _, r := range delivered {
 			st = append(st, dsn.Status{Rcpt: r, Action: action, Status: "2.0.0", Remote: o.remote, Reply: reply})
 		}
-		if !notify(dsn.Success, envelope.SuccessDSNID(env.QueueID, o.tok, attempt), st, time.Time{}) {
+		if _, ok := notify(dsn.Success, envelope.SuccessDSNID(env.QueueID, o.tok, attempt), st, time.Time{}); !ok {
 			return
 		}
 	}
@@ -194,7 +213,7 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 		for i, r := range temp {
 			st = append(st, statusOf(r, dsn.ActionDelayed, tempErrs[i]))
 		}
-		if !notify(dsn.Delay, envelope.DelayDSNID(env.QueueID, o.tok), st, expires) {
+		if _, ok := notify(dsn.Delay, envelope.DelayDSNID(env.QueueID, o.tok), st, expires); !ok {
 			return
 		}
 		delayNotified = true
@@ -207,6 +226,25 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 			return
 		}
 		log.Info("delivery deferred", "rcpts", describe(temp), "remote", tempErrs[0].Remote, "attempt", attempt, "next", at, "err", tempErrs[0].Error())
+		ev := bus.Event{Type: bus.EventDeferred, Rcpts: bus.Addrs(temp), Reply: tempErrs[0].Error(), Attempt: attempt}
+		ev.MX, ev.MXIP = splitRemote(tempErrs[0].Remote)
+		if at.After(now) {
+			ev.NextAttempt = at.UTC()
+		}
+		events = append(events, ev)
+	}
+	if len(delivered) > 0 {
+		events = append(events, s.deliveredEvents(o, delivered, attempt)...)
+	}
+	for _, ev := range events {
+		ev.Time, ev.QueueID, ev.Domain = now.UTC(), env.QueueID, envelope.NormalizeDomain(env.Domain)
+		if ev.Domain == "" {
+			ev.Domain = bus.DomainOf(bus.Addrs(env.Rcpts))
+		}
+		if ev.Sender == "" {
+			ev.Sender = env.From
+		}
+		bus.Emit(s.js, ev)
 	}
 	if err := m.DoubleAck(ctx); err != nil {
 		// Redelivery is safe: the successors are deduplicated by id and
@@ -227,6 +265,48 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 			log.Warn("release body failed", "err", err)
 		}
 	}
+}
+
+// deliveredEvents are the events of the recipients o delivered: one
+// delivered event each for remote delivery, one dropped event for the Drop
+// directory.
+func (s *Service) deliveredEvents(o outcome, delivered []envelope.Rcpt, attempt int) []bus.Event {
+	if o.local {
+		return []bus.Event{{Type: bus.EventDropped, Rcpts: bus.Addrs(delivered), File: o.file, Attempt: attempt}}
+	}
+	mx, ip := splitRemote(o.remote)
+	out := make([]bus.Event, len(delivered))
+	for i, r := range delivered {
+		out[i] = bus.Event{Type: bus.EventDelivered, Rcpt: r.Addr, MX: mx, MXIP: ip, Reply: o.reply, TLS: o.tls,
+			DurationMS: o.took.Milliseconds(), Attempt: attempt}
+	}
+	return out
+}
+
+// bounced is the event of the recipients that failed for good in one
+// attempt, reported to the sender in report.
+func bounced(env *envelope.Envelope, perm []failure, attempt int, report string) bus.Event {
+	ev := bus.Event{Type: bus.EventBounced, Attempt: attempt, ReportQID: report}
+	var reasons []string
+	for _, f := range perm {
+		ev.Rcpts = append(ev.Rcpts, bus.Addrs(f.rcpts)...)
+		reasons = append(reasons, f.err.Error())
+	}
+	ev.Reason = strings.Join(reasons, "; ")
+	if mx := remoteOf(perm[0].err); mx != "" {
+		ev.MX, ev.MXIP = splitRemote(mx)
+	}
+	return ev
+}
+
+// splitRemote splits "name[ip]" (remoteName) into the host and the
+// address; "[ip]" has no host.
+func splitRemote(remote string) (host, ip string) {
+	host, rest, ok := strings.Cut(remote, "[")
+	if !ok {
+		return remote, ""
+	}
+	return host, strings.TrimSuffix(rest, "]")
 }
 
 // envAt is env as reported on after attempt number attempt.
@@ -335,7 +415,8 @@ func (s *Service) permanentFailure(ctx context.Context, env *envelope.Envelope, 
 	if _, err = s.Room.Forward(ctx, msg, msgID); err != nil {
 		return err
 	}
-	bus.Emit(s.js, bus.Event{Type: bus.EventBadmail, QueueID: env.QueueID, Reason: bad.Reason, Subject: subject})
+	bus.Emit(s.js, bus.Event{Type: bus.EventBadmail, QueueID: env.QueueID, Domain: envelope.NormalizeDomain(env.Domain),
+		Rcpts: bus.Addrs(f.rcpts), Sender: env.From, Attempt: attempt, Reason: bad.Reason, Subject: subject})
 	return nil
 }
 

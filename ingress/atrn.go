@@ -351,6 +351,16 @@ func (ss *session) settleHeld(ctx context.Context, log *slog.Logger, m jetstream
 			return true
 		}
 	}
+	// The mail log: delivered over the turned connection, the peer being
+	// the client that sent ATRN.
+	tlsName := ""
+	if st, ok := ss.tlsState(); ok {
+		tlsName = tlsString(st.Version, st.CipherSuite)
+	}
+	for _, r := range delivered {
+		bus.Emit(svc.js, bus.Event{Type: bus.EventDelivered, QueueID: env.QueueID, Domain: l.domain, Sender: env.From,
+			Rcpt: r.Addr, MX: ss.clientName, MXIP: ss.ip.String(), TLS: tlsName, Attempt: env.Attempt + 1, Subject: m.Subject()})
+	}
 	if err := m.DoubleAck(ctx); err != nil {
 		log.Warn("ATRN: ack failed", "err", err)
 		return true

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -128,6 +129,19 @@ func TestATRNDeliversOverTheTurnedConnection(t *testing.T) {
 	if n := subjectCount(t, f.js, bus.Hold(bus.Token("branch.dialup.test"))); n != 1 {
 		t.Errorf("another domain's mail was dequeued")
 	}
+	// One delivered event per recipient in the mail log.
+	testutil.WaitFor(t, 10*time.Second, "delivered events", func() bool {
+		var rcpts []string
+		err := bus.ReadEvents(t.Context(), f.js, bus.EventFilter{Type: bus.EventDelivered}, false, func(e bus.Event) error {
+			if e.Domain != "dialup.test" || e.MXIP != "127.0.0.1" {
+				t.Errorf("delivered event %+v", e)
+			}
+			rcpts = append(rcpts, e.QueueID+":"+e.Rcpt)
+			return nil
+		})
+		slices.Sort(rcpts)
+		return err == nil && strings.Join(rcpts, " ") == "q1:a@dialup.test q1:b@dialup.test q2:c@dialup.test"
+	})
 }
 
 func TestATRNReplies(t *testing.T) {

@@ -209,7 +209,11 @@ func (ss *session) Data(r io.Reader) *reply {
 		s.log.Error("envelope rejected", "qid", qid, "err", err)
 		return rep(451, "4.3.0", "Temporary local problem, try again later")
 	}
-	if _, err := s.Room.Publish(ctx, msg, qid); err != nil {
+	rcpts := bus.Addrs(env.Rcpts)
+	events := []bus.Event{{Type: bus.EventReceived, Time: now.UTC(), QueueID: qid, Domain: bus.DomainOf(rcpts),
+		Site: env.Site, ClientIP: env.ClientIP, ClientName: ss.clientName, Helo: env.Helo, AuthUser: env.AuthUser,
+		TLS: env.TLS, Size: env.BodySize, RcptCount: len(rcpts), Sender: env.From, Rcpts: rcpts}}
+	if _, err := s.Room.PublishEmit(ctx, msg, qid, events); err != nil {
 		if env.Body == envelope.BodyObject {
 			_ = s.bodies.Delete(context.Background(), qid)
 		}

@@ -81,6 +81,13 @@ func TestETRNEndToEnd(t *testing.T) {
 	if m.To[0] != "boss@dialup.test" || !strings.Contains(string(m.Data), "id "+qid) {
 		t.Errorf("delivered %v %q", m.To, m.Data)
 	}
+	// The mail log has the hold and the release.
+	for _, e := range mailEvents(t, n, qid, bus.EventHeld, bus.EventReleased, bus.EventDelivered) {
+		if (e.Type == bus.EventHeld && e.Subject != "mail.hold."+tok) || (e.Type == bus.EventReleased && e.Subject != "mail.out."+tok) ||
+			(e.Type != bus.EventRouted && e.Type != bus.EventReceived && e.Domain != "dialup.test") {
+			t.Errorf("%s event %+v", e.Type, e)
+		}
+	}
 	waitEmptyQueue(t, n)
 }
 

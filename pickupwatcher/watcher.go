@@ -471,6 +471,8 @@ func (s *Service) process(ctx context.Context, name string) {
 		return
 	}
 	log.Info("picked up", "from", p.From, "rcpts", len(p.Rcpts), "size", len(p.Message))
+	bus.Emit(s.js, bus.Event{Type: bus.EventPickedUp, Time: now.UTC(), QueueID: qid, Domain: bus.DomainOf(p.Rcpts),
+		File: filepath.Join(s.dir, name), Sender: p.From, Rcpts: p.Rcpts, RcptCount: len(p.Rcpts), Size: int64(len(p.Message))})
 }
 
 // setAside moves the claimed .work/name, which is not a regular file, to
@@ -628,6 +630,7 @@ func (s *Service) badmail(path, name, qid string, info fs.FileInfo, reason error
 		return err
 	}
 	s.log.Warn("pickup file rejected", "qid", qid, "file", name, "reason", reason.Error(), "badmail", res.Name+badfile.ExtBAD)
+	bus.Emit(s.js, bus.Event{Type: bus.EventBadmail, QueueID: qid, Reason: reason.Error(), File: filepath.Join(s.dir, name)})
 	return nil
 }
 

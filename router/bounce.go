@@ -6,6 +6,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
 )
@@ -38,6 +39,9 @@ func (s *Service) bounce(ctx context.Context, m jetstream.Msg, env *envelope.Env
 		_ = m.NakWithDelay(5 * time.Second)
 		return
 	}
+	rcpts := bus.Addrs(env.Rcpts)
+	bus.Emit(s.js, bus.Event{Type: bus.EventBounced, QueueID: env.QueueID, Domain: bus.DomainOf(rcpts), Sender: env.From,
+		Rcpts: rcpts, ReportQID: qid, Reason: be.Error()})
 	if err := m.DoubleAck(ctx); err != nil {
 		// The report is stored; a redelivery republishes the same id.
 		log.Warn("ack failed", "err", err)

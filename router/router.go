@@ -100,6 +100,15 @@ func (s *Service) route(ctx context.Context, m jetstream.Msg) {
 			return
 		}
 	}
+	// The events go out before the parts: sent first on this
+	// connection, they are stored before anything delivery emits about
+	// a part, which a PubAck could not promise (the server may hand a
+	// part to delivery before its PubAck reaches us). Should a part
+	// fail, the redelivered input repeats them, with the same ids, until
+	// every part is stored.
+	for _, ev := range routedEvents(env, parts) {
+		bus.Emit(s.js, ev)
+	}
 	for _, p := range parts {
 		msg, err := p.env.Msg(p.subject, m.Data())
 		if err == nil {
@@ -127,6 +136,26 @@ func (s *Service) route(ctx context.Context, m jetstream.Msg) {
 		}
 		s.log.Info("routed", "qid", env.QueueID, "to", p.subject, "rcpts", len(p.env.Rcpts))
 	}
+}
+
+// routedEvents are the routing's events in MAIL_EVENTS: one routed event
+// with every part, and a held event per part waiting for ETRN/ATRN.
+func routedEvents(env *envelope.Envelope, parts []part) []bus.Event {
+	ev := bus.Event{Type: bus.EventRouted, QueueID: env.QueueID, Sender: env.From, Parts: make([]bus.RoutedPart, len(parts))}
+	for i, p := range parts {
+		ev.Parts[i] = bus.RoutedPart{Domain: p.env.Domain, Rcpts: bus.Addrs(p.env.Rcpts), Subject: p.subject}
+	}
+	if len(parts) == 1 {
+		ev.Domain = parts[0].env.Domain
+	}
+	out := []bus.Event{ev}
+	for _, p := range parts {
+		if strings.HasPrefix(p.subject, bus.SubjHoldPrefix) {
+			out = append(out, bus.Event{Type: bus.EventHeld, QueueID: env.QueueID, Domain: p.env.Domain,
+				Rcpts: bus.Addrs(p.env.Rcpts), Subject: p.subject, Sender: env.From})
+		}
+	}
+	return out
 }
 
 // plan validates an incoming message and splits it per destination.

@@ -152,7 +152,7 @@ func TestBadInputGoesToBadmail(t *testing.T) {
 				t.Fatal(err)
 			}
 			testutil.WaitFor(t, 5*time.Second, "badmail event", func() bool {
-				m, err := ev.GetLastMsgForSubject(context.Background(), "events."+bus.EventBadmail)
+				m, err := ev.GetLastMsgForSubject(context.Background(), bus.SubjEventsPrefix+bus.EventBadmail+".>")
 				return err == nil && strings.Contains(string(m.Data), `"qid":"`+tt.header.Get(envelope.HdrQueueID)+`"`) && strings.Contains(string(m.Data), tt.reason)
 			})
 		})

@@ -182,6 +182,12 @@ func (s *Service) move(ctx context.Context, tok string, m jetstream.Msg) error {
 		return fmt.Errorf("release: ack: %w", err)
 	}
 	s.log.Info("released held message", "qid", qid, "to", out.Subject)
+	ev := bus.Event{Type: bus.EventReleased, QueueID: qid, Domain: envelope.NormalizeDomain(out.Header.Get(envelope.HdrDomain)), Subject: out.Subject}
+	if env, err := envelope.Decode(out.Header); err == nil {
+		// The attempt tells a release after a held retry from the first.
+		ev.Rcpts, ev.Sender, ev.Attempt = bus.Addrs(env.Rcpts), env.From, env.Attempt
+	}
+	bus.Emit(s.js, ev)
 	return nil
 }
 

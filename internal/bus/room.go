@@ -83,9 +83,23 @@ func (r *Room) Check(ctx context.Context, size int64) error {
 // as soon as the store is known to have failed a write (Fault), rather
 // than waiting out PublishTimeout for an answer that will not come.
 func (r *Room) Publish(ctx context.Context, msg *nats.Msg, msgID string, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	return r.PublishEmit(ctx, msg, msgID, nil, opts...)
+}
+
+// PublishEmit is Publish that emits evs (Emit) as soon as msg is stored,
+// before the sync: the next actor may take msg while the sync runs, and
+// its events should not come before these in MAIL_EVENTS (they still
+// may: the server can hand msg on before its PubAck arrives; the events'
+// times are in order). msg is in the queue from its PubAck on, synced or
+// not, so the events are true even when the sync then fails (the sender
+// retries, the copy is a duplicate).
+func (r *Room) PublishEmit(ctx context.Context, msg *nats.Msg, msgID string, evs []Event, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
 	ack, err := publish(ctx, r.JS, r.Fault, msg, msgID, opts...)
 	if err != nil {
 		return nil, err
+	}
+	for _, e := range evs {
+		Emit(r.JS, e)
 	}
 	if err := r.sync(ctx); err != nil {
 		return nil, err
@@ -194,7 +208,7 @@ func (r *Room) check(ctx context.Context, size int64, share float64) error {
 			break
 		}
 		if fresh || time.Since(r.at) < 20*time.Millisecond {
-			return fmt.Errorf("%w: %s of the store limit of %s in use, and %s is kept for queued mail (nats.reserve = %s)",
+			return fmt.Errorf("%w: %s of the store limit of %s in use (with the events' share), and %s is kept for queued mail (nats.reserve = %s)",
 				ErrStoreFull, config.FormatSize(r.used), config.FormatSize(r.limit), config.FormatSize(reserve), r.Reserve)
 		}
 	}
@@ -220,6 +234,13 @@ func (r *Room) read(ctx context.Context) error {
 		if l := r.Limit(); l > 0 && (r.limit <= 0 || l < r.limit) {
 			r.limit = l
 		}
+	}
+	// The events' share counts as used whole: the pipeline's events fill
+	// it while intake is refused, and must not take the reserve
+	// (EventsShare). What events already use is counted twice, which
+	// only stops intake a little earlier.
+	if r.limit > 0 {
+		r.used += EventsMaxBytes(r.limit)
 	}
 	return nil
 }

@@ -12,9 +12,11 @@ import (
 )
 
 // LayoutOf derives the stream layout from the configuration: replicas from
-// nats.replicas, the body TTL from the queue expiry plus two days.
+// nats.replicas, the body TTL from the queue expiry plus two days, the
+// events' age from events.max_age, their share from nats.max_store.
 func LayoutOf(c config.Config) Layout {
-	return Layout{Replicas: c.NATS.Replicas, BodyTTL: max(c.Delivery.Expire.D(), c.Delivery.LocalExpire.D()) + 48*time.Hour}
+	return Layout{Replicas: c.NATS.Replicas, BodyTTL: max(c.Delivery.Expire.D(), c.Delivery.LocalExpire.D()) + 48*time.Hour,
+		EventsMaxAge: c.Events.MaxAge.D(), StoreLimit: c.NATS.MaxStore}
 }
 
 // SetupRetryFor bounds how long Setup retries JetStream API calls that

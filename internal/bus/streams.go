@@ -37,6 +37,11 @@ type Layout struct {
 	// BodyTTL is the garbage backstop of the mail-bodies bucket: the
 	// longest queue life plus two days.
 	BodyTTL time.Duration
+	// EventsMaxAge is how long MAIL_EVENTS keeps events (events.max_age).
+	EventsMaxAge time.Duration
+	// StoreLimit is the embedded server's store limit (nats.max_store),
+	// 0 for none: events take at most EventsShare of it.
+	StoreLimit int64
 }
 
 // StreamConfig returns the MAIL stream definition: a WorkQueue on mail.>
@@ -87,7 +92,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, l Layout) error {
 			return fmt.Errorf("bus: create stream %s: %w", StreamMail, err)
 		}
 	}
-	if err := EnsureEvents(ctx, js, l.Replicas); err != nil {
+	if err := EnsureEvents(ctx, js, l.Replicas, l.EventsMaxAge, l.StoreLimit); err != nil {
 		return err
 	}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{

@@ -184,7 +184,8 @@ func MoveToBad(ctx context.Context, room *Room, m jetstream.Msg, reason string) 
 	if _, err := room.Forward(ctx, bad, envelope.PoisonID(seq, qid)); err != nil {
 		return err
 	}
-	Emit(room.JS, Event{Type: EventBadmail, QueueID: qid, Reason: bad.Header.Get(envelope.HdrReason), Subject: m.Subject()})
+	Emit(room.JS, Event{Type: EventBadmail, QueueID: qid, Domain: envelope.NormalizeDomain(bad.Header.Get(envelope.HdrDomain)),
+		Reason: bad.Header.Get(envelope.HdrReason), Subject: m.Subject()})
 	return m.DoubleAck(ctx)
 }
 

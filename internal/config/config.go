@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,14 +23,47 @@ import (
 // Duration is a time.Duration written as a Go duration string ("15m").
 type Duration time.Duration
 
-// UnmarshalText parses "15m", "48h", "2s".
+// UnmarshalText parses "15m", "48h", "2s", "30d" (ParseDuration).
 func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
+	v, err := ParseDuration(string(b))
 	if err != nil {
-		return fmt.Errorf("not a duration like \"15m\": %q", b)
+		return fmt.Errorf("not a duration like \"15m\" or \"30d\": %q", b)
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// ParseDuration is time.ParseDuration that also takes days, the unit of
+// retention: "30d", "1d12h" (a day is 24 hours). The days come first, as
+// a whole number, and are the only addition.
+func ParseDuration(s string) (time.Duration, error) {
+	days, rest, ok := strings.Cut(s, "d")
+	if !ok {
+		return time.ParseDuration(s)
+	}
+	sign := time.Duration(1)
+	if d, found := strings.CutPrefix(days, "-"); found {
+		sign, days = -1, d
+	}
+	if days == "" || len(days) > 5 || strings.Trim(days, "0123456789") != "" {
+		return 0, fmt.Errorf("config: bad duration %q", s)
+	}
+	n, err := strconv.Atoi(days)
+	if err != nil {
+		return 0, fmt.Errorf("config: bad duration %q", s)
+	}
+	d := time.Duration(n) * 24 * time.Hour
+	if rest != "" {
+		if rest[0] == '-' || rest[0] == '+' {
+			return 0, fmt.Errorf("config: bad duration %q", s)
+		}
+		r, err := time.ParseDuration(rest)
+		if err != nil || r > math.MaxInt64-d {
+			return 0, fmt.Errorf("config: bad duration %q", s)
+		}
+		d += r
+	}
+	return sign * d, nil
 }
 
 // MarshalText renders the duration as a string.
@@ -62,6 +97,7 @@ type Config struct {
 	Pickup   Pickup   `toml:"pickup"`
 	Drop     Drop     `toml:"drop"`
 	NATS     NATS     `toml:"nats"`
+	Events   Events   `toml:"events"`
 	// Auth holds the SMTP AUTH users file and failed-login limits.
 	Auth Auth `toml:"auth"`
 	// Metrics is the Prometheus listener of the process.
@@ -196,6 +232,12 @@ type Drop struct {
 	EnvelopeLines bool `toml:"envelope_lines"`
 }
 
+// Events configures the MAIL_EVENTS stream, the mail log (README "Events").
+type Events struct {
+	// MaxAge is how long events are kept ("30d").
+	MaxAge Duration `toml:"max_age"`
+}
+
 // NATS configures the connection to NATS, or the embedded server of `all`.
 // The nats.sync modes besides a duration.
 const (
@@ -313,6 +355,7 @@ func Default() Config {
 		Pickup: Pickup{Interval: Duration(time.Second), StableFor: Duration(2 * time.Second)},
 		Drop:   Drop{EnvelopeLines: true},
 		NATS:   NATS{Sync: "always", SyncDelay: Duration(time.Millisecond), Replicas: 1, Reserve: Reserve{Percent: 5}},
+		Events: Events{MaxAge: Duration(30 * 24 * time.Hour)},
 	}
 }
 
@@ -551,6 +594,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.checkMetricsListen(); err != nil {
 		return err
+	}
+	if c.Events.MaxAge < Duration(time.Minute) {
+		return &KeyError{"events.max_age", `must be at least 1m (the default is "30d")`}
 	}
 	return c.validateSites()
 }
