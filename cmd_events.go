@@ -11,7 +11,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"slices"
@@ -117,15 +116,9 @@ func eventsCommand(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// readEvents connects as cmd_sessions does and reads the log.
+// readEvents connects as the other tools do (toolConnect) and reads the log.
 func readEvents(ctx context.Context, cfg config.Config, f bus.EventFilter, follow bool, fn func(bus.Event) error) error {
-	cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
-	defer ccancel()
-	nc, err := bus.Connect(cctx, bus.ConnectOptions{
-		URL: cfg.NATS.URL, Name: "mailroot-events",
-		User: cfg.NATS.User, Password: cfg.NATS.Password, Token: cfg.NATS.Token, CredsFile: cfg.NATS.CredsFile,
-		CAFile: cfg.NATS.CAFile, CertFile: cfg.NATS.CertFile, KeyFile: cfg.NATS.KeyFile,
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	nc, err := toolConnect(ctx, cfg, "mailroot events")
 	if err != nil {
 		return err
 	}

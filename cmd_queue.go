@@ -314,17 +314,7 @@ func openQueue(ctx context.Context, cf commonFlags, name string, stderr io.Write
 		fmt.Fprintf(stderr, "mailroot: %v\n", err)
 		return nil, 2
 	}
-	if err := useLocalServer(&cfg); err != nil {
-		fmt.Fprintf(stderr, "mailroot: %s needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL, or `mailroot all` running on this machine: %v\n", name, err)
-		return nil, 1
-	}
-	cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
-	defer ccancel()
-	nc, err := bus.Connect(cctx, bus.ConnectOptions{
-		URL: cfg.NATS.URL, Name: "mailroot-queue",
-		User: cfg.NATS.User, Password: cfg.NATS.Password, Token: cfg.NATS.Token, CredsFile: cfg.NATS.CredsFile,
-		CAFile: cfg.NATS.CAFile, CertFile: cfg.NATS.CertFile, KeyFile: cfg.NATS.KeyFile,
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	nc, err := toolConnect(ctx, cfg, name)
 	if err != nil {
 		fmt.Fprintf(stderr, "mailroot: %v\n", err)
 		return nil, 1
@@ -343,6 +333,22 @@ func openQueue(ctx context.Context, cf commonFlags, name string, stderr io.Write
 		return nil, 1
 	}
 	return q, 0
+}
+
+// toolConnect connects a command (name, e.g. "mailroot queue") as the
+// tools do: -nats, nats.url or MAILROOT_NATS_URL when given, else the
+// local embedded server announced in data_dir (useLocalServer).
+func toolConnect(ctx context.Context, cfg config.Config, name string) (*nats.Conn, error) {
+	if err := useLocalServer(&cfg); err != nil {
+		return nil, fmt.Errorf("%s needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL, or `mailroot all` running on this machine: %w", name, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return bus.Connect(cctx, bus.ConnectOptions{
+		URL: cfg.NATS.URL, Name: strings.ReplaceAll(name, " ", "-"),
+		User: cfg.NATS.User, Password: cfg.NATS.Password, Token: cfg.NATS.Token, CredsFile: cfg.NATS.CredsFile,
+		CAFile: cfg.NATS.CAFile, CertFile: cfg.NATS.CertFile, KeyFile: cfg.NATS.KeyFile,
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 }
 
 // useLocalServer points cfg at the embedded server of a `mailroot all` on

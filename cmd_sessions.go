@@ -11,7 +11,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -60,11 +59,7 @@ func sessionsCommand(args []string, stdout, stderr io.Writer) int {
 
 // listSessions reads every live session from the bucket, oldest first.
 func listSessions(ctx context.Context, cfg config.Config) ([]bus.SessionInfo, error) {
-	nc, err := bus.Connect(ctx, bus.ConnectOptions{
-		URL: cfg.NATS.URL, Name: "mailroot-sessions",
-		User: cfg.NATS.User, Password: cfg.NATS.Password, Token: cfg.NATS.Token, CredsFile: cfg.NATS.CredsFile,
-		CAFile: cfg.NATS.CAFile, CertFile: cfg.NATS.CertFile, KeyFile: cfg.NATS.KeyFile,
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	nc, err := toolConnect(ctx, cfg, "mailroot sessions")
 	if err != nil {
 		return nil, err
 	}
