@@ -55,6 +55,9 @@ var commands = []command{
 	{"mailq", "list the mail queue as Postfix's mailq does (also as a `mailq` symlink and `sendmail -bp`)", func(args []string) int {
 		return mailqCommand(args, os.Stdout, os.Stderr)
 	}},
+	{"badmail", "the Badmail directory: badmail list [-json] | show NAME | requeue NAME… | delete NAME…", func(args []string) int {
+		return badmailCommand(args, os.Stdout, os.Stderr)
+	}},
 	{"dkim", "DKIM signing keys: dkim keygen -domain D [-selector S] [-algorithm rsa|ed25519], dkim list", func(args []string) int {
 		return dkimCommand(args, os.Stdout, os.Stderr)
 	}},
