@@ -121,6 +121,15 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 	if err != nil {
 		return nil, err
 	}
+	var dkimKeys []*dkim.Key
+	for i, d := range cfg.DKIM {
+		k, err := dkim.ReadKey(d.KeyFile, d.Domain, d.Selector)
+		if err != nil {
+			return nil, fmt.Errorf("dkim[%d].key_file: %w", i, err)
+		}
+		k.Headers = d.Headers
+		dkimKeys = append(dkimKeys, k)
+	}
 	dialer := &net.Dialer{Timeout: cfg.Delivery.ConnectTimeout.D()}
 	res := &resolver{server: server, timeout: cfg.Delivery.ConnectTimeout.D()}
 	return &Service{

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -85,6 +86,10 @@ type Config struct {
 	DefaultDomain string `toml:"default_domain"`
 	// Domains holds per-domain settings ([[domain]] blocks).
 	Domains []Domain `toml:"domain"`
+	// DKIM holds signing keys given by hand ([[dkim]] blocks); a domain
+	// with a block signs with its blocks' keys only, others with the keys
+	// found under data_dir/dkim.
+	DKIM []DKIM `toml:"dkim"`
 	// LogLevel is trace, debug, info, warn or error; trace adds the SMTP
 	// transcripts of ingress (AUTH and message content redacted).
 	LogLevel string `toml:"log_level"`
@@ -595,6 +600,25 @@ func (c *Config) Validate() error {
 	if err := c.checkMetricsListen(); err != nil {
 		return err
 	}
+	for i, d := range c.DKIM {
+		key := fmt.Sprintf("dkim[%d]", i)
+		switch {
+		case d.Domain == "":
+			return &KeyError{key + ".domain", "is required"}
+		case d.Selector == "":
+			return &KeyError{key + ".selector", "is required"}
+		case d.KeyFile == "":
+			return &KeyError{key + ".key_file", "is required (a PEM key: mailroot dkim keygen makes one)"}
+		}
+		for j := range i {
+			if strings.EqualFold(c.DKIM[j].Domain, d.Domain) && strings.EqualFold(c.DKIM[j].Selector, d.Selector) {
+				return &KeyError{key + ".selector", fmt.Sprintf("%q is given twice for %s", d.Selector, d.Domain)}
+			}
+		}
+		if len(d.Headers) > 0 && !slices.ContainsFunc(d.Headers, func(h string) bool { return strings.EqualFold(h, "From") }) {
+			return &KeyError{key + ".headers", "must include From (RFC 6376 §5.4)"}
+		}
+	}
 	if c.Events.MaxAge < Duration(time.Minute) {
 		return &KeyError{"events.max_age", `must be at least 1m (the default is "30d")`}
 	}
@@ -721,4 +745,17 @@ func checkLogin(key, smartHost, user, passwordFile string, env bool) error {
 		return &KeyError{key + ".smart_host_user", "needs smart_host_password_file"}
 	}
 	return nil
+}
+
+// DKIM is a [[dkim]] block: one signing key.
+type DKIM struct {
+	// Domain signs (d=) the mail whose From: is at it.
+	Domain string `toml:"domain"`
+	// Selector publishes the key at <selector>._domainkey.<domain>.
+	Selector string `toml:"selector"`
+	// KeyFile is the PEM private key (RSA or Ed25519).
+	KeyFile string `toml:"key_file"`
+	// Headers are the fields signed, repeats over-signing; empty: From,
+	// To and Subject over-signed and the usual set (README "DKIM signing").
+	Headers []string `toml:"headers"`
 }

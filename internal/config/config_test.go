@@ -272,3 +272,27 @@ func TestMetricsListenDefault(t *testing.T) {
 		}
 	}
 }
+
+// [[dkim]] blocks name their key, once per domain and selector, and a
+// header list signs From.
+func TestDKIMBlocks(t *testing.T) {
+	for _, tc := range []struct {
+		blocks []DKIM
+		key    string
+	}{
+		{[]DKIM{{Domain: "d.test", Selector: "s", KeyFile: "/k"}}, ""},
+		{[]DKIM{{Selector: "s", KeyFile: "/k"}}, "dkim[0].domain"},
+		{[]DKIM{{Domain: "d.test", KeyFile: "/k"}}, "dkim[0].selector"},
+		{[]DKIM{{Domain: "d.test", Selector: "s"}}, "dkim[0].key_file"},
+		{[]DKIM{{Domain: "d.test", Selector: "s", KeyFile: "/k"}, {Domain: "D.test", Selector: "S", KeyFile: "/j"}}, "dkim[1].selector"},
+		{[]DKIM{{Domain: "d.test", Selector: "s", KeyFile: "/k", Headers: []string{"Subject"}}}, "dkim[0].headers"},
+	} {
+		c := Default()
+		c.DataDir = t.TempDir()
+		c.DKIM = tc.blocks
+		err := c.Validate()
+		if tc.key == "" && err != nil || tc.key != "" && (err == nil || !strings.Contains(err.Error(), tc.key)) {
+			t.Errorf("%+v: %v, want %q", tc.blocks, err, tc.key)
+		}
+	}
+}

@@ -65,6 +65,8 @@ type Key struct {
 	Algorithm string // RSA or Ed25519
 	Path      string // the key file
 	Signer    crypto.Signer
+	// Headers are the fields it signs (nil: HeaderKeys).
+	Headers []string
 }
 
 // Dir is where the keys of data_dir live.
@@ -192,6 +194,10 @@ func Load(dir string) ([]*Key, error) {
 	return keys, nil
 }
 
+// ReadKey reads the key file path for domain and selector (a [[dkim]]
+// block's key_file).
+func ReadKey(path, domain, selector string) (*Key, error) { return readKey(path, domain, selector) }
+
 // readKey parses a PEM key file: PKCS #8 ("PRIVATE KEY", as Generate
 // writes) or PKCS #1 ("RSA PRIVATE KEY", as opendkim-genkey writes).
 func readKey(path, domain, selector string) (*Key, error) {
@@ -240,6 +246,9 @@ func readKey(path, domain, selector string) (*Key, error) {
 type Signer struct {
 	dir string
 	log *slog.Logger
+	// fixed are the keys given by hand, by domain: they replace what the
+	// directory holds for their domain.
+	fixed map[string][]*Key
 	// Refresh is how long the keys read are used before the directory is
 	// read again.
 	Refresh time.Duration
@@ -249,12 +258,18 @@ type Signer struct {
 	readAt   time.Time
 }
 
-// NewSigner returns a Signer of the keys under dir (Dir(data_dir)).
-func NewSigner(dir string, log *slog.Logger) *Signer {
+// NewSigner returns a Signer of the keys under dir (Dir(data_dir)) and
+// of fixed, the keys given by hand ([[dkim]] blocks), which alone sign for
+// their domains.
+func NewSigner(dir string, log *slog.Logger, fixed ...*Key) *Signer {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Signer{dir: dir, log: log, Refresh: 30 * time.Second}
+	s := &Signer{dir: dir, log: log, Refresh: 30 * time.Second, fixed: map[string][]*Key{}}
+	for _, k := range fixed {
+		s.fixed[k.Domain] = append(s.fixed[k.Domain], k)
+	}
+	return s
 }
 
 // keys returns the keys by domain, reading the directory when the last
@@ -273,12 +288,20 @@ func (s *Signer) keys() map[string][]*Key {
 		s.log.Error("DKIM keys not read again, using the last ones", "dir", s.dir, "err", err)
 		if s.byDomain == nil {
 			s.byDomain = map[string][]*Key{}
+			for d, ks := range s.fixed {
+				s.byDomain[d] = ks
+			}
 		}
 		return s.byDomain
 	}
 	m := map[string][]*Key{}
 	for _, k := range keys {
-		m[k.Domain] = append(m[k.Domain], k)
+		if _, ok := s.fixed[k.Domain]; !ok {
+			m[k.Domain] = append(m[k.Domain], k)
+		}
+	}
+	for d, ks := range s.fixed {
+		m[d] = ks
 	}
 	s.byDomain = m
 	return m
@@ -329,11 +352,15 @@ func (s *Signer) Sign(msg io.Reader) (sigs, domain string, err error) {
 	signers := make([]*dkim.Signer, len(ks))
 	ws := make([]io.Writer, len(ks))
 	for i, k := range ks {
+		headers := k.Headers
+		if len(headers) == 0 {
+			headers = HeaderKeys
+		}
 		signers[i], err = dkim.NewSigner(&dkim.SignOptions{
 			Domain: k.Domain, Selector: k.Selector, Signer: k.Signer,
 			HeaderCanonicalization: dkim.CanonicalizationRelaxed,
 			BodyCanonicalization:   dkim.CanonicalizationRelaxed,
-			HeaderKeys:             HeaderKeys,
+			HeaderKeys:             headers,
 		})
 		if err != nil {
 			return "", domain, fmt.Errorf("dkim: key %s: %w", k.Path, err)

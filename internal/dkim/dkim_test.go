@@ -187,3 +187,52 @@ func FuzzSign(f *testing.F) {
 		}
 	})
 }
+
+// Keys given by hand ([[dkim]]) alone sign for their domain, with their
+// own header list, two selectors at once for a rotation; other domains
+// keep the keys of the directory.
+func TestFixedKeys(t *testing.T) {
+	dir := t.TempDir()
+	found, err := Generate(dir, "example.test", "found", Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := Generate(dir, "other.test", "o", Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := t.TempDir()
+	var fixed []*Key
+	for _, sel := range []string{"old", "new"} {
+		g, err := Generate(keys, "example.test", sel, Ed25519)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := ReadKey(g.Path, "example.test", sel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k.Headers = []string{"From", "From", "Subject"}
+		fixed = append(fixed, k)
+	}
+	d := testutil.StartDNS(t, found.Zone(), other.Zone(), fixed[0].Zone(), fixed[1].Zone())
+	s := NewSigner(dir, testutil.Logger(t), fixed...)
+	sigs, _, err := s.Sign(strings.NewReader(msg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(sigs, "s=found") || !strings.Contains(sigs, "s=old") || !strings.Contains(sigs, "s=new") {
+		t.Errorf("signatures %q: want the two fixed selectors only", sigs)
+	}
+	if strings.Contains(strings.ToLower(sigs), "message-id") {
+		t.Errorf("signed headers beyond the block's list: %q", sigs)
+	}
+	vs := verify(t, d, sigs+msg)
+	if len(vs) != 2 || vs[0].Err != nil || vs[1].Err != nil {
+		t.Errorf("verification: %+v", vs)
+	}
+	om := strings.Replace(msg, "alice@Example.TEST", "alice@other.test", 1)
+	if sigs, _, err := s.Sign(strings.NewReader(om)); err != nil || !strings.Contains(sigs, "s=o;") {
+		t.Errorf("other domain: %q %v", sigs, err)
+	}
+}
