@@ -180,20 +180,23 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 			s.log.Debug("cached connection closed by the remote, connecting anew", "qid", env.QueueID, "remote", remote, "err", herr.Error())
 		}
 	}
+	implicit := t.kind == "smart host" && t.port == s.ImplicitTLSPort
 	c, herr := smtpclient.Dial(ctx, s.Dial, addr, t.host, remote, smtpclient.Options{
 		Hostname:       s.cfg.Hostname,
 		ConnectTimeout: s.cfg.Delivery.ConnectTimeout.D(),
 		CommandTimeout: s.cfg.Delivery.CommandTimeout.D(),
 		Plain:          plain,
 		Roots:          s.roots,
-		ImplicitTLS:    t.kind == "smart host" && t.port == s.ImplicitTLSPort,
+		ImplicitTLS:    implicit,
 		Auth:           auth,
 		AuthInsecure:   s.cfg.Delivery.SmartHostInsecure,
 	})
 	if auth != nil {
 		s.noteLogin(remote, herr)
 	}
-	if herr != nil && errors.Is(herr.Err, smtpclient.ErrTLSFailed) && !requireTLS && auth == nil && !plain {
+	// A failed STARTTLS falls back to plain text only for opportunistic
+	// mail: not for a login, and not where TLS is the port's protocol.
+	if herr != nil && errors.Is(herr.Err, smtpclient.ErrTLSFailed) && !requireTLS && auth == nil && !implicit {
 		s.log.Info("STARTTLS failed, retrying in plain text", "qid", env.QueueID, "remote", remote, "err", herr.Err)
 		return s.tryHost(ctx, t, ip, env, body, true, false)
 	}

@@ -184,7 +184,7 @@ func Load(dir string) ([]*Key, error) {
 		}
 		sort.Strings(files)
 		for _, f := range files {
-			k, err := readKey(f, d.Name(), strings.TrimSuffix(filepath.Base(f), ".key"))
+			k, err := ReadKey(f, d.Name(), strings.TrimSuffix(filepath.Base(f), ".key"))
 			if err != nil {
 				return nil, err
 			}
@@ -194,13 +194,10 @@ func Load(dir string) ([]*Key, error) {
 	return keys, nil
 }
 
-// ReadKey reads the key file path for domain and selector (a [[dkim]]
-// block's key_file).
-func ReadKey(path, domain, selector string) (*Key, error) { return readKey(path, domain, selector) }
-
-// readKey parses a PEM key file: PKCS #8 ("PRIVATE KEY", as Generate
+// ReadKey reads the key file path for domain and selector (a file under
+// Dir, or a [[dkim]] block's key_file). It parses a PEM key file: PKCS #8 ("PRIVATE KEY", as Generate
 // writes) or PKCS #1 ("RSA PRIVATE KEY", as opendkim-genkey writes).
-func readKey(path, domain, selector string) (*Key, error) {
+func ReadKey(path, domain, selector string) (*Key, error) {
 	domain, selector, err := check(domain, selector)
 	if err != nil {
 		return nil, fmt.Errorf("%w (key file %s)", err, path)

@@ -327,15 +327,18 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 // or the server back to normal), carries the server's reply, and wraps
 // ErrAuth.
 func (c *Client) login(o Options) *Error {
+	refuse := func(why string) *Error {
+		return &Error{Enhanced: "4.7.0", Message: why, Remote: c.remote, Err: ErrAuth}
+	}
 	switch {
 	case !c.isTLS && !o.AuthInsecure:
-		return &Error{Enhanced: "4.7.0", Message: "not logging in to " + c.remote + " in plain text (it offered no TLS); smart_host_insecure = true allows it", Remote: c.remote, Err: ErrAuth}
+		return refuse("not logging in to " + c.remote + " in plain text (it offered no TLS); smart_host_insecure = true allows it")
 	case !c.verified && !o.AuthInsecure:
-		return &Error{Enhanced: "4.7.0", Message: "not logging in to " + c.remote + ": its certificate could not be verified: " + c.verifyErr + "; smart_host_insecure = true allows it", Remote: c.remote, Err: ErrAuth}
+		return refuse("not logging in to " + c.remote + ": its certificate could not be verified: " + c.verifyErr + "; smart_host_insecure = true allows it")
 	}
 	ok, mechs := c.c.Extension("AUTH")
 	if !ok {
-		return &Error{Enhanced: "4.7.0", Message: c.remote + " does not offer AUTH, and a login is configured for it", Remote: c.remote, Err: ErrAuth}
+		return refuse(c.remote + " does not offer AUTH, and a login is configured for it")
 	}
 	var client sasl.Client
 	for _, m := range strings.Fields(strings.ToUpper(mechs)) {
@@ -348,7 +351,7 @@ func (c *Client) login(o Options) *Error {
 		}
 	}
 	if client == nil {
-		return &Error{Enhanced: "4.7.0", Message: c.remote + " offers AUTH " + mechs + ", neither PLAIN nor LOGIN", Remote: c.remote, Err: ErrAuth}
+		return refuse(c.remote + " offers AUTH " + mechs + ", neither PLAIN nor LOGIN")
 	}
 	if err := c.c.Auth(client); err != nil {
 		// The server's reply is kept as it was (535 5.7.8 ...), yet the
