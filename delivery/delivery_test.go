@@ -375,7 +375,7 @@ func TestDNSFailureDeferred(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if next.Attempt != 1 || !strings.HasPrefix(next.LastError, "4.4.3 dns: lookup MX dnsfail.test") {
+	if next.Attempt != 1 || !strings.HasPrefix(next.LastError, "4.4.3 dns: lookup dnsfail.test: MX query failed") {
 		t.Errorf("schedule: attempt %d last error %q", next.Attempt, next.LastError)
 	}
 }

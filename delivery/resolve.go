@@ -3,16 +3,16 @@ package delivery
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/mailroot/mailroot/internal/resolver"
 )
 
 // target is one host to try, in order: an MX host, the domain itself
@@ -33,105 +33,6 @@ type target struct {
 	// "mail host" (no MX, the domain's own address) or "address literal".
 	kind string
 }
-
-// errNXDomain and errNoData are the two negative DNS answers.
-var (
-	errNXDomain = errors.New("delivery: dns: no such domain")
-	errNoData   = errors.New("delivery: dns: no records of that type")
-)
-
-// resolver asks one DNS server, over UDP with TCP fallback on truncation.
-type resolver struct {
-	server  string
-	timeout time.Duration
-}
-
-// lookup returns the answers of type qtype for name, errNXDomain, errNoData,
-// or another (temporary) error.
-func (r *resolver) lookup(ctx context.Context, name string, qtype uint16) ([]dns.RR, error) {
-	if r.server == "" {
-		return nil, errors.New("no DNS server configured")
-	}
-	q := new(dns.Msg)
-	q.SetQuestion(dns.Fqdn(name), qtype)
-	q.SetEdns0(1232, false)
-	qn := dns.TypeToString[qtype]
-	resp, err := r.exchange(ctx, q, "udp")
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
-		resp, err = r.exchange(ctx, q, "udp") // one more try: UDP loses packets
-	}
-	if err == nil && resp.Truncated {
-		resp, err = r.exchange(ctx, q, "tcp")
-	}
-	if err != nil {
-		return nil, fmt.Errorf("lookup %s %s: %w", qn, name, err)
-	}
-	switch resp.Rcode {
-	case dns.RcodeSuccess:
-	case dns.RcodeNameError:
-		return nil, errNXDomain
-	default:
-		return nil, fmt.Errorf("lookup %s %s: %s", qn, name, dns.RcodeToString[resp.Rcode])
-	}
-	var out []dns.RR
-	for _, rr := range resp.Answer {
-		if rr.Header().Rrtype == qtype {
-			out = append(out, rr)
-		}
-	}
-	if len(out) == 0 {
-		return nil, errNoData
-	}
-	return out, nil
-}
-
-// exchange sends q over network with the resolver's timeout.
-func (r *resolver) exchange(ctx context.Context, q *dns.Msg, network string) (*dns.Msg, error) {
-	c := &dns.Client{Net: network, Timeout: r.timeout}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	m, _, err := c.ExchangeContext(ctx, q, r.server)
-	return m, err
-}
-
-// addrs looks up A then AAAA records of host. It returns errNXDomain when
-// the name does not exist, errNoData when it has no address, or a
-// temporary error when neither lookup gave an answer.
-func (r *resolver) addrs(ctx context.Context, host string) ([]netip.Addr, error) {
-	var out []netip.Addr
-	var errs [2]error
-	for i, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
-		rrs, err := r.lookup(ctx, host, qt)
-		errs[i] = err
-		for _, rr := range rrs {
-			var ip net.IP
-			switch v := rr.(type) {
-			case *dns.A:
-				ip = v.A
-			case *dns.AAAA:
-				ip = v.AAAA
-			}
-			if a, ok := netip.AddrFromSlice(ip); ok {
-				out = append(out, a.Unmap())
-			}
-		}
-	}
-	switch {
-	case len(out) > 0:
-		return out, nil
-	case errors.Is(errs[0], errNXDomain) && errors.Is(errs[1], errNXDomain):
-		return nil, errNXDomain
-	case isNegative(errs[0]) && isNegative(errs[1]):
-		return nil, errNoData
-	case !isNegative(errs[0]):
-		return nil, errs[0]
-	default:
-		return nil, errs[1]
-	}
-}
-
-func isNegative(err error) bool { return errors.Is(err, errNXDomain) || errors.Is(err, errNoData) }
 
 // resolve returns the hosts to try for domain in order, or the *Error that
 // ends the attempt for every recipient.
@@ -164,20 +65,20 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 		return nil, permErr("5.1.2", "", "no destination domain")
 	}
 
-	rrs, err := s.dns.lookup(ctx, domain, dns.TypeMX)
+	rrs, err := s.dns.Lookup(ctx, domain, dns.TypeMX)
 	switch {
-	case errors.Is(err, errNXDomain), errors.Is(err, errNoData):
+	case resolver.IsNegative(err):
 		// No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
-		addrs, aerr := s.dns.addrs(ctx, domain)
+		addrs, aerr := s.dns.Addrs(ctx, domain)
 		switch {
 		case aerr == nil:
 			if what := s.self.name(domain); what != "" {
 				return nil, permErr("5.4.6", "", "mail for %s loops back to myself: mail host %s is %s", domain, domain, what)
 			}
 			return []target{{host: domain, port: s.cfg.Delivery.Port, addrs: addrs, kind: "mail host"}}, nil
-		case errors.Is(err, errNXDomain) && errors.Is(aerr, errNXDomain):
+		case errors.Is(err, resolver.ErrNXDomain) && errors.Is(aerr, resolver.ErrNXDomain):
 			return nil, permErr("5.1.2", "", "domain %s does not exist", domain)
-		case isNegative(aerr):
+		case resolver.IsNegative(aerr):
 			return nil, permErr("5.1.2", "", "domain %s has no MX or address records", domain)
 		default:
 			return nil, tempErr("4.4.3", "", aerr, "dns: %v", aerr)
@@ -234,16 +135,4 @@ func remoteName(host string, ip netip.Addr) string {
 		return "[" + host + "]"
 	}
 	return host + "[" + ip.String() + "]"
-}
-
-// systemDNS returns the first nameserver of /etc/resolv.conf.
-func systemDNS() (string, error) {
-	cc, err := dns.ClientConfigFromFile("/etc/resolv.conf")
-	if err != nil {
-		return "", fmt.Errorf("delivery: read /etc/resolv.conf: %w", err)
-	}
-	if len(cc.Servers) == 0 {
-		return "", errors.New("delivery: no nameserver in /etc/resolv.conf")
-	}
-	return net.JoinHostPort(cc.Servers[0], cc.Port), nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/mailroot/mailroot/ingress"
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/resolver"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
 
@@ -236,7 +237,7 @@ func TestLoopToSelfSplitDeployment(t *testing.T) {
 	bound := ing.SiteAddrs("mx")[0]
 	h.cfg.Hostname = "out.split.test"
 	h.cfg.Delivery.Port = int(netip.MustParseAddrPort(bound).Port()) // the MX port is the ingress's
-	if why := newSelf(h.cfg, func(context.Context, string) ([]netip.Addr, error) { return nil, errNoData }).is(t.Context(), netip.MustParseAddr("127.0.0.1"), h.cfg.Delivery.Port); why != "" {
+	if why := newSelf(h.cfg, func(context.Context, string) ([]netip.Addr, error) { return nil, resolver.ErrNoData }).is(t.Context(), netip.MustParseAddr("127.0.0.1"), h.cfg.Delivery.Port); why != "" {
 		t.Fatalf("delivery's own configuration has the listener: %s", why)
 	}
 	in := h.watchIn()
@@ -286,7 +287,7 @@ func TestLoopToSelfSplitAllAddresses(t *testing.T) {
 func TestSelfAnnouncedLoopbackAndExpiry(t *testing.T) {
 	cfg := config.Default()
 	cfg.Ingress.Listen = []string{"192.0.2.99:25"}
-	s := newSelf(cfg, func(context.Context, string) ([]netip.Addr, error) { return nil, errNoData })
+	s := newSelf(cfg, func(context.Context, string) ([]netip.Addr, error) { return nil, resolver.ErrNoData })
 	s.ifaces = func() []netip.Addr { return nil }
 	s.machine = "here"
 	info := bus.ListenerInfo{Node: "n1", Machine: "there", Hostname: "n1.test",

@@ -23,6 +23,7 @@ import (
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/internal/notify"
+	"github.com/mailroot/mailroot/internal/resolver"
 	"github.com/mailroot/mailroot/internal/smtpclient"
 )
 
@@ -72,7 +73,7 @@ type Service struct {
 	cfg    config.Config
 	log    *slog.Logger
 	js     jetstream.JetStream
-	dns    *resolver
+	dns    *resolver.Resolver
 	self   *self
 	notify *notify.Notifier
 	bodies *bus.Bodies
@@ -106,16 +107,13 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 	if len(cfg.Delivery.Retry) == 0 {
 		return nil, errors.New("delivery: retry ladder is empty")
 	}
-	server := cfg.Delivery.DNSServer
-	if server == "" {
-		var err error
-		server, err = systemDNS()
-		if err != nil {
-			if cfg.Delivery.SmartHost == "" {
-				return nil, err
-			}
-			log.Warn("no DNS server, smart host must be an IP address", "err", err)
+	res, err := resolver.ForConfig(cfg)
+	if err != nil {
+		if cfg.Delivery.SmartHost == "" {
+			return nil, fmt.Errorf("delivery: %w", err)
 		}
+		log.Warn("no DNS server, smart host must be an IP address", "err", err)
+		res = &resolver.Resolver{}
 	}
 	roots, err := loadRoots(cfg.Delivery.TLSCAFile)
 	if err != nil {
@@ -131,7 +129,6 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		dkimKeys = append(dkimKeys, k)
 	}
 	dialer := &net.Dialer{Timeout: cfg.Delivery.ConnectTimeout.D()}
-	res := &resolver{server: server, timeout: cfg.Delivery.ConnectTimeout.D()}
 	return &Service{
 		Now:             time.Now,
 		Dial:            dialer.DialContext,
@@ -141,7 +138,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		js:              js,
 		Room:            &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
 		dns:             res,
-		self:            newSelf(cfg, res.addrs),
+		self:            newSelf(cfg, res.Addrs),
 		pool:            newPool(cfg.Delivery),
 		dkim:            dkim.NewSigner(dkim.Dir(cfg.DataDir), log),
 		roots:           roots,
@@ -251,7 +248,7 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		})
 	}
-	s.log.Info("delivery running", "slots", s.cfg.Delivery.Concurrency, "smart_host", s.cfg.Delivery.SmartHost, "dns", s.dns.server)
+	s.log.Info("delivery running", "slots", s.cfg.Delivery.Concurrency, "smart_host", s.cfg.Delivery.SmartHost, "dns", s.dns.Servers)
 	wg.Wait()
 	return errors.Join(errs...)
 }

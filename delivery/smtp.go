@@ -16,6 +16,7 @@ import (
 
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/resolver"
 	"github.com/mailroot/mailroot/internal/smtpclient"
 )
 
@@ -81,9 +82,9 @@ targets:
 		addrs := t.addrs
 		if addrs == nil {
 			var err error
-			addrs, err = s.dns.addrs(ctx, t.host)
+			addrs, err = s.dns.Addrs(ctx, t.host)
 			switch {
-			case isNegative(err):
+			case resolver.IsNegative(err):
 				note(tempErr("4.4.4", "", err, "mail host %s has no address", t.host))
 				continue
 			case err != nil:

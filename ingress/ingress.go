@@ -30,7 +30,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -42,6 +41,7 @@ import (
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/metrics"
+	"github.com/mailroot/mailroot/internal/resolver"
 	"github.com/mailroot/mailroot/internal/users"
 )
 
@@ -72,9 +72,9 @@ type Service struct {
 	// StoreTimeout bounds storing one message, retries through NATS leader
 	// elections included; past it the client gets 451 4.3.0.
 	StoreTimeout time.Duration
-	// Resolver looks up client host names (reverse_dns); New points it at
-	// delivery.dns_server when that is set.
-	Resolver *net.Resolver
+	// Resolver looks up client host names (reverse_dns): the [dns]
+	// servers, or those of /etc/resolv.conf.
+	Resolver *resolver.Resolver
 	// Room says whether there is room for new mail (nats.reserve): MAIL
 	// FROM and the end of DATA get 452 4.3.1 at once when there is not.
 	// New checks the store's limit; `mailroot all` adds the file system
@@ -103,8 +103,12 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		ready:    make(chan struct{}),
 		live:     map[*session]struct{}{},
 		Now:      time.Now, StoreTimeout: 2 * bus.PublishTimeout,
-		Resolver: resolverFor(cfg.Delivery.DNSServer),
 		Room:     &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
+	}
+	if s.Resolver, err = resolver.ForConfig(cfg); err != nil {
+		// As the C library does without a resolv.conf: the local server.
+		log.Warn("no DNS servers configured, asking 127.0.0.1:53", "err", err)
+		s.Resolver = &resolver.Resolver{Servers: []string{"127.0.0.1:53"}, Timeout: cfg.DNS.Timeout.D(), Attempts: cfg.DNS.Attempts}
 	}
 	for _, sc := range cfg.EffectiveSites() {
 		st, err := newSite(s, sc)
@@ -250,17 +254,6 @@ func (s *Service) forget(ss *session) {
 		delete(s.live, ss)
 		s.liveWG.Done()
 	}
-}
-
-// resolverFor returns a resolver asking server ("ip:port"), or the system's.
-func resolverFor(server string) *net.Resolver {
-	if server == "" {
-		return net.DefaultResolver
-	}
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, network, server)
-	}}
 }
 
 // nodeName names this ingress process in session keys: the host name as a

@@ -313,25 +313,11 @@ func (ss *session) reverseDNS() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	ss.clientName = "unknown"
-	names, err := ss.s.Resolver.LookupAddr(ctx, ss.ip.String())
-	if err != nil || len(names) == 0 {
-		ss.s.sessions.update(ss.id, func(i *sessionInfo) { i.ClientName = ss.clientName })
-		return
+	name, err := ss.s.Resolver.ConfirmedName(ctx, ss.ip)
+	if err != nil || name == "" {
+		name = "unknown"
 	}
-	for _, n := range names {
-		addrs, err := ss.s.Resolver.LookupNetIP(ctx, "ip", n)
-		if err != nil {
-			continue
-		}
-		for _, a := range addrs {
-			if a.Unmap() == ss.ip {
-				ss.clientName = strings.TrimSuffix(sanitize(n), ".")
-				ss.s.sessions.update(ss.id, func(i *sessionInfo) { i.ClientName = ss.clientName })
-				return
-			}
-		}
-	}
+	ss.clientName = sanitize(name)
 	ss.s.sessions.update(ss.id, func(i *sessionInfo) { i.ClientName = ss.clientName })
 }
 

@@ -107,12 +107,45 @@ type Config struct {
 	Auth Auth `toml:"auth"`
 	// Metrics is the Prometheus listener of the process.
 	Metrics Metrics `toml:"metrics"`
+	// DNS is the resolver of every actor (internal/resolver).
+	DNS DNS `toml:"dns"`
 
 	// SiteBlocks are the raw [[site]] blocks; Load resolves them into Sites.
 	SiteBlocks []toml.Primitive `toml:"site"`
 	// Sites are the SMTP sites (resolved [[site]] blocks); none means
 	// [ingress] alone is the one site (see EffectiveSites).
 	Sites []Site `toml:"-"`
+}
+
+// DNS configures the one resolver (internal/resolver).
+type DNS struct {
+	// Servers ("ip:port") are asked in order, the next when one fails;
+	// empty: delivery.dns_server when set, else every nameserver of
+	// /etc/resolv.conf.
+	Servers []string `toml:"servers"`
+	// Timeout bounds one question to one server.
+	Timeout Duration `toml:"timeout"`
+	// Attempts is how many rounds over the servers a lookup makes.
+	Attempts int `toml:"attempts"`
+	// TrustAD says the servers validate DNSSEC, so that their AD bit is
+	// believed (DANE needs it). Set it only for a validating resolver on
+	// this host or a trusted network path (RFC 7672 §1.3).
+	TrustAD bool `toml:"trust_ad"`
+	// CacheSize is how many answers are kept, for their TTL (capped at
+	// 5 min); 0 keeps none (a local caching resolver is better).
+	CacheSize int `toml:"cache_size"`
+}
+
+// ResolverServers returns the DNS servers configured, in order; empty
+// means those of /etc/resolv.conf.
+func (c Config) ResolverServers() []string {
+	if len(c.DNS.Servers) > 0 {
+		return c.DNS.Servers
+	}
+	if c.Delivery.DNSServer != "" {
+		return []string{c.Delivery.DNSServer}
+	}
+	return nil
 }
 
 // Domain types.
@@ -337,6 +370,7 @@ func Default() Config {
 		}},
 		Auth:    DefaultAuth(),
 		Metrics: Metrics{Listen: DefaultMetricsListen},
+		DNS:     DNS{Timeout: Duration(5 * time.Second), Attempts: 2},
 		Router:  Router{MaxHopCount: 15},
 		Delivery: Delivery{
 			Concurrency:      100,
@@ -513,6 +547,20 @@ func (c *Config) Validate() error {
 		if err := checkHostPort("delivery.dns_server", c.Delivery.DNSServer, ipAddr); err != nil {
 			return err
 		}
+	}
+	for i, srv := range c.DNS.Servers {
+		if err := checkHostPort(fmt.Sprintf("dns.servers[%d]", i), srv, ipAddr); err != nil {
+			return err
+		}
+	}
+	if c.DNS.Timeout <= 0 {
+		return &KeyError{"dns.timeout", "must be greater than 0"}
+	}
+	if c.DNS.Attempts <= 0 || c.DNS.Attempts > 10 {
+		return &KeyError{"dns.attempts", "must be from 1 to 10"}
+	}
+	if c.DNS.CacheSize < 0 {
+		return &KeyError{"dns.cache_size", "must not be negative"}
 	}
 	if c.Delivery.Port <= 0 || c.Delivery.Port > 65535 {
 		return &KeyError{"delivery.port", "must be a TCP port"}

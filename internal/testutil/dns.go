@@ -17,6 +17,33 @@ type DNS struct {
 	mu      sync.Mutex
 	records map[string][]dns.RR // by lower-case FQDN
 	queries int
+	ad      bool
+	silent  bool
+	rcode   int
+}
+
+// SetAD makes the server set the AD bit (DNSSEC-validated) on its answers,
+// as a validating resolver does, or stop setting it.
+func (d *DNS) SetAD(on bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ad = on
+}
+
+// SetSilent makes the server read questions and answer none, as a dead
+// or unreachable server does, or answer again.
+func (d *DNS) SetSilent(on bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.silent = on
+}
+
+// SetRcode makes the server answer every question with rcode (e.g.
+// dns.RcodeServerFailure); dns.RcodeSuccess answers from the map again.
+func (d *DNS) SetRcode(rcode int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.rcode = rcode
 }
 
 // StartDNS serves the records given in zone-file syntax, e.g.
@@ -81,6 +108,17 @@ func (d *DNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	m.Authoritative = true
 	d.mu.Lock()
 	d.queries++
+	if d.silent {
+		d.mu.Unlock()
+		return
+	}
+	m.AuthenticatedData = d.ad
+	if d.rcode != dns.RcodeSuccess {
+		m.Rcode = d.rcode
+		d.mu.Unlock()
+		_ = w.WriteMsg(m)
+		return
+	}
 	for _, q := range r.Question {
 		rrs, ok := d.records[strings.ToLower(q.Name)]
 		if !ok {
