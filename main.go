@@ -65,7 +65,7 @@ var commands = []command{
 	{"version", "the mailroot build: module version, VCS commit, Go and nats-server versions (also -version)", func(args []string) int {
 		return versionCommand(args, os.Stdout, os.Stderr)
 	}},
-	{"config", "config show [-n]: the effective configuration as TOML (-n: what differs from the defaults); config check: validate a file", func(args []string) int {
+	{"config", "config show [-n]: the effective configuration as TOML (-n: what differs from the defaults); config check: validate a file; config get|set|unset|history|rollback|export: the live configuration (mta-config)", func(args []string) int {
 		return configCommand(args, os.Stdout, os.Stderr)
 	}},
 }
