@@ -92,6 +92,7 @@ func TestConfigErrorsExit2(t *testing.T) {
 		{[]string{"all", "-config", filepath.Join(dir, "unknown.toml")}, "delivery.concurency"},
 		{[]string{"all", "-config", filepath.Join(dir, "port.toml")}, "nats.listen"},
 		{[]string{"router"}, ""},
+		{[]string{"router", "-metrics", "127.0.0.1:99999", "-nats", "nats://127.0.0.1:1"}, "metrics.listen"},
 		{[]string{"frobnicate"}, ""},
 	} {
 		cmd := exec.Command(bin, tt.args...)

@@ -150,6 +150,14 @@ func TestMetricsCountMail(t *testing.T) {
 		"mailroot_queue_messages|state=active":           0,
 		"mailroot_queue_messages|state=incoming":         0,
 		"mailroot_queue_messages|state=deferred":         0,
+		// Histograms by their count: each accepted message, each
+		// delivered recipient.
+		"mailroot_ingress_accept_duration_seconds|site=default":            6,
+		"mailroot_delivery_latency_seconds":                                5,
+		"mailroot_ingress_refusals_total|site=default|reason=relay_denied": 0,
+		"mailroot_nats_connection_state|state=connected":                   1,
+		"mailroot_nats_connection_state|state=reconnecting":                0,
+		"mailroot_pickup_files":                                            0,
 	}
 	var raw []byte
 	var diff []string
@@ -177,6 +185,11 @@ func TestMetricsCountMail(t *testing.T) {
 		}
 		if v := value(fams, "mailroot_store_sync_duration_seconds"); v < 1 {
 			t.Errorf("sync duration observations %v, want some", v)
+		}
+	}
+	for _, stream := range []string{bus.StreamMail, bus.StreamEvents} {
+		if v := value(fams, "mailroot_jetstream_stream_bytes", "stream="+stream); v <= 0 {
+			t.Errorf("store bytes of %s: %v, want some", stream, v)
 		}
 	}
 	for _, name := range []string{"go_goroutines", "process_cpu_seconds_total", "process_open_fds", "mailroot_delivery_idle_connections"} {

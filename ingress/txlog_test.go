@@ -1,0 +1,266 @@
+package ingress
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/metrics"
+	"github.com/mailroot/mailroot/internal/testutil"
+	"github.com/mailroot/mailroot/internal/w3c"
+)
+
+// waitLog polls the site's log of today until it parses strictly with n
+// entries (a flush may end mid-line while the sessions run), and returns
+// them and the raw file.
+func waitLog(t *testing.T, dir string, n int) ([]w3c.Record, []byte) {
+	t.Helper()
+	name := filepath.Join(dir, w3c.FileName(time.Now()))
+	var recs []w3c.Record
+	var raw []byte
+	var err error
+	testutil.WaitFor(t, 20*time.Second, fmt.Sprintf("%d lines in %s", n, name), func() bool {
+		if raw, err = os.ReadFile(name); err != nil {
+			return false
+		}
+		recs, err = w3c.Parse(bytes.NewReader(raw))
+		return err == nil && len(recs) >= n
+	})
+	if len(recs) != n {
+		t.Fatalf("%d lines, want %d:\n%s", len(recs), n, raw)
+	}
+	return recs, raw
+}
+
+// metricValue is the value of family name (a histogram's count) whose
+// labels include want ("k=v").
+func metricValue(t *testing.T, m *metrics.Metrics, name string, want ...string) float64 {
+	t.Helper()
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+	next:
+		for _, s := range f.GetMetric() {
+			for _, w := range want {
+				k, v, _ := strings.Cut(w, "=")
+				if !hasLabel(s, k, v) {
+					continue next
+				}
+			}
+			switch {
+			case s.Counter != nil:
+				return s.Counter.GetValue()
+			case s.Histogram != nil:
+				return float64(s.Histogram.GetSampleCount())
+			case s.Gauge != nil:
+				return s.Gauge.GetValue()
+			}
+		}
+	}
+	return -1
+}
+
+func hasLabel(s *dto.Metric, k, v string) bool {
+	for _, l := range s.GetLabel() {
+		if l.GetName() == k && l.GetValue() == v {
+			return true
+		}
+	}
+	return false
+}
+
+// 20 sessions at once, 5 messages each and a relay refusal: the site's
+// log has one line per command, every one with every field, in a file
+// that a strict parser reads; DATA lines carry the queue id the client
+// was given; the accept latency and the refusals are counted.
+func TestTransactionLogUnderLoad(t *testing.T) {
+	const sessions, perSession = 20, 5
+	logDir := t.TempDir()
+	m := metrics.New()
+	f := startLogged(t, func(c *config.Config) { c.Ingress.LogDir, c.Ingress.RelayNetworks = logDir, nil }, nil, testutil.Logger(t), func(s *Service) { s.Metrics = m })
+	_, port, _ := net.SplitHostPort(f.addr)
+
+	body := "Subject: load\r\n\r\nSECRET-CONTENT-MARKER line one\r\nline two\r\n"
+	var mu sync.Mutex
+	qids := map[string]bool{}
+	var wg sync.WaitGroup
+	errs := make(chan error, sessions)
+	for i := range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := smtp.Dial(f.addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			if err := c.Hello("client.test"); err != nil {
+				errs <- err
+				return
+			}
+			for j := range perSession {
+				if err := c.Mail(fmt.Sprintf("s%d@remote.test", i), nil); err != nil {
+					errs <- err
+					return
+				}
+				if j == 0 {
+					if err := c.Rcpt("other@remote.test", nil); code(err) != 550 {
+						errs <- fmt.Errorf("relay: %v, want 550", err)
+						return
+					}
+				}
+				if err := c.Rcpt(fmt.Sprintf("u%d@local.test", j), nil); err != nil {
+					errs <- err
+					return
+				}
+				w, err := c.Data()
+				if err != nil {
+					errs <- err
+					return
+				}
+				_, _ = w.Write([]byte(body))
+				resp, err := w.CloseWithResponse()
+				if err != nil {
+					errs <- err
+					return
+				}
+				qid := resp.StatusText[strings.LastIndex(resp.StatusText, " ")+1:]
+				mu.Lock()
+				qids[qid] = true
+				mu.Unlock()
+			}
+			if err := c.Quit(); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	// EHLO, MAIL/RCPT/DATA per message, one refused RCPT, QUIT.
+	perConn := 1 + 3*perSession + 1 + 1
+	recs, raw := waitLog(t, filepath.Join(logDir, "default"), sessions*perConn)
+	if bytes.Contains(raw, []byte("SECRET-CONTENT-MARKER")) {
+		t.Fatal("message content in the transaction log")
+	}
+	byMethod := map[string]int{}
+	today := time.Now().UTC().Format("2006-01-02")
+	logged := map[string]bool{}
+	for _, r := range recs {
+		fl := r.Fields
+		byMethod[fl["cs-method"]+" "+fl["sc-status"]]++
+		if fl["date"] != today || fl["c-ip"] != "127.0.0.1" || fl["s-ip"] != "127.0.0.1" || fl["s-port"] != port ||
+			fl["s-sitename"] != "default" || fl["s-computername"] != "mx.local.test" || fl["cs-username"] != "client.test" || fl["cs-version"] != "SMTP" {
+			t.Fatalf("line %v", fl)
+		}
+		if r.Int("sc-bytes") <= 0 || r.Int("cs-bytes") <= 0 || r.Int("time-taken") < 0 {
+			t.Errorf("byte counts or time of %v", fl)
+		}
+		switch fl["cs-method"] {
+		case "DATA":
+			logged[fl["cs-uri-query"]] = true
+			if r.Int("cs-bytes") < int64(len("DATA\r\n")+len(body)) {
+				t.Errorf("DATA cs-bytes %d: the message's bytes are counted", r.Int("cs-bytes"))
+			}
+		case "MAIL":
+			if !strings.HasPrefix(fl["cs-uri-query"], "FROM:<s") {
+				t.Errorf("MAIL query %q", fl["cs-uri-query"])
+			}
+		}
+	}
+	want := map[string]int{"EHLO 250": sessions, "MAIL 250": sessions * perSession, "RCPT 250": sessions * perSession,
+		"RCPT 550": sessions, "DATA 250": sessions * perSession, "QUIT 221": sessions}
+	for k, n := range want {
+		if byMethod[k] != n {
+			t.Errorf("%s: %d lines, want %d (all: %v)", k, byMethod[k], n, byMethod)
+		}
+	}
+	if len(logged) != len(qids) {
+		t.Errorf("%d queue ids in DATA lines, %d given to clients", len(logged), len(qids))
+	}
+	for q := range qids {
+		if !logged[q] {
+			t.Errorf("queue id %s not in the log", q)
+		}
+	}
+	if v := metricValue(t, m, "mailroot_ingress_accept_duration_seconds", "site=default"); v != sessions*perSession {
+		t.Errorf("accept latency observations %v, want %d", v, sessions*perSession)
+	}
+	if v := metricValue(t, m, "mailroot_ingress_refusals_total", "site=default", "reason=relay_denied"); v != sessions {
+		t.Errorf("relay refusals %v, want %d", v, sessions)
+	}
+}
+
+// AUTH lines carry the mechanism and never the credentials; a failed
+// AUTH is logged with its 535 and counted; a command that is no command
+// is logged too, with its reply; spaces in an argument are '+'.
+func TestTransactionLogAUTH(t *testing.T) {
+	logDir := t.TempDir()
+	m := metrics.New()
+	f := startLogged(t, func(c *config.Config) {
+		withUsers(t, c, testUser(t, "alice", nil, nil))
+		addSite(c, config.KindSubmission, "sub", func(s *config.Site) { s.AllowInsecureAuth = true; s.LogDir = logDir })
+	}, nil, testutil.Logger(t), func(s *Service) { s.Metrics = m })
+	addr := f.svc.SiteAddrs("sub")[0]
+	rc := rawDial(t, addr)
+	rc.cmd("EHLO client.test")
+	good := base64.StdEncoding.EncodeToString([]byte("\x00alice\x00" + testPassword))
+	bad := base64.StdEncoding.EncodeToString([]byte("\x00alice\x00wrong-password"))
+	if c, _ := rc.cmd("AUTH PLAIN " + bad); c != 535 {
+		t.Fatalf("bad AUTH: %d", c)
+	}
+	if c, _ := rc.cmd("AUTH PLAIN " + good); c != 235 {
+		t.Fatalf("AUTH: %d", c)
+	}
+	if c, _ := rc.cmd("MAIL FROM:<alice@local.test> BODY=8BITMIME"); c != 250 {
+		t.Fatalf("MAIL: %d", c)
+	}
+	if c, _ := rc.cmd("XYZZY magic words"); c != 500 {
+		t.Fatalf("XYZZY: %d", c)
+	}
+	rc.cmd("QUIT")
+
+	recs, raw := waitLog(t, filepath.Join(logDir, "sub"), 6)
+	for _, secret := range []string{good, bad, testPassword, "wrong-password"} {
+		if bytes.Contains(raw, []byte(secret)) {
+			t.Fatalf("credentials %q in the log:\n%s", secret, raw)
+		}
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, r.Fields["cs-method"]+" "+r.Fields["cs-uri-query"]+" "+r.Fields["sc-status"])
+	}
+	want := []string{"EHLO client.test 250", "AUTH PLAIN 535", "AUTH PLAIN 235", "MAIL FROM:<alice@local.test> BODY=8BITMIME 250", "XYZZY magic words 500", "QUIT  221"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("lines:\n%s\nwant:\n%s\n\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"), raw)
+	}
+	if !bytes.Contains(raw, []byte(" MAIL FROM:<alice@local.test>+BODY=8BITMIME 250 ")) {
+		t.Errorf("MAIL argument not written with '+' for its space:\n%s", raw)
+	}
+	if v := metricValue(t, m, "mailroot_ingress_refusals_total", "site=sub", "reason=auth_failed"); v != 1 {
+		t.Errorf("auth_failed refusals %v, want 1", v)
+	}
+	if _, err := os.Stat(filepath.Join(logDir, "default")); err == nil {
+		t.Error("the default site, without log_dir, has a log")
+	}
+}
