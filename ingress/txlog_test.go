@@ -235,12 +235,26 @@ func TestTransactionLogAUTH(t *testing.T) {
 	if c, _ := rc.cmd("MAIL FROM:<alice@local.test> BODY=8BITMIME"); c != 250 {
 		t.Fatalf("MAIL: %d", c)
 	}
+	if c, _ := rc.cmd("RCPT TO:<bob+news@local.test>"); c != 250 {
+		t.Fatalf("RCPT: %d", c)
+	}
+	if c, _ := rc.cmd("DATA"); c != 354 {
+		t.Fatalf("DATA: %d", c)
+	}
+	c, text := rc.cmd("Subject: x\r\n\r\nbody\r\n.")
+	if c != 250 {
+		t.Fatalf("end of data: %d %s", c, text)
+	}
+	qid := text[strings.LastIndex(text, " ")+1:]
 	if c, _ := rc.cmd("XYZZY magic words"); c != 500 {
 		t.Fatalf("XYZZY: %d", c)
 	}
 	rc.cmd("QUIT")
 
-	recs, raw := waitLog(t, filepath.Join(logDir, "sub"), 6)
+	recs, raw := waitLog(t, filepath.Join(logDir, "sub"), 8)
+	if testing.Verbose() {
+		t.Logf("the log:\n%s", raw)
+	}
 	for _, secret := range []string{good, bad, testPassword, "wrong-password"} {
 		if bytes.Contains(raw, []byte(secret)) {
 			t.Fatalf("credentials %q in the log:\n%s", secret, raw)
@@ -250,11 +264,12 @@ func TestTransactionLogAUTH(t *testing.T) {
 	for _, r := range recs {
 		got = append(got, r.Fields["cs-method"]+" "+r.Fields["cs-uri-query"]+" "+r.Fields["sc-status"])
 	}
-	want := []string{"EHLO client.test 250", "AUTH PLAIN 535", "AUTH PLAIN 235", "MAIL FROM:<alice@local.test> BODY=8BITMIME 250", "XYZZY magic words 500", "QUIT  221"}
+	want := []string{"EHLO client.test 250", "AUTH PLAIN 535", "AUTH PLAIN 235", "MAIL FROM:<alice@local.test> BODY=8BITMIME 250",
+		"RCPT TO:<bob+news@local.test> 250", "DATA " + qid + " 250", "XYZZY magic words 500", "QUIT  221"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("lines:\n%s\nwant:\n%s\n\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"), raw)
 	}
-	if !bytes.Contains(raw, []byte(" MAIL FROM:<alice@local.test>+BODY=8BITMIME 250 ")) {
+	if !bytes.Contains(raw, []byte(" MAIL FROM:<alice@local.test>+BODY=8BITMIME 250 ")) || !bytes.Contains(raw, []byte(" RCPT TO:<bob%2Bnews@local.test> 250 ")) {
 		t.Errorf("MAIL argument not written with '+' for its space:\n%s", raw)
 	}
 	if v := metricValue(t, m, "mailroot_ingress_refusals_total", "site=sub", "reason=auth_failed"); v != 1 {
