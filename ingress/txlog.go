@@ -24,7 +24,11 @@ type txState struct {
 	content int64 // message bytes of the last DATA or BDAT
 	qid     string
 	ended   time.Time // end of the last message's data
-	local   *net.TCPAddr
+
+	// The addresses of the connection as logged, made once.
+	addrsSet           bool
+	clientIP, serverIP string
+	serverPort         int
 }
 
 // replied notes a reply of n bytes with code.
@@ -38,20 +42,20 @@ func (t *txState) reply(code, n int) {
 // been buffered before it. It is deferred by handle.
 func (ss *session) logCommand(verb, arg string, n int, start time.Time, replied int64) {
 	tx := &ss.tx
-	e := w3c.Entry{
-		ClientIP: ss.ip.String(), Username: ss.helo, Method: verb, Query: arg, Status: tx.code,
-		BytesSent: tx.replied - replied, BytesReceived: int64(n + 2), TimeTaken: time.Since(start), Version: "SMTP",
-	}
-	if tx.local == nil {
-		tx.local, _ = ss.raw.LocalAddr().(*net.TCPAddr)
-		if tx.local == nil {
-			tx.local = &net.TCPAddr{}
+	if !tx.addrsSet {
+		tx.addrsSet = true
+		if ss.ip.IsValid() {
+			tx.clientIP = ss.ip.String()
+		}
+		if a, ok := ss.raw.LocalAddr().(*net.TCPAddr); ok {
+			tx.serverIP, tx.serverPort = a.IP.String(), a.Port
 		}
 	}
-	if tx.local.IP != nil {
-		e.ServerIP = tx.local.IP.String()
+	e := w3c.Entry{
+		ClientIP: tx.clientIP, ServerIP: tx.serverIP, ServerPort: tx.serverPort,
+		Username: ss.helo, Method: verb, Query: arg, Status: tx.code,
+		BytesSent: tx.replied - replied, BytesReceived: int64(n + 2), TimeTaken: time.Since(start), Version: "SMTP",
 	}
-	e.ServerPort = tx.local.Port
 	switch verb {
 	case "AUTH":
 		e.Query, _, _ = strings.Cut(arg, " ") // the mechanism; never a response

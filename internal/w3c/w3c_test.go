@@ -286,3 +286,23 @@ func TestParseStrict(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkLog is what a command pays on the SMTP path: Log alone, from
+// many goroutines; the writer goroutine formats and writes.
+func BenchmarkLog(b *testing.B) {
+	w, err := Open(Options{Dir: b.TempDir(), Site: "default", Computer: "mx.test", QueueLen: 1 << 16})
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := Entry{ClientIP: "192.0.2.7", ServerIP: "192.0.2.1", ServerPort: 25, Username: "client.example.net", Method: "RCPT",
+		Query: "TO:<bob+news@example.org>", Status: 250, BytesSent: 24, BytesReceived: 33, Version: "SMTP"}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			w.Log(e)
+		}
+	})
+	b.StopTimer()
+	w.Close()
+	b.ReportMetric(float64(w.Dropped())/float64(b.N), "dropped/op")
+}
