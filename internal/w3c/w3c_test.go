@@ -2,6 +2,7 @@ package w3c
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -242,6 +243,14 @@ func TestFullDisk(t *testing.T) {
 	if n := logs.Count("transaction log write failed"); n != 1 {
 		t.Fatalf("write error logged %d times, want once:\n%s", n, logs.String())
 	}
+	// A retry while the disk is still full says nothing new.
+	c.Set(c.Now().Add(RetryAfter))
+	before := w.Dropped()
+	w.Log(Entry{Method: "NOOP", Status: 250})
+	testutil.WaitFor(t, 10*time.Second, "the retry's line dropped", func() bool { return w.Dropped() == before+1 })
+	if n := logs.Count("transaction log write failed"); n != 1 || logs.Count("writable again") != 0 {
+		t.Fatalf("after a failed retry:\n%s", logs.String())
+	}
 	// The disk has room again.
 	if err := os.Remove(name); err != nil {
 		t.Fatal(err)
@@ -305,4 +314,36 @@ func BenchmarkLog(b *testing.B) {
 	b.StopTimer()
 	w.Close()
 	b.ReportMetric(float64(w.Dropped())/float64(b.N), "dropped/op")
+}
+
+// Two writers on one file (two ingress processes with the same log_dir
+// and site) never split each other's lines: each write is whole lines,
+// appended.
+func TestTwoWritersOneFile(t *testing.T) {
+	dir := t.TempDir()
+	c := &clock{t: time.Date(2026, 7, 8, 9, 10, 11, 0, time.UTC)}
+	const n = 5000
+	var wg sync.WaitGroup
+	for i := range 2 {
+		w, err := Open(Options{Dir: dir, Site: "default", Computer: fmt.Sprintf("node%d", i), Now: c.Now, QueueLen: n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range n {
+				w.Log(Entry{ClientIP: "192.0.2.7", Method: "RCPT", Query: fmt.Sprintf("TO:<user%d@example.org> NOTIFY=NEVER", j), Status: 250})
+			}
+			w.Close()
+			if w.Dropped() != 0 {
+				t.Errorf("writer %d dropped %d", i, w.Dropped())
+			}
+		}()
+	}
+	wg.Wait()
+	recs := readLog(t, filepath.Join(dir, "ex260708.log"))
+	if len(recs) != 2*n {
+		t.Fatalf("%d records, want %d", len(recs), 2*n)
+	}
 }

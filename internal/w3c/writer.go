@@ -7,17 +7,19 @@
 //
 // Writing never slows the SMTP session nor fails mail: Log hands the
 // entry to a queue and returns; one goroutine per Writer formats the
-// lines into a buffered writer, flushed every FlushInterval and on Close.
-// When the queue is full, entries are dropped and counted (Dropped). A
-// write error (a full disk) is logged once; lines are dropped until the
-// file can be written again, which is tried once a minute.
+// lines into a buffer of whole lines, written every FlushInterval, when
+// it holds 64 KiB, and on Close; the file is opened O_APPEND and every
+// write is whole lines, so ingress processes sharing a log_dir never
+// split each other's lines. When the queue is full, entries are dropped
+// and counted (Dropped). A write error (a full disk) is logged once;
+// lines are dropped until the file can be written again, which is tried
+// once a minute, and the recovery is logged.
 //
 // Never logged: AUTH payloads (the caller gives the mechanism alone) and
 // message content (a DATA line carries the queue id).
 package w3c
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"log/slog"
@@ -107,9 +109,11 @@ type Writer struct {
 
 	// Used by the writer goroutine only.
 	f         *os.File
-	bw        *bufio.Writer
+	pend      []byte // whole lines not yet written
+	pendLines uint64 // entries among them
 	day       string // YYMMDD of the open file
-	failing   bool
+	failing   bool   // lines are dropped until retryAt
+	reported  bool   // the error is logged; cleared by a successful write
 	retryAt   time.Time
 	lastDrops uint64
 	buf       []byte
@@ -195,7 +199,7 @@ func (w *Writer) run() {
 			w.write(e)
 		case <-t.C:
 			w.flush()
-			if d := w.dropped.Load(); d != w.lastDrops && !w.failing {
+			if d := w.dropped.Load(); d != w.lastDrops && !w.reported {
 				w.o.Log.Warn("transaction log lines dropped", "dropped_total", d)
 				w.lastDrops = d
 			}
@@ -212,7 +216,7 @@ func (w *Writer) write(e Entry) {
 			w.dropped.Add(1)
 			return
 		}
-		w.day = "" // reopen
+		w.failing, w.day = false, "" // try again: reopen
 	}
 	if w.f == nil || day != w.day {
 		w.flush()
@@ -225,11 +229,15 @@ func (w *Writer) write(e Entry) {
 		w.day = day
 	}
 	w.buf = appendLine(w.buf[:0], &w.o, &e, t)
-	if _, err := w.bw.Write(w.buf); err != nil {
-		w.fail(err)
-		w.dropped.Add(1)
-		return
+	if len(w.pend)+len(w.buf) > bufSize {
+		w.flush()
+		if w.f == nil {
+			w.dropped.Add(1)
+			return
+		}
 	}
+	w.pend = append(w.pend, w.buf...)
+	w.pendLines++
 	w.lines.Add(1)
 }
 
@@ -240,28 +248,25 @@ func (w *Writer) open(t time.Time) error {
 	if err != nil {
 		return err
 	}
-	w.f, w.bw = f, bufio.NewWriterSize(f, 64<<10)
+	w.f = f
 	now := w.o.Now().UTC()
 	if now.Format("060102") != t.Format("060102") {
 		now = t // an entry of another day than the clock's: its own time
 	}
-	fmt.Fprintf(w.bw, "#Software: %s\r\n#Version: 1.0\r\n#Date: %s\r\n#Fields:", w.o.Software, now.Format("2006-01-02 15:04:05"))
+	w.pend = fmt.Appendf(w.pend[:0], "#Software: %s\r\n#Version: 1.0\r\n#Date: %s\r\n#Fields:", w.o.Software, now.Format("2006-01-02 15:04:05"))
 	for _, f := range Fields {
-		w.bw.WriteString(" " + f)
+		w.pend = append(append(w.pend, ' '), f...)
 	}
-	w.bw.WriteString("\r\n")
-	if w.failing {
-		w.o.Log.Info("transaction log writable again", "file", name, "dropped_total", w.dropped.Load())
-		w.failing = false
-		w.lastDrops = w.dropped.Load()
-	}
+	w.pend = append(w.pend, '\r', '\n')
+	w.pendLines = 0
 	return nil
 }
 
 // fail notes a write error: logged once, then lines are dropped until
 // RetryAfter has passed.
 func (w *Writer) fail(err error) {
-	if !w.failing {
+	if !w.reported {
+		w.reported = true
 		w.o.Log.Error("transaction log write failed, its lines are dropped until it can be written again", "err", err, "retry_in", RetryAfter)
 	}
 	w.failing = true
@@ -269,15 +274,29 @@ func (w *Writer) fail(err error) {
 	if w.f != nil {
 		_ = w.f.Close()
 	}
-	w.f, w.bw = nil, nil
+	w.f = nil
+	w.dropped.Add(w.pendLines)
+	w.pend, w.pendLines = w.pend[:0], 0
 }
 
+// bufSize is how many bytes of lines wait for a write at most.
+const bufSize = 64 << 10
+
+// flush writes the pending lines in one write: only whole lines, so that
+// processes appending to one file (O_APPEND) never split each other's.
 func (w *Writer) flush() {
-	if w.bw == nil {
+	if w.f == nil || len(w.pend) == 0 {
 		return
 	}
-	if err := w.bw.Flush(); err != nil {
-		w.fail(err)
+	if _, err := w.f.Write(w.pend); err != nil {
+		w.fail(err) // counts the pending lines as dropped
+		return
+	}
+	w.pend, w.pendLines = w.pend[:0], 0
+	if w.reported {
+		w.reported = false
+		w.lastDrops = w.dropped.Load()
+		w.o.Log.Info("transaction log writable again", "file", w.f.Name(), "dropped_total", w.lastDrops)
 	}
 }
 
@@ -288,7 +307,7 @@ func (w *Writer) closeFile() {
 	if err := w.f.Close(); err != nil && !w.failing {
 		w.o.Log.Error("transaction log close failed", "err", err)
 	}
-	w.f, w.bw = nil, nil
+	w.f = nil
 }
 
 // appendLine formats e as one line with every field of Fields.
