@@ -279,3 +279,50 @@ func TestTransactionLogAUTH(t *testing.T) {
 		t.Error("the default site, without log_dir, has a log")
 	}
 }
+
+// Refusals are counted by their reason: over the connection limit, MAIL
+// without the AUTH a site requires, and too many bad commands.
+func TestRefusalsByReason(t *testing.T) {
+	m := metrics.New()
+	f := startLogged(t, func(c *config.Config) {
+		withUsers(t, c, testUser(t, "alice", nil, nil))
+		addSite(c, config.KindMTA, "mx", func(s *config.Site) { s.MaxConnections, s.MaxBadCommands = 1, 2 })
+		addSite(c, config.KindSubmission, "sub", func(s *config.Site) { s.AllowInsecureAuth = true })
+	}, nil, testutil.Logger(t), func(s *Service) { s.Metrics = m })
+
+	mx := f.svc.SiteAddrs("mx")[0]
+	first := rawDial(t, mx)
+	c, err := net.Dial("tcp", mx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line := make([]byte, 512)
+	n, _ := c.Read(line)
+	if !strings.HasPrefix(string(line[:n]), "421 4.7.0") {
+		t.Fatalf("second connection over max_connections = 1: %q", line[:n])
+	}
+	first.cmd("EHLO client.test")
+	first.cmd("FROB")
+	if code, _ := first.cmd("FROB"); code != 500 {
+		t.Fatalf("second bad command: %d", code)
+	}
+	if code, text := first.reply(); code != 421 {
+		t.Fatalf("after max_bad_commands: %d %s, want 421", code, text)
+	}
+
+	sub := rawDial(t, f.svc.SiteAddrs("sub")[0])
+	sub.cmd("EHLO client.test")
+	if code, _ := sub.cmd("MAIL FROM:<alice@local.test>"); code != 530 {
+		t.Fatalf("MAIL without AUTH: %d", code)
+	}
+	for reason, want := range map[string]float64{
+		"site=mx|reason=connection_limit": 1, "site=mx|reason=too_many_errors": 1,
+		"site=sub|reason=auth_required": 1, "site=sub|reason=relay_denied": 0, "site=mx|reason=other": 0,
+	} {
+		if got := metricValue(t, m, "mailroot_ingress_refusals_total", strings.Split(reason, "|")...); got != want {
+			t.Errorf("%s: %v, want %v", reason, got, want)
+		}
+	}
+}

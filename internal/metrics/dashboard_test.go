@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/mailroot/mailroot/internal/bus"
@@ -150,6 +151,13 @@ func promtoolRules(t *testing.T, exprs []string) {
 // `promtool check metrics`.
 func TestEveryCollectorPassesPromtool(t *testing.T) {
 	m := every(t)
+	problems, err := promtest.GatherAndLint(m.Registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
 	fams, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
