@@ -326,3 +326,38 @@ func TestRefusalsByReason(t *testing.T) {
 		}
 	}
 }
+
+// With the service's clock crossing midnight UTC in a session, the
+// commands before it are in the old day's file and those after in the
+// new one, each file starting with its directives.
+func TestTransactionLogRotatesAtMidnight(t *testing.T) {
+	logDir := t.TempDir()
+	var mu sync.Mutex
+	now := time.Date(2026, 12, 31, 23, 59, 59, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	f := startLogged(t, func(c *config.Config) { c.Ingress.LogDir = logDir }, nil, testutil.Logger(t), func(s *Service) { s.Now = clock })
+	rc := rawDial(t, f.addr)
+	rc.cmd("EHLO client.test")
+	mu.Lock()
+	now = now.Add(2 * time.Second)
+	mu.Unlock()
+	rc.cmd("NOOP")
+	rc.cmd("QUIT")
+	dir := filepath.Join(logDir, "default")
+	for name, want := range map[string][]string{"ex261231.log": {"EHLO"}, "ex270101.log": {"NOOP", "QUIT"}} {
+		var recs []w3c.Record
+		testutil.WaitFor(t, 20*time.Second, name, func() bool {
+			raw, err := os.ReadFile(filepath.Join(dir, name))
+			if err != nil {
+				return false
+			}
+			recs, err = w3c.Parse(bytes.NewReader(raw))
+			return err == nil && len(recs) == len(want)
+		})
+		for i, r := range recs {
+			if r.Fields["cs-method"] != want[i] || r.Time.Format("060102") != name[2:8] {
+				t.Errorf("%s line %d: %v, want %s of that day", name, i, r.Fields, want[i])
+			}
+		}
+	}
+}
