@@ -116,6 +116,7 @@ type Writer struct {
 	reported  bool   // the error is logged; cleared by a successful write
 	retryAt   time.Time
 	lastDrops uint64
+	warnedAt  time.Time
 	buf       []byte
 }
 
@@ -199,9 +200,11 @@ func (w *Writer) run() {
 			w.write(e)
 		case <-t.C:
 			w.flush()
-			if d := w.dropped.Load(); d != w.lastDrops && !w.reported {
-				w.o.Log.Warn("transaction log lines dropped", "dropped_total", d)
-				w.lastDrops = d
+			// Lines dropped with the queue full (the writer behind): said
+			// at most once a minute.
+			if d := w.dropped.Load(); d != w.lastDrops && !w.reported && time.Since(w.warnedAt) >= time.Minute {
+				w.o.Log.Warn("transaction log lines dropped: the writer cannot keep up", "dropped_total", d)
+				w.lastDrops, w.warnedAt = d, time.Now()
 			}
 		}
 	}
