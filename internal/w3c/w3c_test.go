@@ -380,3 +380,26 @@ func FuzzLine(f *testing.F) {
 		}
 	})
 }
+
+// With the queue full, Log drops rather than waits, and every entry is
+// either a line of the file or counted as dropped.
+func TestQueueFullDrops(t *testing.T) {
+	dir := t.TempDir()
+	c := &clock{t: time.Date(2026, 2, 3, 4, 5, 6, 0, time.UTC)}
+	w, err := Open(Options{Dir: dir, Site: "s", Now: c.Now, QueueLen: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20000
+	for range n {
+		w.Log(Entry{Method: "NOOP", Status: 250})
+	}
+	w.Close()
+	if w.Dropped() == 0 {
+		t.Skip("the writer kept up with a queue of one: nothing dropped to check")
+	}
+	recs := readLog(t, filepath.Join(dir, "ex260203.log"))
+	if uint64(len(recs)) != w.Lines() || w.Lines()+w.Dropped() != n {
+		t.Fatalf("%d lines in the file, %d written, %d dropped, of %d", len(recs), w.Lines(), w.Dropped(), n)
+	}
+}
