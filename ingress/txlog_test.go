@@ -361,3 +361,34 @@ func TestTransactionLogRotatesAtMidnight(t *testing.T) {
 		}
 	}
 }
+
+// A transaction log on a full disk: mail is accepted all the same, and
+// the failure is logged once however many lines are lost.
+func TestTransactionLogFullDiskNeverFailsMail(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Skip("no /dev/full")
+	}
+	logDir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(logDir, "default"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/dev/full", filepath.Join(logDir, "default", w3c.FileName(time.Now()))); err != nil {
+		t.Fatal(err)
+	}
+	var logs testutil.Logs
+	f := startLogged(t, func(c *config.Config) { c.Ingress.LogDir = logDir }, nil, logs.Logger(t))
+	for i := range 3 {
+		c := dial(t, f.addr)
+		if _, err := send(t, c, "s@remote.test", []string{"u@local.test"}, "Subject: full\r\n\r\nbody\r\n"); err != nil {
+			t.Fatalf("message %d with the log's disk full: %v", i, err)
+		}
+		_ = c.Quit()
+		testutil.WaitFor(t, 20*time.Second, "the write error", func() bool { return logs.Count("transaction log write failed") == 1 })
+	}
+	if n := logs.Count("transaction log write failed"); n != 1 {
+		t.Errorf("write error logged %d times, want once", n)
+	}
+	if n := subjectCount(t, f.js, "mail.in"); n != 3 {
+		t.Errorf("%d messages on mail.in, want 3", n)
+	}
+}
