@@ -149,10 +149,15 @@ func actorCommand(cmd string) func(args []string) int {
 	return func(args []string) int {
 		fs := flag.NewFlagSet("mailroot "+cmd, flag.ContinueOnError)
 		cf := addCommonFlags(fs)
+		metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on host:port (overrides metrics.listen): give each actor process of a host its own")
 		if err := fs.Parse(args); err != nil {
 			return 2
 		}
 		cfg, err := cf.load()
+		if err == nil && *metricsAddr != "" {
+			cfg.Metrics.Listen = *metricsAddr
+			err = cfg.Validate()
+		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "mailroot: %v\n", err)
 			return 2
