@@ -92,7 +92,7 @@ targets:
 				continue
 			}
 		}
-		for _, ip := range addrs {
+		for _, ip := range orderAddrs(addrs, s.cfg.Delivery.AddressPreference) {
 			if why := s.self.is(ctx, ip, t.port); why != "" {
 				// This host and every less preferred one would be
 				// ourselves again (RFC 5321 §5.1).
