@@ -298,7 +298,7 @@ func (s *Service) handleOut(ctx context.Context, m jetstream.Msg) {
 	s.settle(ctx, m, log, outcome{
 		env: env, tok: tok, target: bus.Out(tok), data: m.Data(),
 		errs: res.errs, remote: res.remote, reply: res.reply, relayed: !res.dsn,
-		tls: res.tls, took: s.Now().Sub(start),
+		tls: res.tls, took: s.Now().Sub(start), policy: res.policy, tlsFailure: res.tlsFailure,
 	})
 }
 
