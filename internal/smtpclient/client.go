@@ -101,11 +101,7 @@ type Client struct {
 	// and names the host; verifyErr says why not.
 	verified  bool
 	verifyErr string
-	// state is the TLS session's state (zero for plain text, and for
-	// New's sessions): delivery checks its certificates against TLSA
-	// records (DANE) on every use.
-	state   tls.ConnectionState
-	timeout time.Duration
+	timeout   time.Duration
 
 	// dest is where Dial connected and as whom; zero for New's sessions,
 	// which are never cached.
@@ -148,15 +144,6 @@ func (c *Client) TLS() string {
 // Verified reports whether the session is TLS with a certificate that
 // chains to the roots and names the host it was dialled as.
 func (c *Client) Verified() bool { return c.isTLS && c.verified }
-
-// ConnectionState returns the state of the session's TLS handshake, its
-// certificates among it, and false for plain text (or a session started
-// by New). Delivery verifies these against TLSA records (internal/dane)
-// instead of, or besides, the PKIX check of Verified, on every message
-// that uses the session: a session from a Pool is checked again for each.
-func (c *Client) ConnectionState() (tls.ConnectionState, bool) {
-	return c.state, c.isTLS && len(c.state.PeerCertificates) > 0
-}
 
 // VerifyError says why the certificate was not verified ("" when it was,
 // or for plain text).
@@ -241,7 +228,6 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 		return nil, e
 	}
 	conn, tlsDesc, verifyErr := raw, "", ""
-	var state tls.ConnectionState
 	handshake := func() *Error {
 		// The handshake accepts any certificate, which is verified after
 		// it: opportunistic TLS (RFC 3207) still protects against passive
@@ -259,7 +245,6 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 		}
 		_ = raw.SetDeadline(time.Time{})
 		st := tc.ConnectionState()
-		state = st
 		conn, tlsDesc = tc, tls.VersionName(st.Version)+" "+tls.CipherSuiteName(st.CipherSuite)
 		if o.Verify != nil {
 			verifyErr = o.Verify(host, st)
@@ -333,7 +318,6 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 		return fail(e)
 	}
 	c.verified, c.verifyErr = tlsDesc != "" && verifyErr == "", verifyErr
-	c.state = state
 	if o.Auth != nil {
 		if e := c.login(o); e != nil {
 			c.Close()
