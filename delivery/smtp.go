@@ -86,6 +86,7 @@ targets:
 			break
 		}
 		var fail string
+		pol := pol.forHost(t) // DANE decides per MX host
 		if why := pol.hostAllowed(t, &fail); why != "" {
 			s.log.Info("MX host not used: TLS policy", "qid", env.QueueID, "mx", t.host, "tls_policy", pol.kind, "why", why)
 			note(tempErr("4.7.5", "", nil, "%s %s not used: %s", t.kind, t.host, why))

@@ -62,6 +62,12 @@ type tlsPolicy struct {
 	// it for the connection pool's key (smtpclient.Dest.Verifier).
 	verify   func(host string, st tls.ConnectionState) string
 	verifier string
+	// hosts and other make a DANE policy per host (delivery/dane.go,
+	// forHost): hosts has the policy of each MX host with secure TLSA
+	// records (or whose TLSA lookup failed), other the domain's policy
+	// without DANE for the rest.
+	hosts map[string]*tlsPolicy
+	other *tlsPolicy
 }
 
 // applies reports whether the policy governs t: MTA-STS and DANE are
@@ -102,20 +108,18 @@ func (p *tlsPolicy) hostOpts(t target, o *smtpclient.Options) {
 func (p *tlsPolicy) mustVerify(t target) bool { return p.enforce && p.applies(t) }
 
 // policyFor decides the TLS policy of one delivery attempt to domain,
-// strongest first: DANE (daneFor) where the domain publishes TLSA
-// records, else an MTA-STS policy in enforce or testing mode, else the
+// strongest first: DANE (daneFor) for the MX hosts that publish secure
+// TLSA records, the rest of this for the others (forHost): an MTA-STS policy in enforce or testing mode, else the
 // domain's require_tls, else opportunistic. REQUIRETLS on the message
 // asks for verified TLS whatever the policy says. A non-nil *Error ends
 // the attempt for every recipient (a policy that could not be decided
 // and must not be guessed).
 func (s *Service) policyFor(ctx context.Context, env *envelope.Envelope, domain string, targets []target) (*tlsPolicy, *Error) {
-	p, herr := s.daneFor(ctx, domain, targets)
+	dp, herr := s.daneFor(ctx, domain, targets)
 	if herr != nil {
 		return nil, herr
 	}
-	if p == nil {
-		p = s.mtastsFor(ctx, env, domain, targets)
-	}
+	p := s.mtastsFor(ctx, env, domain, targets)
 	if p == nil {
 		if d, _ := s.cfg.Domain(domain); d.RequireTLS {
 			p = &tlsPolicy{kind: PolicyRequireTLS, enforce: true, why: "TLS is required for " + domain}
@@ -131,15 +135,12 @@ func (s *Service) policyFor(ctx context.Context, env *envelope.Envelope, domain 
 		p.kind, p.enforce, p.report, p.allow = PolicyREQUIRETLS, true, false, nil
 		p.why = "the message requires TLS (REQUIRETLS)"
 	}
+	if dp != nil {
+		// The hosts without TLSA records keep the policy decided above.
+		dp.domain, dp.other = domain, p
+		return dp, nil
+	}
 	return p, nil
-}
-
-// daneFor is the DANE hook (RFC 7672): the policy of a domain whose MX
-// hosts publish TLSA records, with verify and verifier set to match a
-// host's certificate against them; nil when DANE does not apply. Not
-// built yet: every domain is without DANE.
-func (s *Service) daneFor(ctx context.Context, domain string, targets []target) (*tlsPolicy, *Error) {
-	return nil, nil
 }
 
 // unverified is the temporary failure of a host whose certificate could
