@@ -6,12 +6,14 @@ import (
 	"crypto/x509"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
@@ -195,5 +197,40 @@ func TestDANEUnusableOnlyEncrypts(t *testing.T) {
 	}
 	if got := b.transactions(); len(got) != 1 || !got[0] {
 		t.Errorf("transactions over TLS: %v", got)
+	}
+}
+
+// A session checked against a host's TLSA records carries the next
+// message checked against the same records; once the records change, the
+// next message gets a session of its own, checked against the new ones.
+func TestDANEConnectionReuse(t *testing.T) {
+	cert := selfSigned(t, "mx.dane.test")
+	h, _ := daneHarness(t, &cert, true, "3 1 1 "+spki256(t, cert.Certificate[0]))
+	h.cfg.Delivery.Concurrency = 1
+	h.cfg.Delivery.ConnectionCacheTime = config.Duration(time.Minute)
+	h.cfg.DNS.CacheSize = 0
+	var mu sync.Mutex
+	var dials []string
+	conns := func() int { mu.Lock(); defer mu.Unlock(); return len(dials) }
+	h.start(func(s *Service) { recordDials(s, &mu, &dials) })
+	send := func(n int) {
+		t.Helper()
+		env, body := numbered("dane.test", n)
+		h.publishOut(env, body)
+		if ev := h.deliveredEvent(env.QueueID); ev.TLSPolicy != PolicyDANE {
+			t.Fatalf("message %d: tls_policy %q", n, ev.TLSPolicy)
+		}
+	}
+	send(1)
+	send(2)
+	if c := conns(); c != 1 {
+		t.Errorf("%d connections for two messages under the same TLSA records, want 1", c)
+	}
+	// A second record (a key roll-over): another set, another session.
+	next := selfSigned(t, "mx.dane.test")
+	h.dns.Add(t, fmt.Sprintf("_%d._tcp.mx.dane.test. TLSA 3 1 1 %s", h.cfg.Delivery.Port, spki256(t, next.Certificate[0])))
+	send(3)
+	if c := conns(); c != 2 {
+		t.Errorf("%d connections, want 2: a session checked against other records was reused", c)
 	}
 }
