@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/miekg/dns"
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/resolver"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
 
@@ -232,5 +234,37 @@ func TestDANEConnectionReuse(t *testing.T) {
 	send(3)
 	if c := conns(); c != 2 {
 		t.Errorf("%d connections, want 2: a session checked against other records was reused", c)
+	}
+}
+
+// A TLSA lookup that fails (here SERVFAIL, after the MX host's addresses
+// were found secure) keeps the mail from that host: an attacker who can
+// block the answer must not turn DANE off (RFC 7672 §2.2).
+func TestDANELookupFailureRefusesHost(t *testing.T) {
+	t.Parallel()
+	d := testutil.StartDNS(t, "mx.dane.test. A 127.0.0.1")
+	d.SetAD(true)
+	cfg := config.Default()
+	s := &Service{cfg: cfg, dns: &resolver.Resolver{Servers: []string{d.Addr}, TrustAD: true, CacheSize: 100, Timeout: time.Second, Attempts: 1}}
+	ctx := t.Context()
+	if !s.addrsSecure(ctx, "mx.dane.test") { // now in the resolver's cache
+		t.Fatal("address not secure")
+	}
+	d.SetRcode(dns.RcodeServerFailure)
+	tg := target{host: "mx.dane.test", port: 25, kind: "MX host", dnssec: true}
+	p, herr := s.daneFor(ctx, "dane.test", []target{tg})
+	if herr != nil || p == nil {
+		t.Fatalf("daneFor = %v, %v; want a DANE policy", p, herr)
+	}
+	p.other = &tlsPolicy{kind: PolicyOpportunistic}
+	var fail string
+	hp := p.forHost(tg)
+	if why := hp.hostAllowed(tg, &fail); hp.kind != PolicyDANE || !strings.Contains(why, "TLSA records could not be looked up") {
+		t.Errorf("host policy %q allows with %q, want the host refused for its failed TLSA lookup", hp.kind, why)
+	}
+	// An MX answer that was not secure: no DANE at all, no TLSA asked.
+	tg.dnssec = false
+	if p, herr := s.daneFor(ctx, "dane.test", []target{tg}); p != nil || herr != nil {
+		t.Errorf("insecure MX: daneFor = %v, %v", p, herr)
 	}
 }
