@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"strings"
 
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/mtasts"
 	"github.com/mailroot/mailroot/internal/smtpclient"
 )
 
@@ -109,8 +111,9 @@ func (p *tlsPolicy) mustVerify(t target) bool { return p.enforce && p.applies(t)
 
 // policyFor decides the TLS policy of one delivery attempt to domain,
 // strongest first: DANE (daneFor) for the MX hosts that publish secure
-// TLSA records, the rest of this for the others (forHost): an MTA-STS policy in enforce or testing mode, else the
-// domain's require_tls, else opportunistic. REQUIRETLS on the message
+// TLSA records, and for the others (forHost) an MTA-STS policy in
+// enforce or testing mode, else the domain's require_tls, else
+// opportunistic. REQUIRETLS on the message
 // asks for verified TLS whatever the policy says. A non-nil *Error ends
 // the attempt for every recipient (a policy that could not be decided
 // and must not be guessed).
@@ -120,10 +123,10 @@ func (s *Service) policyFor(ctx context.Context, env *envelope.Envelope, domain 
 		return nil, herr
 	}
 	p := s.mtastsFor(ctx, env, domain, targets)
-	if p == nil {
-		if d, _ := s.cfg.Domain(domain); d.RequireTLS {
-			p = &tlsPolicy{kind: PolicyRequireTLS, enforce: true, why: "TLS is required for " + domain}
-		}
+	if d, _ := s.cfg.Domain(domain); d.RequireTLS && (p == nil || !p.enforce) {
+		// The domain's own setting is a floor a testing policy does not
+		// lower.
+		p = &tlsPolicy{kind: PolicyRequireTLS, enforce: true, why: "TLS is required for " + domain}
 	}
 	if p == nil {
 		p = &tlsPolicy{kind: PolicyOpportunistic}
@@ -156,7 +159,36 @@ func (p *tlsPolicy) noTLS(remote string) *Error {
 }
 
 // mtastsFor is the domain's MTA-STS policy (RFC 8461) as a tlsPolicy, nil
-// when it has none in force (mode none, or delivery.mta_sts off).
+// when it has none in force (no policy, mode none, delivery.mta_sts off)
+// or the attempt goes to a smart host or an address literal, which the
+// policy is not about. A policy that cannot be fetched and is not cached
+// is no policy (§5: the domain is treated as without one), logged.
 func (s *Service) mtastsFor(ctx context.Context, env *envelope.Envelope, domain string, targets []target) *tlsPolicy {
-	return nil
+	if s.MTASTS == nil || len(targets) == 0 || (targets[0].kind != "MX host" && targets[0].kind != "mail host") {
+		return nil
+	}
+	r := s.MTASTS.Get(ctx, domain)
+	if r.Err != nil {
+		s.log.Warn("MTA-STS policy not fetched", "qid", env.QueueID, "domain", domain, "cached", r.Policy != nil, "err", r.Err)
+	}
+	sts := r.Policy
+	if sts == nil || sts.Mode == mtasts.None {
+		return nil
+	}
+	p := &tlsPolicy{
+		kind:    PolicyMTASTS,
+		enforce: sts.Mode == mtasts.Enforce,
+		report:  sts.Mode == mtasts.Testing,
+		why:     "the MTA-STS policy of " + domain + " requires verified TLS",
+		allow: func(host string) string {
+			if sts.Match(host) {
+				return ""
+			}
+			return fmt.Sprintf("not among the MX hosts of the MTA-STS policy of %s (%s)", domain, strings.Join(sts.MX, ", "))
+		},
+	}
+	if p.report {
+		p.kind = PolicyMTASTSTesting
+	}
+	return p
 }

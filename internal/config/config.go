@@ -211,6 +211,10 @@ type Delivery struct {
 	// TLSCAFile, when set, holds the PEM certificates that verify remote
 	// servers instead of the system's roots (a private PKI).
 	TLSCAFile string `toml:"tls_ca_file"`
+	// MTASTS honours the MTA-STS policies (RFC 8461) remote domains
+	// publish: in enforce mode mail goes only to the MX hosts a policy
+	// names, over TLS that verifies (delivery/tlspolicy.go).
+	MTASTS bool `toml:"mta_sts"`
 	// Port is the remote SMTP port.
 	Port int `toml:"port"`
 	// Retry is the retry ladder; the last step repeats.
@@ -404,6 +408,7 @@ func Default() Config {
 			AckWait:           Duration(2 * time.Minute),
 			DANE:              true,
 			AddressPreference: AddressAny,
+			MTASTS:            true,
 
 			// Connection reuse, with Postfix's limits (and a count).
 			ConnectionCacheTime:  Duration(2 * time.Second),
