@@ -17,10 +17,13 @@ import (
 // daneFor is the DANE policy (RFC 7672) of an attempt to domain: nil when
 // no MX host has secure TLSA records, else a policy whose hosts map gives
 // each such host its own (forHost). DANE needs a validating resolver
-// (dns.trust_ad) and delivery.dane; it applies only to host names that
-// came from a secure MX answer (target.dnssec, §2.2.1) and whose address
-// records are secure too, and only to MX hosts and the domain's own host,
-// not to a smart host or an address literal.
+// (dns.trust_ad) and delivery.dane; it applies to MX hosts (and the
+// domain's own host) whose address records are secure, not to a smart
+// host or an address literal. An MX answer that was not secure still
+// lets a host's own signed TLSA records protect it (RFC 7672 §2.2.1 "MAY
+// proceed", as for domains hosted by a provider with a signed zone), but
+// then only the host name, not the mail domain, identifies the server for
+// DANE-TA (§3.2.2): an attacker could have chosen the host.
 //
 // For a host with a secure TLSA RRset TLS is mandatory and its certificate
 // must match a usable record (internal/dane): a mismatch makes the host a
@@ -36,7 +39,7 @@ func (s *Service) daneFor(ctx context.Context, domain string, targets []target) 
 	}
 	var hosts map[string]*tlsPolicy
 	for _, t := range targets {
-		if !t.dnssec || t.kind != "MX host" && t.kind != "mail host" {
+		if t.kind != "MX host" && t.kind != "mail host" {
 			continue
 		}
 		if _, done := hosts[t.host]; done {
@@ -52,7 +55,7 @@ func (s *Service) daneFor(ctx context.Context, domain string, targets []target) 
 			why := fmt.Sprintf("its TLSA records could not be looked up, and DANE needs them: %v", err)
 			hp = &tlsPolicy{kind: PolicyDANE, enforce: true, why: "DANE", allow: func(string) string { return why }}
 		case set.Found:
-			hp = danePolicy(domain, t.host, set)
+			hp = danePolicy(domain, t.host, t.dnssec, set)
 		default:
 			continue
 		}
@@ -69,11 +72,11 @@ func (s *Service) daneFor(ctx context.Context, domain string, targets []target) 
 
 // danePolicy is the policy of a host with the secure TLSA records set:
 // TLS, verified by set instead of WebPKI. The names DANE-TA checks are the
-// host's and the destination domain's (RFC 7672 §3.2.2; the MX answer was
-// secure, or DANE would not apply).
-func danePolicy(domain, host string, set dane.Set) *tlsPolicy {
+// host's and, when the MX answer was secure (mxSecure), the destination
+// domain's (RFC 7672 §3.2.2).
+func danePolicy(domain, host string, mxSecure bool, set dane.Set) *tlsPolicy {
 	names := []string{host}
-	if domain != host {
+	if mxSecure && domain != host {
 		names = append(names, domain)
 	}
 	sum := sha256.New()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/dane"
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/resolver"
 	"github.com/mailroot/mailroot/internal/testutil"
@@ -262,9 +263,32 @@ func TestDANELookupFailureRefusesHost(t *testing.T) {
 	if why := hp.hostAllowed(tg, &fail); hp.kind != PolicyDANE || !strings.Contains(why, "TLSA records could not be looked up") {
 		t.Errorf("host policy %q allows with %q, want the host refused for its failed TLSA lookup", hp.kind, why)
 	}
-	// An MX answer that was not secure: no DANE at all, no TLSA asked.
-	tg.dnssec = false
+	// A host whose addresses are not secure: no DANE, no TLSA asked.
+	d.SetRcode(dns.RcodeSuccess)
+	d.SetAD(false)
+	tg.host = "other.dane.test"
+	d.Add(t, "other.dane.test. A 127.0.0.1")
 	if p, herr := s.daneFor(ctx, "dane.test", []target{tg}); p != nil || herr != nil {
-		t.Errorf("insecure MX: daneFor = %v, %v", p, herr)
+		t.Errorf("insecure addresses: daneFor = %v, %v", p, herr)
+	}
+}
+
+// DANE-TA identifies the server by the MX host name, and by the mail
+// domain only when the MX answer was secure (RFC 7672 §3.2.2).
+func TestDANETANamesNeedSecureMX(t *testing.T) {
+	ca := testutil.NewCA(t, "DANE CA")
+	cert := ca.Issue(t, time.Time{}, time.Time{}, "dane.test") // the domain's name only
+	rec, err := dane.NewRecord(dane.DANETA, dane.SelectorCert, dane.MatchSHA256, fmt.Sprintf("%x", sha256.Sum256(ca.Cert.Raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := dane.Set{Name: "_25._tcp.mx.dane.test.", Found: true, Records: []dane.Record{rec}}
+	var st tls.ConnectionState
+	st.PeerCertificates = []*x509.Certificate{cert.Leaf, ca.Cert}
+	if why := danePolicy("dane.test", "mx.dane.test", true, set).verify("mx.dane.test", st); why != "" {
+		t.Errorf("secure MX: %s", why)
+	}
+	if why := danePolicy("dane.test", "mx.dane.test", false, set).verify("mx.dane.test", st); why == "" {
+		t.Error("insecure MX: a certificate for the mail domain was taken for the MX host")
 	}
 }

@@ -33,8 +33,9 @@ type target struct {
 	// "mail host" (no MX, the domain's own address) or "address literal".
 	kind string
 	// dnssec: the host name came from a DNSSEC-validated answer (a secure
-	// MX RRset, or a secure denial of one for the domain itself), so DANE
-	// may apply to it (RFC 7672 §2.2.1).
+	// MX RRset, or a secure denial of one for the domain itself), so the
+	// mail domain too identifies the host for DANE (RFC 7672 §2.2.1,
+	// §3.2.2).
 	dnssec bool
 }
 
