@@ -32,6 +32,11 @@ type target struct {
 	// kind says what the host is, for reports: "MX host", "smart host",
 	// "mail host" (no MX, the domain's own address) or "address literal".
 	kind string
+	// dnssec: the host name came from a DNSSEC-validated answer (a secure
+	// MX RRset, or a secure denial of one for the domain itself), so the
+	// mail domain too identifies the host for DANE (RFC 7672 §2.2.1,
+	// §3.2.2).
+	dnssec bool
 }
 
 // resolve returns the hosts to try for domain in order, or the *Error that
@@ -65,7 +70,8 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 		return nil, permErr("5.1.2", "", "no destination domain")
 	}
 
-	rrs, err := s.dns.Lookup(ctx, domain, dns.TypeMX)
+	mxAns, err := s.dns.LookupSecure(ctx, domain, dns.TypeMX)
+	rrs := mxAns.RRs
 	switch {
 	case resolver.IsNegative(err):
 		// No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
@@ -75,7 +81,7 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 			if what := s.self.name(domain); what != "" {
 				return nil, permErr("5.4.6", "", "mail for %s loops back to myself: mail host %s is %s", domain, domain, what)
 			}
-			return []target{{host: domain, port: s.cfg.Delivery.Port, addrs: addrs, kind: "mail host"}}, nil
+			return []target{{host: domain, port: s.cfg.Delivery.Port, addrs: addrs, kind: "mail host", dnssec: mxAns.Secure}}, nil
 		case errors.Is(err, resolver.ErrNXDomain) && errors.Is(aerr, resolver.ErrNXDomain):
 			return nil, permErr("5.1.2", "", "domain %s does not exist", domain)
 		case resolver.IsNegative(aerr):
@@ -113,7 +119,7 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 			}
 			break
 		}
-		out = append(out, target{host: host, port: s.cfg.Delivery.Port, kind: "MX host"})
+		out = append(out, target{host: host, port: s.cfg.Delivery.Port, kind: "MX host", dnssec: mxAns.Secure})
 	}
 	return out, nil
 }

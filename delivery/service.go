@@ -22,6 +22,7 @@ import (
 	"github.com/mailroot/mailroot/internal/dkim"
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/metrics"
+	"github.com/mailroot/mailroot/internal/mtasts"
 	"github.com/mailroot/mailroot/internal/notify"
 	"github.com/mailroot/mailroot/internal/resolver"
 	"github.com/mailroot/mailroot/internal/smtpclient"
@@ -90,6 +91,10 @@ type Service struct {
 	dkim *dkim.Signer
 	// pool keeps connections open between messages to the same host.
 	pool *smtpclient.Pool
+	// MTASTS finds the MTA-STS policies of destination domains
+	// (delivery.mta_sts; nil when off). Run gives it the mta-sts KV
+	// bucket; its Dial is the test seam of the policy fetch.
+	MTASTS *mtasts.Client
 }
 
 // New returns a delivery service for cfg. It does not touch the network;
@@ -129,7 +134,12 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		dkimKeys = append(dkimKeys, k)
 	}
 	dialer := &net.Dialer{Timeout: cfg.Delivery.ConnectTimeout.D()}
+	var sts *mtasts.Client
+	if cfg.Delivery.MTASTS {
+		sts = &mtasts.Client{LookupTXT: res.LookupTXT, Addrs: res.Addrs, Roots: roots}
+	}
 	return &Service{
+		MTASTS:          sts,
 		Now:             time.Now,
 		Dial:            dialer.DialContext,
 		DropRetryDelay:  30 * time.Second,
@@ -187,6 +197,10 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	if err == nil {
 		s.stream, err = s.js.Stream(ctx, bus.StreamMail)
+	}
+	if err == nil && s.MTASTS != nil {
+		s.MTASTS.KV, err = mtasts.EnsureBucket(ctx, s.js, s.cfg.NATS.Replicas)
+		s.MTASTS.Now = func() time.Time { return s.Now() }
 	}
 	if err == nil {
 		s.notify = notify.NewNotifier(s.cfg, s.js, s.bodies)
@@ -298,7 +312,7 @@ func (s *Service) handleOut(ctx context.Context, m jetstream.Msg) {
 	s.settle(ctx, m, log, outcome{
 		env: env, tok: tok, target: bus.Out(tok), data: m.Data(),
 		errs: res.errs, remote: res.remote, reply: res.reply, relayed: !res.dsn,
-		tls: res.tls, took: s.Now().Sub(start),
+		tls: res.tls, took: s.Now().Sub(start), policy: res.policy, tlsFailure: res.tlsFailure,
 	})
 }
 

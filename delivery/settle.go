@@ -41,7 +41,10 @@ type outcome struct {
 	// attempt lasted, file the Drop file written: for the events.
 	tls  string
 	took time.Duration
-	file string
+	// policy and tlsFailure are the attempt's TLS policy and what a
+	// testing policy would have refused (result).
+	policy, tlsFailure string
+	file               string
 }
 
 // failure is a group of recipients that failed permanently with one error.
@@ -264,7 +267,11 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 		s.m.Bounced.Add(float64(len(f.rcpts)))
 	}
 	if len(delivered) > 0 && !o.local {
-		log.Info("delivered", "remote", o.remote, "rcpts", describe(delivered), "attempt", attempt)
+		args := []any{"remote", o.remote, "rcpts", describe(delivered), "attempt", attempt, "tls", o.tls, "tls_policy", o.policy}
+		if o.tlsFailure != "" {
+			args = append(args, "tls_failure", o.tlsFailure)
+		}
+		log.Info("delivered", args...)
 	}
 	if successors == 0 {
 		if err := s.bodies.Release(ctx, env); err != nil {
@@ -284,7 +291,7 @@ func (s *Service) deliveredEvents(o outcome, delivered []envelope.Rcpt, attempt 
 	out := make([]bus.Event, len(delivered))
 	for i, r := range delivered {
 		out[i] = bus.Event{Type: bus.EventDelivered, Rcpt: r.Addr, MX: mx, MXIP: ip, Reply: o.reply, TLS: o.tls,
-			DurationMS: o.took.Milliseconds(), Attempt: attempt}
+			TLSPolicy: o.policy, TLSFailure: o.tlsFailure, DurationMS: o.took.Milliseconds(), Attempt: attempt}
 	}
 	return out
 }

@@ -33,6 +33,10 @@ type result struct {
 	remote string
 	// tls describes the session's TLS, "" for plain text.
 	tls string
+	// policy is the TLS policy the attempt applied (Policy*), and
+	// tlsFailure what a policy in testing mode would have refused ("":
+	// nothing).
+	policy, tlsFailure string
 	// dsn is true when the remote advertised DSN (RFC 3461): it takes over
 	// success notifications for the recipients it accepted.
 	dsn bool
@@ -72,12 +76,21 @@ func (s *Service) deliver(ctx context.Context, env *envelope.Envelope, domain st
 	}
 	var loop *Error
 	connects := 0
-	d, _ := s.cfg.Domain(domain)
-	requireTLS := d.RequireTLS
+	pol, perr := s.policyFor(ctx, env, domain, targets)
+	if perr != nil {
+		return all(n, perr)
+	}
 targets:
 	for _, t := range targets {
 		if connects >= maxConnects || ctx.Err() != nil {
 			break
+		}
+		var fail string
+		pol := pol.forHost(t) // DANE decides per MX host
+		if why := pol.hostAllowed(t, &fail); why != "" {
+			s.log.Info("MX host not used: TLS policy", "qid", env.QueueID, "mx", t.host, "tls_policy", pol.kind, "why", why)
+			note(tempErr("4.7.5", "", nil, "%s %s not used: %s", t.kind, t.host, why))
+			continue
 		}
 		addrs := t.addrs
 		if addrs == nil {
@@ -92,7 +105,7 @@ targets:
 				continue
 			}
 		}
-		for _, ip := range addrs {
+		for _, ip := range orderAddrs(addrs, s.cfg.Delivery.AddressPreference) {
 			if why := s.self.is(ctx, ip, t.port); why != "" {
 				// This host and every less preferred one would be
 				// ourselves again (RFC 5321 §5.1).
@@ -103,8 +116,12 @@ targets:
 				break
 			}
 			connects++
-			res, herr := s.tryHost(ctx, t, ip, env, body, false, requireTLS)
+			res, herr := s.tryHost(ctx, t, ip, env, body, false, pol)
 			if herr == nil {
+				res.policy = pol.kind
+				if fail != "" {
+					res.tlsFailure = joinFailure(fail, res.tlsFailure)
+				}
 				return res
 			}
 			s.log.Debug("host failed", "qid", env.QueueID, "remote", herr.Remote, "err", herr.Error())
@@ -140,24 +157,26 @@ func loopErr(domain string, t target, ip netip.Addr, why string) *Error {
 // as a whole (connection, greeting, EHLO, 4xx to MAIL, ...) and the next
 // one should be tried.
 //
-// With requireTLS (the domain's require_tls) a host that does not offer
-// STARTTLS, whose handshake fails, or whose certificate cannot be
-// verified (against the system's roots or delivery.tls_ca_file, for the
-// MX host name) is a temporary failure, as Postfix's "verify" security
-// level: the mail waits rather than travel in clear or to an impostor.
-// Mail with REQUIRETLS (RFC 8689) asks the same of every domain.
-// Otherwise TLS is opportunistic: a certificate that fails verification
-// still encrypts the session, and the result records it ("unverified").
+// pol (policyFor) says how the host's TLS must be. Where it enforces
+// (require_tls, REQUIRETLS, MTA-STS enforce, DANE) a host that does not
+// offer STARTTLS (4.7.10), whose handshake fails, or whose certificate
+// cannot be verified (4.7.5: against the system's roots or
+// delivery.tls_ca_file for the MX host name, or as pol.verify says) is a
+// temporary failure, as Postfix's "verify" security level: the mail waits
+// rather than travel in clear or to an impostor. Otherwise TLS is
+// opportunistic: a certificate that fails verification still encrypts the
+// session, and the result records it ("unverified"); in MTA-STS testing
+// mode the result also says what enforce would have refused.
 //
 // The transaction goes over an idle connection to the same address, host
-// name and EHLO name when the pool has one (a TLS one when TLS is
-// required, by the domain or by REQUIRETLS); the caller has checked that
-// ip is not ourselves. A cached connection the remote closed meanwhile
-// costs the message nothing: it is retried at once on a fresh one.
-func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *envelope.Envelope, body bodyFunc, plain, requireTLS bool) (result, *Error) {
+// name, EHLO name and certificate check when the pool has one (a TLS one
+// when TLS is required); the caller has checked that ip is not ourselves.
+// A cached connection the remote closed meanwhile costs the message
+// nothing: it is retried at once on a fresh one.
+func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *envelope.Envelope, body bodyFunc, plain bool, pol *tlsPolicy) (result, *Error) {
 	remote := remoteName(t.host, ip)
 	addr := net.JoinHostPort(ip.String(), strconv.Itoa(t.port))
-	verify := requireTLS || env.RequireTLS
+	verify := pol.mustVerify(t)
 	var auth *smtpclient.Auth
 	if t.user != "" {
 		pw, err := s.password(t.passwordFile)
@@ -166,54 +185,90 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 		}
 		auth = &smtpclient.Auth{User: t.user, Password: pw}
 	}
-	if !plain {
-		dest := smtpclient.Dest{Addr: addr, Host: t.host, Hostname: s.cfg.Hostname, User: t.user}
-		if c := s.pool.Get(ctx, dest, verify); c != nil {
-			if verify && !c.Verified() {
-				s.pool.Put(c) // still good for opportunistic mail
-				return result{}, unverified(env, c)
-			}
-			s.m.ConnReused.Inc()
-			res, herr := s.send(ctx, c, env, body)
-			if herr == nil || !errors.Is(herr, smtpclient.ErrStale) {
-				return res, herr
-			}
-			s.log.Debug("cached connection closed by the remote, connecting anew", "qid", env.QueueID, "remote", remote, "err", herr.Error())
-		}
-	}
-	implicit := t.kind == "smart host" && t.port == s.ImplicitTLSPort
-	c, herr := smtpclient.Dial(ctx, s.Dial, addr, t.host, remote, smtpclient.Options{
+	opts := smtpclient.Options{
 		Hostname:       s.cfg.Hostname,
 		ConnectTimeout: s.cfg.Delivery.ConnectTimeout.D(),
 		CommandTimeout: s.cfg.Delivery.CommandTimeout.D(),
 		Plain:          plain,
 		Roots:          s.roots,
-		ImplicitTLS:    implicit,
 		Auth:           auth,
 		AuthInsecure:   s.cfg.Delivery.SmartHostInsecure,
-	})
+	}
+	pol.hostOpts(t, &opts)
+	if !plain {
+		dest := smtpclient.Dest{Addr: addr, Host: t.host, Hostname: s.cfg.Hostname, User: t.user, Verifier: opts.Verifier}
+		if c := s.pool.Get(ctx, dest, verify); c != nil {
+			if verify && !c.Verified() {
+				s.pool.Put(c) // still good for opportunistic mail
+				return result{}, pol.unverified(c)
+			}
+			s.m.ConnReused.Inc()
+			res, herr := s.send(ctx, c, env, body)
+			if herr == nil || !errors.Is(herr, smtpclient.ErrStale) {
+				return s.noteTLS(res, pol, t), herr
+			}
+			s.log.Debug("cached connection closed by the remote, connecting anew", "qid", env.QueueID, "remote", remote, "err", herr.Error())
+		}
+	}
+	implicit := t.kind == "smart host" && t.port == s.ImplicitTLSPort
+	opts.ImplicitTLS = implicit
+	c, herr := smtpclient.Dial(ctx, s.Dial, addr, t.host, remote, opts)
 	if auth != nil {
 		s.noteLogin(remote, herr)
 	}
 	// A failed STARTTLS falls back to plain text only for opportunistic
 	// mail: not for a login, and not where TLS is the port's protocol.
-	if herr != nil && errors.Is(herr.Err, smtpclient.ErrTLSFailed) && !requireTLS && auth == nil && !implicit {
+	if herr != nil && errors.Is(herr.Err, smtpclient.ErrTLSFailed) && !verify && auth == nil && !implicit {
 		s.log.Info("STARTTLS failed, retrying in plain text", "qid", env.QueueID, "remote", remote, "err", herr.Err)
-		return s.tryHost(ctx, t, ip, env, body, true, false)
+		why := herr.Message
+		res, herr := s.tryHost(ctx, t, ip, env, body, true, pol)
+		if herr == nil && pol.report && pol.applies(t) {
+			res.tlsFailure = remote + " " + why // not "did not offer STARTTLS"
+		}
+		return res, herr
 	}
 	if herr != nil {
 		return result{}, herr
 	}
 	s.m.ConnOpened.Inc()
-	if requireTLS && c.TLS() == "" {
-		s.pool.Put(c) // plain text: kept only for domains that do not require TLS
-		return result{}, &Error{Enhanced: "4.7.10", Message: fmt.Sprintf("TLS is required for %s, but %s did not offer STARTTLS", env.Domain, remote), Remote: remote}
+	if verify && c.TLS() == "" {
+		s.pool.Put(c) // plain text: kept only for mail that does not need TLS
+		return result{}, pol.noTLS(remote)
 	}
-	if verify && c.TLS() != "" && !c.Verified() {
+	if verify && !c.Verified() {
 		s.pool.Put(c)
-		return result{}, unverified(env, c)
+		return result{}, pol.unverified(c)
 	}
-	return s.send(ctx, c, env, body)
+	res, herr := s.send(ctx, c, env, body)
+	return s.noteTLS(res, pol, t), herr
+}
+
+// noteTLS records in res what a policy in testing mode would have refused
+// of the session that delivered: no TLS, or a certificate that did not
+// verify.
+func (s *Service) noteTLS(res result, pol *tlsPolicy, t target) result {
+	if !pol.report || !pol.applies(t) || res.remote == "" {
+		return res
+	}
+	switch {
+	case res.tls == "":
+		res.tlsFailure = joinFailure(res.tlsFailure, res.remote+" did not offer STARTTLS")
+	case !strings.HasSuffix(res.tls, " verified"):
+		_, why, _ := strings.Cut(res.tls, " unverified: ")
+		res.tlsFailure = joinFailure(res.tlsFailure, "the certificate of "+res.remote+" could not be verified: "+why)
+	}
+	return res
+}
+
+// joinFailure joins two failure descriptions, either of which may be "".
+func joinFailure(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "; " + b
 }
 
 // password reads a smart host's password: the first line of file, or
@@ -258,16 +313,6 @@ func (s *Service) noteLogin(remote string, herr *Error) {
 // loginLogEvery is how often a smart host login that keeps failing is
 // logged again.
 const loginLogEvery = 10 * time.Minute
-
-// unverified is the temporary failure of a host whose certificate could
-// not be verified for mail that needs it.
-func unverified(env *envelope.Envelope, c *smtpclient.Client) *Error {
-	why := "TLS is required for " + env.Domain
-	if env.RequireTLS {
-		why = "the message requires TLS (REQUIRETLS)"
-	}
-	return &Error{Enhanced: "4.7.5", Message: fmt.Sprintf("%s, but the certificate of %s could not be verified: %s", why, c.Remote(), c.VerifyError()), Remote: c.Remote()}
-}
 
 // sign puts the DKIM signatures of the keys of the message's From:
 // domain (internal/dkim) on top of the body for this attempt: made once,

@@ -122,6 +122,12 @@ type Event struct {
 	Helo       string `json:"helo,omitempty"`
 	AuthUser   string `json:"auth_user,omitempty"`
 	TLS        string `json:"tls,omitempty"`
+	// TLSPolicy is the TLS policy a delivered event's attempt applied
+	// (opportunistic, mta-sts, mta-sts-testing, dane, require_tls,
+	// requiretls); TLSFailure what a policy in testing mode would have
+	// refused (the session delivered all the same).
+	TLSPolicy  string `json:"tls_policy,omitempty"`
+	TLSFailure string `json:"tls_failure,omitempty"`
 	Size       int64  `json:"size,omitempty"`
 	RcptCount  int    `json:"rcpt_count,omitempty"`
 	Sender     string `json:"sender,omitempty"`

@@ -211,6 +211,10 @@ type Delivery struct {
 	// TLSCAFile, when set, holds the PEM certificates that verify remote
 	// servers instead of the system's roots (a private PKI).
 	TLSCAFile string `toml:"tls_ca_file"`
+	// MTASTS honours the MTA-STS policies (RFC 8461) remote domains
+	// publish: in enforce mode mail goes only to the MX hosts a policy
+	// names, over TLS that verifies (delivery/tlspolicy.go).
+	MTASTS bool `toml:"mta_sts"`
 	// Port is the remote SMTP port.
 	Port int `toml:"port"`
 	// Retry is the retry ladder; the last step repeats.
@@ -251,7 +255,24 @@ type Delivery struct {
 	// waits before another process tries it. Live processes renew it
 	// during long transactions.
 	AckWait Duration `toml:"ack_wait"`
+	// DANE authenticates remote servers by DNSSEC-validated TLSA records
+	// (RFC 7672) where they publish them. It only ever acts with
+	// dns.trust_ad (a validating resolver): without it no answer is
+	// secure, and no TLSA record is used.
+	DANE bool `toml:"dane"`
+	// AddressPreference orders the addresses of a mail host: "any" (the
+	// default) alternates IPv4 and IPv6, IPv4 first; "ipv4" or "ipv6"
+	// tries every address of that family first. The other family is
+	// always tried when the preferred one fails.
+	AddressPreference string `toml:"address_preference"`
 }
+
+// The values of delivery.address_preference.
+const (
+	AddressAny  = "any"
+	AddressIPv4 = "ipv4"
+	AddressIPv6 = "ipv6"
+)
 
 // Pickup configures the pickup directory watcher.
 type Pickup struct {
@@ -373,18 +394,21 @@ func Default() Config {
 		DNS:     DNS{Timeout: Duration(5 * time.Second), Attempts: 2},
 		Router:  Router{MaxHopCount: 15},
 		Delivery: Delivery{
-			Concurrency:      100,
-			Port:             25,
-			Retry:            []Duration{Duration(15 * time.Minute), Duration(30 * time.Minute), Duration(60 * time.Minute), Duration(240 * time.Minute)},
-			Expire:           Duration(48 * time.Hour),
-			ConnectTimeout:   Duration(30 * time.Second),
-			CommandTimeout:   Duration(5 * time.Minute),
-			RetryJitter:      0.1,
-			DelayNotice:      Duration(12 * time.Hour),
-			LocalExpire:      Duration(48 * time.Hour),
-			LocalDelayNotice: Duration(12 * time.Hour),
-			NDRReturnLimit:   10 << 20,
-			AckWait:          Duration(2 * time.Minute),
+			Concurrency:       100,
+			Port:              25,
+			Retry:             []Duration{Duration(15 * time.Minute), Duration(30 * time.Minute), Duration(60 * time.Minute), Duration(240 * time.Minute)},
+			Expire:            Duration(48 * time.Hour),
+			ConnectTimeout:    Duration(30 * time.Second),
+			CommandTimeout:    Duration(5 * time.Minute),
+			RetryJitter:       0.1,
+			DelayNotice:       Duration(12 * time.Hour),
+			LocalExpire:       Duration(48 * time.Hour),
+			LocalDelayNotice:  Duration(12 * time.Hour),
+			NDRReturnLimit:    10 << 20,
+			AckWait:           Duration(2 * time.Minute),
+			DANE:              true,
+			AddressPreference: AddressAny,
+			MTASTS:            true,
 
 			// Connection reuse, with Postfix's limits (and a count).
 			ConnectionCacheTime:  Duration(2 * time.Second),
@@ -583,6 +607,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Delivery.Port <= 0 || c.Delivery.Port > 65535 {
 		return &KeyError{"delivery.port", "must be a TCP port"}
+	}
+	switch c.Delivery.AddressPreference {
+	case AddressAny, AddressIPv4, AddressIPv6:
+	default:
+		return &KeyError{"delivery.address_preference", fmt.Sprintf("%q is not any, ipv4 or ipv6", c.Delivery.AddressPreference)}
 	}
 	if len(c.Delivery.Retry) == 0 {
 		return &KeyError{"delivery.retry", "needs at least one step"}

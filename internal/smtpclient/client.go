@@ -57,6 +57,14 @@ type Options struct {
 	// A certificate that fails does not stop the session: the caller
 	// decides by Verified whether its mail may use it.
 	Roots *x509.CertPool
+	// Verify, when set, replaces the check of the server's certificate
+	// against Roots for the host name (WebPKI, RFC 7817 §3): it returns ""
+	// when the session is verified, else why not (DANE, RFC 7672, checks
+	// TLSA records instead). Verifier names the check; it becomes the
+	// session's Dest.Verifier, so a Pool never hands a session verified
+	// one way to mail that needs another. Both empty: WebPKI.
+	Verify   func(host string, st tls.ConnectionState) string
+	Verifier string
 }
 
 // Auth is a login for AUTH PLAIN, or AUTH LOGIN when PLAIN is not
@@ -238,7 +246,11 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 		_ = raw.SetDeadline(time.Time{})
 		st := tc.ConnectionState()
 		conn, tlsDesc = tc, tls.VersionName(st.Version)+" "+tls.CipherSuiteName(st.CipherSuite)
-		verifyErr = verifyPeer(st, host, o.Roots)
+		if o.Verify != nil {
+			verifyErr = o.Verify(host, st)
+		} else {
+			verifyErr = verifyPeer(st, host, o.Roots)
+		}
 		return nil
 	}
 	if o.ImplicitTLS {
@@ -317,7 +329,7 @@ func Dial(ctx context.Context, dial func(ctx context.Context, network, addr stri
 	// The session stays bound to ctx until it is closed or a Pool takes
 	// it (Put), which binds it to the context of each later user.
 	c.tcp, c.stop = raw, stop
-	c.dest.Addr, c.dest.Host, c.dest.Hostname = addr, host, o.Hostname
+	c.dest.Addr, c.dest.Host, c.dest.Hostname, c.dest.Verifier = addr, host, o.Hostname, o.Verifier
 	return c, nil
 }
 

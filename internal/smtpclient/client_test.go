@@ -374,3 +374,47 @@ func TestTLSVerification(t *testing.T) {
 		})
 	}
 }
+
+// Options.Verify replaces the WebPKI check (as DANE does), and the session
+// keeps the verifier's name in its Dest: a Pool hands it only to a request
+// for the same verifier, never to one checked another way.
+func TestCustomVerifierAndPoolKey(t *testing.T) {
+	cert := testutil.SelfSigned(t, "mx.sink.test")
+	sink := testutil.StartSinkWith(t, "127.0.0.1:0", func(s *smtp.Server) {
+		s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	})
+	var called int
+	var d net.Dialer
+	c, herr := Dial(t.Context(), d.DialContext, sink.Addr, "mx.sink.test", "mx.sink.test["+sink.Addr+"]", Options{
+		Hostname: "client.test", ConnectTimeout: 5 * time.Second, CommandTimeout: 10 * time.Second,
+		Verify: func(host string, st tls.ConnectionState) string {
+			called++
+			if host != "mx.sink.test" || len(st.PeerCertificates) == 0 {
+				return "wrong host or no certificate"
+			}
+			return ""
+		},
+		Verifier: "test",
+	})
+	if herr != nil {
+		t.Fatalf("dial: %v", herr)
+	}
+	if called != 1 || !c.Verified() {
+		t.Fatalf("verifier called %d times, verified %v (%s): the self-signed certificate should pass it", called, c.Verified(), c.VerifyError())
+	}
+	p := testPool(t, lim)
+	p.Put(c)
+	base := Dest{Addr: sink.Addr, Host: "mx.sink.test", Hostname: "client.test"}
+	if got := p.Get(t.Context(), base, true); got != nil {
+		t.Fatalf("a session verified by %q was handed to a WebPKI request", "test")
+	}
+	base.Verifier = "test"
+	got := p.Get(t.Context(), base, true)
+	if got == nil {
+		t.Fatal("the session is not found under its own verifier")
+	}
+	if !got.Verified() {
+		t.Errorf("cached session lost its verification")
+	}
+	got.Quit()
+}

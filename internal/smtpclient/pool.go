@@ -26,14 +26,17 @@ type Dest struct {
 	// User is who the session logged in as ("" for none): a login is
 	// never lent to mail that did not ask for it.
 	User string
+	// Verifier names how the session's certificate was checked
+	// (Options.Verifier; "" for WebPKI against the roots for Host): the
+	// session's Verified is true or false under that check alone, so a
+	// request asks for the Verifier its TLS policy uses.
+	Verifier string
 }
 
-// key is a Dest with the TLS state the session reached.
-//
-// TODO(verified TLS): once delivery verifies certificates (DANE, MTA-STS),
-// tls becomes the policy the session was verified under, and a request
-// takes only a session verified under its own policy; an unverified
-// session never serves a verifying request.
+// key is a Dest with the TLS state the session reached. The check its
+// certificate passed or failed is Dest.Verifier: a request takes only a
+// session checked its own way, and decides by Client.Verified whether
+// the session may carry its mail (delivery's TLS policy).
 type key struct {
 	Dest
 	// tls is true once STARTTLS was done (opportunistic: the certificate
