@@ -80,6 +80,9 @@ type session struct {
 	relay      bool   // the client is in relay_networks
 	user       *users.User
 	clientName string // checked reverse DNS name (reverse_dns)
+	nameErr    error  // why clientName could not be looked up
+	lookupBy   time.Time
+	refused    bool // greeted with 554 (connctl.go): only QUIT is served
 
 	// The mail transaction.
 	inTx  bool
@@ -153,7 +156,11 @@ func (ss *session) serve() {
 		ss.setTLS(tc)
 	}
 	ss.reverseDNS()
-	ss.reply(220, "", ss.site.cfg.Hostname+" "+ss.site.cfg.Banner)
+	if r := ss.screen(); r != nil {
+		ss.replyWith(r)
+	} else {
+		ss.reply(220, "", ss.site.cfg.Hostname+" "+ss.site.cfg.Banner)
+	}
 	for !ss.quit {
 		line := ss.pending
 		ss.pending = ""
@@ -175,6 +182,11 @@ func (ss *session) handle(line string) {
 	arg = strings.TrimSpace(arg)
 	ss.counts = countsAsBad(verb)
 	defer func() { ss.counts = false }()
+	if ss.refused && verb != "QUIT" {
+		ss.counts = true // max_bad_commands ends it
+		ss.reply(503, "5.7.1", "Connection refused, send QUIT")
+		return
+	}
 	if !ss.inSequence(verb) {
 		return
 	}

@@ -311,9 +311,10 @@ func (ss *session) reverseDNS() {
 	if !ss.site.cfg.ReverseDNS || !ss.ip.IsValid() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithDeadline(context.Background(), ss.lookupDeadline())
 	defer cancel()
 	name, err := ss.s.Resolver.ConfirmedName(ctx, ss.ip)
+	ss.nameErr = err
 	if err != nil || name == "" {
 		name = "unknown"
 	}

@@ -44,6 +44,7 @@ type Metrics struct {
 	ingressRecv     *prometheus.CounterVec
 	ingressRefused  *prometheus.CounterVec
 	ingressBytes    *prometheus.CounterVec
+	ingressConnRef  *prometheus.CounterVec
 
 	// Routed counts the parts the router published, by destination.
 	RoutedRemote, RoutedHold, RoutedDrop prometheus.Counter
@@ -83,6 +84,7 @@ func New() *Metrics {
 	m.ingressRecv = f.counterVec("ingress", "messages_received_total", "Messages accepted (250 after DATA or BDAT LAST), by site.", "site")
 	m.ingressRefused = f.counterVec("ingress", "messages_refused_total", "Messages refused at the end of their data, by site and reply class (4xx, 5xx).", "site", "class")
 	m.ingressBytes = f.counterVec("ingress", "received_bytes_total", "Message data bytes (dot-unstuffed) of the accepted messages, by site.", "site")
+	m.ingressConnRef = f.counterVec("ingress", "connections_refused_total", "SMTP connections refused at the greeting, by site and reason (connect_deny, connect_allow, dnsbl, dns_tempfail).", "site", "reason")
 
 	routed := f.counterVec("router", "messages_total", "Messages routed, by outcome: parts published for remote delivery, hold or the Drop directory; messages sent to Badmail or bounced.", "outcome")
 	m.RoutedRemote = routed.WithLabelValues("remote")
@@ -126,6 +128,9 @@ type Site struct {
 	Refused4xx, Refused5xx prometheus.Counter
 	// Bytes counts the data bytes of accepted messages.
 	Bytes prometheus.Counter
+	// ConnRefused counts connections refused at the greeting, by reason
+	// (the one label left).
+	ConnRefused *prometheus.CounterVec
 }
 
 // Site returns the metrics of the SMTP site called name.
@@ -137,6 +142,7 @@ func (m *Metrics) Site(name string) *Site {
 		Refused4xx:  m.ingressRefused.WithLabelValues(name, "4xx"),
 		Refused5xx:  m.ingressRefused.WithLabelValues(name, "5xx"),
 		Bytes:       m.ingressBytes.WithLabelValues(name),
+		ConnRefused: m.ingressConnRef.MustCurryWith(prometheus.Labels{"site": name}),
 	}
 }
 
