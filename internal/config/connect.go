@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/mailroot/mailroot/internal/envelope"
 )
@@ -39,6 +40,9 @@ func ParseConnectRules(list []string) (ConnectRules, error) {
 		if p, err := parseNetworks([]string{e}); err == nil {
 			r.Nets = append(r.Nets, ConnectNet{Prefix: p[0], Entry: e})
 			continue
+		}
+		if !utf8.ValidString(e) {
+			return ConnectRules{}, fmt.Errorf("%q is not UTF-8", e)
 		}
 		if strings.ContainsAny(e, "/:") || isDottedNumbers(e) {
 			return ConnectRules{}, fmt.Errorf("%q is not an address or network", e)
