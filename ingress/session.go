@@ -117,6 +117,9 @@ func (ss *session) Rcpt(to string, opts rcptParams) *reply {
 			r.ORcpt = "rfc822;" + dsn.EncodeXtext(to)
 		}
 	}
+	if rep := ss.checkRcpt(r.Addr, to); rep != nil {
+		return rep
+	}
 	ss.rcpts = append(ss.rcpts, r)
 	return nil
 }
