@@ -261,6 +261,7 @@ func TestConnectDNSSilent(t *testing.T) {
 			rc := dialFrom(t, f.svc.SiteAddrs("mx")[0], "127.0.0.7")
 			_, text := rc.reply()
 			took := time.Since(begin)
+			t.Logf("greeting %q after %v", text, took)
 			if !strings.HasPrefix(text, tt.want) {
 				t.Errorf("greeting %q, want %s", text, tt.want)
 			}
