@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
@@ -93,10 +94,29 @@ func TestRecipientValidation(t *testing.T) {
 			t.Errorf("RCPT TO:<%s>: %q, want %q", r, got[r], w)
 		}
 	}
-	// Mail for a known recipient still goes through.
-	c := dial(t, f.addr)
-	if _, err := send(t, c, "a@remote.test", []string{"alice@alias.test"}, "Subject: x\r\n\r\nb\r\n"); err != nil {
-		t.Fatal(err)
+	// Mail goes to the known recipients only; with none, nothing is
+	// stored.
+	rc := rawDial(t, f.addr)
+	rc.cmd("EHLO client.test")
+	rc.cmd("MAIL FROM:<a@remote.test>")
+	rc.cmd("RCPT TO:<bob@local.test>")
+	if code, text := rc.cmd("DATA"); code != 502 {
+		t.Errorf("DATA with no valid recipient: %q", text)
+	}
+	rc.cmd("RCPT TO:<alice@alias.test>")
+	rc.cmd("RCPT TO:<bob@alias.test>")
+	if code, text := rc.cmd("DATA"); code != 354 {
+		t.Fatalf("DATA: %q", text)
+	}
+	if code, text := rc.cmd("Subject: x\r\n\r\nb\r\n."); code != 250 {
+		t.Fatalf("end of DATA: %q", text)
+	}
+	if n := subjectCount(t, f.js, bus.SubjIn); n != 1 {
+		t.Fatalf("%d messages on mail.in, want 1", n)
+	}
+	env, _ := decodeLast(t, f)
+	if len(env.Rcpts) != 1 || env.Rcpts[0].Addr != "alice@local.test" {
+		t.Errorf("recipients %+v, want alice@local.test alone", env.Rcpts)
 	}
 }
 
