@@ -217,7 +217,7 @@ func (c Config) SiteOf(kind string) Site {
 		// Users submit from dial-up and home addresses, which block
 		// lists list: [ingress] dnsbl is for servers (a site's own key
 		// still sets it).
-		s.DNSBL = nil
+		s.DNSBL = []string{}
 	}
 	return s
 }
