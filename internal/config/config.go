@@ -165,6 +165,10 @@ type Domain struct {
 	Type string `toml:"type"`
 	// DropDir (local) overrides Drop/<name>/.
 	DropDir string `toml:"drop_dir"`
+	// RecipientsFile (local) lists the domain's valid recipients, one
+	// address or @domain catch-all a line: RCPT TO any other address of
+	// the domain gets 550 5.1.1 (see Ingress.RecipientsFile).
+	RecipientsFile string `toml:"recipients_file"`
 	// SmartHost (remote) sends this domain's mail to host:port.
 	SmartHost string `toml:"smart_host"`
 	// SmartHostUser and SmartHostPasswordFile (remote) log in to this
@@ -175,10 +179,6 @@ type Domain struct {
 	RequireTLS bool `toml:"require_tls"`
 	// Hold (remote) keeps the domain's mail queued until ETRN/ATRN.
 	Hold bool `toml:"hold"`
-	// RecipientsFile (local) lists the domain's valid recipients, one
-	// address or @domain catch-all a line: RCPT TO any other address of
-	// the domain gets 550 5.1.1 (see Ingress.RecipientsFile).
-	RecipientsFile string `toml:"recipients_file"`
 }
 
 // Ingress configures the SMTP server ([ingress]): the site keys, whose

@@ -129,11 +129,6 @@ type SiteKeys struct {
 	// ReverseDNS looks up the client's host name (forward-confirmed) for
 	// Received: and the sessions list.
 	ReverseDNS bool `toml:"reverse_dns"`
-	// BareNewline is reject or normalize.
-	BareNewline string `toml:"bare_newline"`
-	// BareNewlineNormalize are networks for which bare newlines are
-	// normalised even when BareNewline is reject.
-	BareNewlineNormalize []string `toml:"bare_newline_normalize"`
 	// ConnectAllow and ConnectDeny grant and deny connections by client
 	// (IIS's connection control): addresses (192.0.2.7), networks
 	// (198.51.100.0/24, 2001:db8::/32), a domain and its subdomains
@@ -147,6 +142,11 @@ type SiteKeys struct {
 	// listed client gets 554 5.7.1 as its greeting. Only mta sites
 	// inherit them from [ingress].
 	DNSBL []string `toml:"dnsbl"`
+	// BareNewline is reject or normalize.
+	BareNewline string `toml:"bare_newline"`
+	// BareNewlineNormalize are networks for which bare newlines are
+	// normalised even when BareNewline is reject.
+	BareNewlineNormalize []string `toml:"bare_newline_normalize"`
 }
 
 // clone returns k with its own copy of every slice: the TOML decoder
@@ -361,11 +361,6 @@ func (c *Config) validateSite(key string, s Site) error {
 			return &KeyError{key + ".local_domains", fmt.Sprintf("%q is not a local or alias domain", d)}
 		}
 	}
-	for k, list := range map[string][]string{"relay_networks": s.RelayNetworks, "etrn_networks": s.ETRNNetworks, "bare_newline_normalize": s.BareNewlineNormalize} {
-		if _, err := parseNetworks(list); err != nil {
-			return &KeyError{key + "." + k, err.Error()}
-		}
-	}
 	for k, list := range map[string][]string{"connect_allow": s.ConnectAllow, "connect_deny": s.ConnectDeny} {
 		if _, err := ParseConnectRules(list); err != nil {
 			return &KeyError{key + "." + k, err.Error()}
@@ -374,6 +369,11 @@ func (c *Config) validateSite(key string, s Site) error {
 	for _, z := range s.DNSBL {
 		if err := envelope.CheckDomain(strings.TrimSuffix(z, ".")); err != nil || !strings.Contains(z, ".") {
 			return &KeyError{key + ".dnsbl", fmt.Sprintf("%q is not a DNS zone", z)}
+		}
+	}
+	for k, list := range map[string][]string{"relay_networks": s.RelayNetworks, "etrn_networks": s.ETRNNetworks, "bare_newline_normalize": s.BareNewlineNormalize} {
+		if _, err := parseNetworks(list); err != nil {
+			return &KeyError{key + "." + k, err.Error()}
 		}
 	}
 	switch s.Auth {
