@@ -24,8 +24,14 @@ import (
 const masked = "********"
 
 func configCommand(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "get", "set", "unset", "history", "rollback", "export":
+			return liveConfigCommand(args[0], args[1:], stdout, stderr)
+		}
+	}
 	if len(args) == 0 || (args[0] != "show" && args[0] != "check") {
-		fmt.Fprintln(stderr, "usage: mailroot config show [-n] [-config FILE]\n       mailroot config check [-config FILE | FILE]")
+		fmt.Fprintln(stderr, "usage: mailroot config show [-n] [-config FILE]\n       mailroot config check [-config FILE | FILE]\n       "+liveConfigUsage[len("usage: "):])
 		return 2
 	}
 	sub := args[0]

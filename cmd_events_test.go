@@ -35,10 +35,22 @@ func TestEventsCommand(t *testing.T) {
 	} {
 		bus.Emit(js, e)
 	}
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-time.After(5 * time.Second):
-		t.Fatal("events not stored")
+	// Emit is not acknowledged: wait until the stream has them all.
+	st, err := js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 5 events stored", info.State.Msgs)
+		}
 	}
 	run := func(args ...string) (int, string, string) {
 		t.Helper()

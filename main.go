@@ -65,7 +65,7 @@ var commands = []command{
 	{"version", "the mailroot build: module version, VCS commit, Go and nats-server versions (also -version)", func(args []string) int {
 		return versionCommand(args, os.Stdout, os.Stderr)
 	}},
-	{"config", "config show [-n]: the effective configuration as TOML (-n: what differs from the defaults); config check: validate a file", func(args []string) int {
+	{"config", "config show [-n]: the effective configuration as TOML (-n: what differs from the defaults); config check: validate a file; config get|set|unset|history|rollback|export: the live configuration (mta-config)", func(args []string) int {
 		return configCommand(args, os.Stdout, os.Stderr)
 	}},
 }
@@ -149,10 +149,15 @@ func actorCommand(cmd string) func(args []string) int {
 	return func(args []string) int {
 		fs := flag.NewFlagSet("mailroot "+cmd, flag.ContinueOnError)
 		cf := addCommonFlags(fs)
+		metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on host:port (overrides metrics.listen): give each actor process of a host its own")
 		if err := fs.Parse(args); err != nil {
 			return 2
 		}
 		cfg, err := cf.load()
+		if err == nil && *metricsAddr != "" {
+			cfg.Metrics.Listen = *metricsAddr
+			err = cfg.Validate()
+		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "mailroot: %v\n", err)
 			return 2

@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -92,6 +95,7 @@ func TestConfigErrorsExit2(t *testing.T) {
 		{[]string{"all", "-config", filepath.Join(dir, "unknown.toml")}, "delivery.concurency"},
 		{[]string{"all", "-config", filepath.Join(dir, "port.toml")}, "nats.listen"},
 		{[]string{"router"}, ""},
+		{[]string{"router", "-metrics", "127.0.0.1:99999", "-nats", "nats://127.0.0.1:1"}, "metrics.listen"},
 		{[]string{"frobnicate"}, ""},
 	} {
 		cmd := exec.Command(bin, tt.args...)
@@ -146,8 +150,11 @@ interval = "100ms"
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// Each actor gets its metrics port on the command line (-metrics).
+	metricsAddr := map[string]string{}
 	for _, actor := range []string{"router", "delivery", "badmail", "pickupwatcher", "ingress"} {
-		startProcess(t, actor, 20*time.Second, bin, actor, "-config", cfgPath, "-nats", n.URL())
+		metricsAddr[actor] = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		startProcess(t, actor, 20*time.Second, bin, actor, "-config", cfgPath, "-nats", n.URL(), "-metrics", metricsAddr[actor])
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", smtpPort)
 	var c *smtp.Client
@@ -162,6 +169,17 @@ interval = "100ms"
 		t.Fatal(err)
 	}
 	testutil.WaitFor(t, 30*time.Second, "delivery to the remote MX", func() bool { return sink.Count() == 1 })
+	// The delivery process counted it, on its own -metrics address.
+	testutil.WaitFor(t, 20*time.Second, "delivered on the delivery process's metrics", func() bool {
+		resp, err := http.Get("http://" + metricsAddr["delivery"] + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return regexp.MustCompile(`(?m)^mailroot_delivery_recipients_total\{result="delivered"\} [1-9]`).Match(b) &&
+			bytes.Contains(b, []byte(`mailroot_nats_connection_state{state="connected"} 1`))
+	})
 	if m := sink.Mails()[0]; m.From != "s@local.test" || m.To[0] != "r@remote.test" || !bytes.HasSuffix(m.Data, []byte(body)) {
 		t.Errorf("remote got from %q to %v:\n%s", m.From, m.To, m.Data)
 	}

@@ -253,6 +253,12 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 		return
 	}
 	s.m.Delivered.Add(float64(len(delivered)))
+	if len(delivered) > 0 && !env.ReceivedAt.IsZero() {
+		lat := max(now.Sub(env.ReceivedAt), 0).Seconds()
+		for range delivered {
+			s.m.DeliveryLatency.Observe(lat)
+		}
+	}
 	s.m.Deferred.Add(float64(len(temp)))
 	for _, f := range perm {
 		s.m.Bounced.Add(float64(len(f.rcpts)))

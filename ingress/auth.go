@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-sasl"
 
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/internal/users"
 )
 
@@ -110,6 +111,7 @@ func (ss *session) auth(mech string) (sasl.Server, *reply) {
 	}
 	if ss.s.limiter.banned(ss.ip) {
 		ss.s.log.Warn("AUTH refused: client banned after failed logins", "site", ss.site.cfg.Name, "client", ss.ip.String())
+		ss.site.m.Refused(metrics.RefusedAuthFailed)
 		return nil, rep(421, "4.7.0", ss.site.cfg.Hostname+" Too many failed authentications, try again later")
 	}
 	switch strings.ToUpper(mech) {
@@ -144,6 +146,7 @@ func (ss *session) login(mech, identity, username, password string) error {
 		return nil
 	}
 	delay, banned := s.limiter.fail(ss.ip)
+	ss.site.m.Refused(metrics.RefusedAuthFailed)
 	log.Warn("authentication failed", "known_user", ok, "banned", banned)
 	if delay > 0 {
 		time.Sleep(delay)

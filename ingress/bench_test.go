@@ -18,12 +18,16 @@ import (
 // whole test process (server, embedded NATS and the clients) per message,
 // the figure to compare across changes; msgs/s depends on the machine's
 // load. bench/submission.sh measures the built binary with fsync.
+// plain+txlog is plain with the W3C transaction log on (log_dir).
 func BenchmarkAccept(b *testing.B) {
-	for _, mode := range []string{"plain", "starttls+auth"} {
+	for _, mode := range []string{"plain", "plain+txlog", "starttls+auth"} {
 		b.Run(mode, func(b *testing.B) {
 			f := startLogged(b, func(c *config.Config) {
 				withUsers(b, c, testUser(b, "bench@local.test", nil, nil))
 				c.Ingress.MaxConnectionsPerIP = 1000
+				if mode == "plain+txlog" {
+					c.Ingress.LogDir = b.TempDir()
+				}
 			}, nil, testutil.Discard())
 			body := "Subject: bench\r\n\r\n" + strings.Repeat(strings.Repeat("b", 76)+"\r\n", 4096/78)
 			b.SetBytes(int64(len(body)))
@@ -35,7 +39,7 @@ func BenchmarkAccept(b *testing.B) {
 			b.RunParallel(func(pb *testing.PB) {
 				var c *smtp.Client
 				var err error
-				if mode == "plain" {
+				if mode != "starttls+auth" {
 					c, err = smtp.Dial(f.addr)
 				} else {
 					c, err = smtp.DialStartTLS(f.addr, clientTLS())

@@ -20,6 +20,7 @@ import (
 
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/internal/users"
 )
 
@@ -93,6 +94,8 @@ type session struct {
 
 	messages int
 	bytes    int64
+
+	tx txState // the transaction log's counts (txlog.go)
 
 	closeOnce sync.Once
 	onClose   func()
@@ -180,6 +183,9 @@ func (ss *session) handle(line string) {
 	verb, arg, _ := strings.Cut(line, " ")
 	verb = strings.ToUpper(verb)
 	arg = strings.TrimSpace(arg)
+	if ss.site.txlog != nil {
+		defer ss.logCommand(verb, arg, len(line), time.Now(), ss.tx.replied)
+	}
 	ss.counts = countsAsBad(verb)
 	defer func() { ss.counts = false }()
 	if ss.refused && verb != "QUIT" {
@@ -505,6 +511,7 @@ func (ss *session) readFailed(err error) error {
 		ss.reply(421, "4.3.2", ss.site.cfg.Hostname+" Service shutting down, closing connection")
 	case errors.As(err, &ne) && ne.Timeout():
 		ss.log.Info("client timed out", "content", ss.inContent)
+		ss.site.m.Refused(metrics.RefusedTimeout)
 		ss.reply(421, "4.4.2", ss.site.cfg.Hostname+" Timeout, closing connection")
 	}
 	ss.quit = true
@@ -579,6 +586,7 @@ func (ss *session) reply(code int, enhanced, text string) {
 // connection, as does any 421.
 func (ss *session) replyLines(code int, lines []string) {
 	c := strconv.Itoa(code)
+	n := len(ss.wbuf)
 	for i, l := range lines {
 		sep := "-"
 		if i == len(lines)-1 {
@@ -586,6 +594,7 @@ func (ss *session) replyLines(code int, lines []string) {
 		}
 		ss.wbuf = append(append(append(append(ss.wbuf, c...), sep...), l...), '\r', '\n')
 	}
+	ss.tx.reply(code, len(ss.wbuf)-n)
 	if code == 421 {
 		ss.quit = true
 	}
@@ -593,6 +602,7 @@ func (ss *session) replyLines(code int, lines []string) {
 		ss.bad++
 		if ss.bad >= ss.site.cfg.MaxBadCommands && !ss.quit {
 			ss.log.Warn("too many bad commands, disconnecting", "bad_commands", ss.bad)
+			ss.site.m.Refused(metrics.RefusedBadCommands)
 			ss.reply(421, "4.7.0", ss.site.cfg.Hostname+" Too many errors, closing connection")
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/internal/resolver"
 )
 
@@ -24,7 +25,8 @@ import (
 // asks, "503 5.7.1" to every command but QUIT (each counts toward
 // max_bad_commands, so a client that never quits is cut off). The refusal
 // is logged with the rule or zone that matched and counted in
-// mailroot_ingress_connections_refused_total{site,reason}.
+// mailroot_ingress_refusals_total{site,reason} (connect_deny,
+// connect_allow, dnsbl, dns_tempfail).
 //
 // Order: a connect_deny entry that matches refuses (deny wins); then a
 // non-empty connect_allow must match; then the DNSBL zones are asked
@@ -84,14 +86,6 @@ type refusal struct {
 	reply  *reply
 }
 
-// Reasons of mailroot_ingress_connections_refused_total.
-const (
-	refusedDeny     = "connect_deny"
-	refusedAllow    = "connect_allow"
-	refusedDNSBL    = "dnsbl"
-	refusedTempfail = "dns_tempfail"
-)
-
 // screen applies the site's connection control; nil lets the client in,
 // else the reply is its greeting (554 5.7.1, or 421 4.7.0 when DNS failed
 // and that alone kept the client out).
@@ -110,9 +104,7 @@ func (ss *session) screen() *reply {
 		ss.refused = true
 	}
 	ss.log.Warn("connection refused", "reason", r.reason, "rule", r.rule, "reply", r.reply.Code)
-	if ss.site.m != nil {
-		ss.site.m.ConnRefused.WithLabelValues(r.reason).Inc()
-	}
+	ss.site.m.Refused(r.reason)
 	return r.reply
 }
 
@@ -123,7 +115,7 @@ func (c *connCtl) check(ctx context.Context, ss *session) *refusal {
 		return &refusal{reason, rule, rep(554, "5.7.1", host+" Client host ["+ip.String()+"] rejected: Access denied")}
 	}
 	if e, ok := c.deny.MatchAddr(ip); ok {
-		return denied(refusedDeny, e)
+		return denied(metrics.RefusedConnectDeny, e)
 	}
 	allowed := c.allow.Empty()
 	if !allowed {
@@ -132,21 +124,21 @@ func (c *connCtl) check(ctx context.Context, ss *session) *refusal {
 	if len(c.deny.Names) > 0 || (!allowed && len(c.allow.Names) > 0) {
 		name, err := ss.confirmedName(ctx)
 		if e, ok := c.deny.MatchName(name); ok {
-			return denied(refusedDeny, e)
+			return denied(metrics.RefusedConnectDeny, e)
 		}
 		if !allowed {
 			_, allowed = c.allow.MatchName(name)
 		}
 		if err != nil {
 			if !allowed && len(c.allow.Names) > 0 {
-				return &refusal{refusedTempfail, "reverse DNS: " + err.Error(),
+				return &refusal{metrics.RefusedDNSTempfail, "reverse DNS: " + err.Error(),
 					rep(421, "4.7.0", host+" Cannot look up your host name now, try again later")}
 			}
 			ss.log.Info("reverse DNS lookup failed, connect_deny names not checked", "err", err)
 		}
 	}
 	if !allowed {
-		return denied(refusedAllow, "not in connect_allow")
+		return denied(metrics.RefusedConnectAllow, "not in connect_allow")
 	}
 	if len(c.zones) == 0 || ss.relay {
 		return nil
@@ -156,7 +148,7 @@ func (c *connCtl) check(ctx context.Context, ss *session) *refusal {
 		if txt != "" {
 			text += "; " + txt
 		}
-		return &refusal{refusedDNSBL, zone, rep(554, "5.7.1", text)}
+		return &refusal{metrics.RefusedDNSBL, zone, rep(554, "5.7.1", text)}
 	}
 	return nil
 }

@@ -8,9 +8,8 @@ import (
 	"testing"
 	"time"
 
-	promtest "github.com/prometheus/client_golang/prometheus/testutil"
-
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
 
@@ -27,14 +26,13 @@ func dialFrom(t testing.TB, addr, src string) *rawConn {
 	return &rawConn{t: t, c: c, r: bufio.NewReader(c)}
 }
 
-// refusedCount is the site's connections refused for reason.
-func refusedCount(f *fixture, site, reason string) float64 {
-	for _, st := range f.svc.sites {
-		if st.cfg.Name == site {
-			return promtest.ToFloat64(st.m.ConnRefused.WithLabelValues(reason))
-		}
-	}
-	return -1
+// withMetrics gives the service metrics the test can read.
+func withMetrics(s *Service) { s.Metrics = metrics.New() }
+
+// refusedCount is the site's refusals for reason.
+func refusedCount(t *testing.T, f *fixture, site, reason string) float64 {
+	t.Helper()
+	return metricValue(t, f.svc.Metrics, "mailroot_ingress_refusals_total", "site="+site, "reason="+reason)
 }
 
 // Each list of the issue (a subnet, all except one address, a reverse DNS
@@ -54,13 +52,13 @@ func TestConnectAllowDeny(t *testing.T) {
 		let, refuse  []string
 		reason, rule string
 	}{
-		{"deny subnet", nil, []string{"127.0.0.0/29"}, false, []string{"127.0.0.8", "127.0.0.9"}, []string{"127.0.0.7", "127.0.0.1"}, refusedDeny, "127.0.0.0/29"},
-		{"all except", []string{"127.0.0.0/8"}, []string{"127.0.0.7"}, false, []string{"127.0.0.8"}, []string{"127.0.0.7"}, refusedDeny, "127.0.0.7"},
-		{"only these", []string{"127.0.0.8", "127.0.0.9/32"}, nil, false, []string{"127.0.0.8", "127.0.0.9"}, []string{"127.0.0.7"}, refusedAllow, "not in connect_allow"},
-		{"deny domain", nil, []string{".bad.test"}, false, []string{"127.0.0.8", "127.0.0.9"}, []string{"127.0.0.7"}, refusedDeny, ".bad.test"},
-		{"deny domain with reverse_dns", nil, []string{".bad.test"}, true, []string{"127.0.0.8"}, []string{"127.0.0.7"}, refusedDeny, ".bad.test"},
-		{"deny exact name", nil, []string{"good.test"}, false, []string{"127.0.0.9"}, []string{"127.0.0.10"}, refusedDeny, "good.test"},
-		{"allow domain", []string{".good.test"}, nil, false, []string{"127.0.0.9", "127.0.0.10"}, []string{"127.0.0.7", "127.0.0.8"}, refusedAllow, "not in connect_allow"},
+		{"deny subnet", nil, []string{"127.0.0.0/29"}, false, []string{"127.0.0.8", "127.0.0.9"}, []string{"127.0.0.7", "127.0.0.1"}, metrics.RefusedConnectDeny, "127.0.0.0/29"},
+		{"all except", []string{"127.0.0.0/8"}, []string{"127.0.0.7"}, false, []string{"127.0.0.8"}, []string{"127.0.0.7"}, metrics.RefusedConnectDeny, "127.0.0.7"},
+		{"only these", []string{"127.0.0.8", "127.0.0.9/32"}, nil, false, []string{"127.0.0.8", "127.0.0.9"}, []string{"127.0.0.7"}, metrics.RefusedConnectAllow, "not in connect_allow"},
+		{"deny domain", nil, []string{".bad.test"}, false, []string{"127.0.0.8", "127.0.0.9"}, []string{"127.0.0.7"}, metrics.RefusedConnectDeny, ".bad.test"},
+		{"deny domain with reverse_dns", nil, []string{".bad.test"}, true, []string{"127.0.0.8"}, []string{"127.0.0.7"}, metrics.RefusedConnectDeny, ".bad.test"},
+		{"deny exact name", nil, []string{"good.test"}, false, []string{"127.0.0.9"}, []string{"127.0.0.10"}, metrics.RefusedConnectDeny, "good.test"},
+		{"allow domain", []string{".good.test"}, nil, false, []string{"127.0.0.9", "127.0.0.10"}, []string{"127.0.0.7", "127.0.0.8"}, metrics.RefusedConnectAllow, "not in connect_allow"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -70,7 +68,7 @@ func TestConnectAllowDeny(t *testing.T) {
 				c.Delivery.DNSServer = d.Addr
 				c.Ingress.ConnectAllow, c.Ingress.ConnectDeny = tt.allow, tt.deny
 				c.Ingress.ReverseDNS = tt.reverseDNS
-			}, nil, logs.Logger(t))
+			}, nil, logs.Logger(t), withMetrics)
 			for _, ip := range tt.let {
 				rc := dialFrom(t, f.addr, ip)
 				if code, text := rc.reply(); code != 220 {
@@ -96,7 +94,7 @@ func TestConnectAllowDeny(t *testing.T) {
 					t.Errorf("%s: QUIT %d, or the connection stayed open", ip, code)
 				}
 			}
-			if got := refusedCount(f, "default", tt.reason); got != float64(len(tt.refuse)) {
+			if got := refusedCount(t, f, "default", tt.reason); got != float64(len(tt.refuse)) {
 				t.Errorf("refused{reason=%s} = %v, want %d", tt.reason, got, len(tt.refuse))
 			}
 			for _, ip := range tt.refuse {
@@ -114,10 +112,10 @@ func TestConnectAllowDeny(t *testing.T) {
 
 // A refused client that never sends QUIT is cut off after max_bad_commands.
 func TestConnectRefusedBadCommandsEnd(t *testing.T) {
-	f := start(t, func(c *config.Config) {
+	f := startLogged(t, func(c *config.Config) {
 		c.Ingress.ConnectDeny = []string{"127.0.0.1"}
 		c.Ingress.MaxBadCommands = 3
-	}, nil)
+	}, nil, testutil.Logger(t), withMetrics)
 	rc := rawDialAny(t, f.addr)
 	if code, _ := rc.reply(); code != 554 {
 		t.Fatalf("greeting %d", code)
@@ -142,7 +140,7 @@ func TestConnectDenyIPv6(t *testing.T) {
 		t.Skipf("no IPv6 loopback (::1) on this machine: %v", err)
 	}
 	_ = l.Close()
-	f := start(t, func(c *config.Config) {
+	f := startLogged(t, func(c *config.Config) {
 		addSite(c, config.KindMTA, "v6", func(s *config.Site) {
 			s.Listen = []string{"[::1]:0"}
 			s.ConnectDeny = []string{"::/96"} // ::1 is in it
@@ -151,12 +149,12 @@ func TestConnectDenyIPv6(t *testing.T) {
 			s.Listen = []string{"[::1]:0"}
 			s.ConnectDeny = []string{"2001:db8::/32"}
 		})
-	}, nil)
+	}, nil, testutil.Logger(t), withMetrics)
 	rc := rawDialAny(t, f.svc.SiteAddrs("v6")[0])
 	if code, text := rc.reply(); code != 554 || !strings.Contains(text, "5.7.1") || !strings.Contains(text, "[::1]") {
 		t.Errorf("greeting %q, want 554 5.7.1 for [::1]", text)
 	}
-	if got := refusedCount(f, "v6", refusedDeny); got != 1 {
+	if got := refusedCount(t, f, "v6", metrics.RefusedConnectDeny); got != 1 {
 		t.Errorf("refused = %v", got)
 	}
 	rc = rawDialAny(t, f.svc.SiteAddrs("v6other")[0])
@@ -182,7 +180,7 @@ func TestDNSBL(t *testing.T) {
 		c.Delivery.DNSServer = d.Addr
 		c.Ingress.DNSBL = []string{"bl.test", "other.test."}
 		c.Ingress.RelayNetworks = []string{"127.0.0.1/32"}
-	}, nil, logs.Logger(t))
+	}, nil, logs.Logger(t), withMetrics)
 	for _, tt := range []struct{ ip, want string }{
 		{"127.0.0.7", "554 5.7.1 mx.local.test Service unavailable; client [127.0.0.7] blocked using bl.test; Listed, see https://bl.test/q?127.0.0.7"},
 		{"127.0.0.8", "554 5.7.1 mx.local.test Service unavailable; client [127.0.0.8] blocked using other.test"},
@@ -195,7 +193,7 @@ func TestDNSBL(t *testing.T) {
 			t.Errorf("%s: greeting %q, want %q", tt.ip, text, tt.want)
 		}
 	}
-	if got := refusedCount(f, "default", refusedDNSBL); got != 2 {
+	if got := refusedCount(t, f, "default", metrics.RefusedDNSBL); got != 2 {
 		t.Errorf("refused{dnsbl} = %v, want 2", got)
 	}
 	if logs.Count("rule=bl.test") != 1 || logs.Count("rule=other.test") != 1 {
@@ -241,7 +239,7 @@ func TestConnectDNSSilent(t *testing.T) {
 		{"dnsbl", func(s *config.Site) { s.DNSBL = []string{"bl.test"} }, "220 ", "", true},
 		{"deny names", func(s *config.Site) { s.ConnectDeny = []string{".bad.test"} }, "220 ", "", true},
 		{"deny names with reverse_dns", func(s *config.Site) { s.ConnectDeny = []string{".bad.test"}; s.ReverseDNS = true }, "220 ", "", true},
-		{"allow names", func(s *config.Site) { s.ConnectAllow = []string{".good.test"} }, "421 4.7.0", refusedTempfail, true},
+		{"allow names", func(s *config.Site) { s.ConnectAllow = []string{".good.test"} }, "421 4.7.0", metrics.RefusedDNSTempfail, true},
 		// The address is allowed: the name is not needed, nor looked up.
 		{"allow names or address", func(s *config.Site) { s.ConnectAllow = []string{".good.test", "127.0.0.0/8"} }, "220 ", "", false},
 	}
@@ -249,14 +247,14 @@ func TestConnectDNSSilent(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			d := testutil.StartDNS(t)
 			d.SetSilent(true)
-			f := start(t, func(c *config.Config) {
+			f := startLogged(t, func(c *config.Config) {
 				c.Delivery.DNSServer = d.Addr
 				c.Ingress.RelayNetworks = nil
 				addSite(c, config.KindMTA, "mx", func(s *config.Site) {
 					s.Timeout = config.Duration(2 * time.Second)
 					tt.edit(s)
 				})
-			}, nil)
+			}, nil, testutil.Logger(t), withMetrics)
 			begin := time.Now()
 			rc := dialFrom(t, f.svc.SiteAddrs("mx")[0], "127.0.0.7")
 			_, text := rc.reply()
@@ -272,7 +270,7 @@ func TestConnectDNSSilent(t *testing.T) {
 				t.Errorf("DNS asked: %v, want %v", asked, tt.asks)
 			}
 			if tt.reason != "" {
-				if got := refusedCount(f, "mx", tt.reason); got != 1 {
+				if got := refusedCount(t, f, "mx", tt.reason); got != 1 {
 					t.Errorf("refused{%s} = %v", tt.reason, got)
 				}
 				if !rc.closed() {

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Message content: DATA (RFC 5321 §4.1.1.4) and BDAT (RFC 3030). Both hand
@@ -28,7 +29,8 @@ var (
 type content struct {
 	ss     *session
 	n, max int64
-	err    error // errTooBig, errAborted, or the connection's error
+	err    error     // errTooBig, errAborted, or the connection's error
+	ended  time.Time // when the end of the data was read
 }
 
 // count adds n bytes of content; false once the message is too big.
@@ -61,6 +63,9 @@ func (c *content) finish(rep *reply) {
 		case rep.Code < 300:
 			ss.site.m.Received.Inc()
 			ss.site.m.Bytes.Add(float64(c.n))
+			if !c.ended.IsZero() {
+				ss.site.m.AcceptDuration.Observe(time.Since(c.ended).Seconds())
+			}
 		case rep.Code < 500:
 			ss.site.m.Refused4xx.Inc()
 		default:
@@ -68,6 +73,7 @@ func (c *content) finish(rep *reply) {
 		}
 		ss.replyWith(rep)
 	}
+	ss.tx.content = c.n
 	ss.resetTx()
 }
 
@@ -195,6 +201,7 @@ func (r *dataReader) fill() bool {
 					_, _ = br.Discard(3)
 					if r.prevCRLF {
 						r.done = true
+						r.ended = time.Now()
 						return len(out) > 0
 					}
 					out = append(out, ".\r\n"...)
@@ -328,6 +335,9 @@ func (r *bdatReader) Read(p []byte) (int, error) {
 	}
 	for r.left == 0 {
 		if r.last {
+			if r.ended.IsZero() {
+				r.ended = time.Now()
+			}
 			if !r.binary && r.prevCR {
 				r.ss.bare |= bareCR // the message ends in a bare CR
 			}

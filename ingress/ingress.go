@@ -175,6 +175,8 @@ func (s *Service) Run(ctx context.Context) error {
 	for _, st := range s.sites {
 		st.m = m.Site(st.cfg.Name)
 	}
+	s.openTxLogs()
+	defer s.closeTxLogs()
 	if err := s.sessions.open(ctx); err != nil {
 		s.closeListeners()
 		return err

@@ -14,6 +14,7 @@ import (
 
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/internal/users"
 )
 
@@ -116,6 +117,7 @@ func (ss *session) checkRcpt(addr, given string) *reply {
 		return nil
 	}
 	ss.log.Info("unknown recipient refused", "rcpt", given)
+	ss.site.m.Refused(metrics.RefusedUnknownRcpt)
 	return rep(550, "5.1.1", "<"+given+">: Recipient address rejected: User unknown")
 }
 

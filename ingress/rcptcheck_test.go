@@ -10,6 +10,7 @@ import (
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
 
@@ -133,13 +134,16 @@ func TestRecipientValidationScope(t *testing.T) {
 		t.Errorf("replies %q", got)
 	}
 
-	f = start(t, func(c *config.Config) {
+	f = startLogged(t, func(c *config.Config) {
 		c.Ingress.RecipientsUsers = true
 		withUsers(t, c, testUser(t, "erin@local.test", nil, nil))
-	}, nil)
+	}, nil, testutil.Logger(t), withMetrics)
 	got = rcptReplies(t, f.addr, "erin@local.test", "frank@local.test")
 	if !strings.HasPrefix(got["erin@local.test"], "250") || got["frank@local.test"] != unknown("frank@local.test") {
 		t.Errorf("replies %q", got)
+	}
+	if n := refusedCount(t, f, "default", metrics.RefusedUnknownRcpt); n != 1 {
+		t.Errorf("refusals{unknown_recipient} = %v, want 1", n)
 	}
 }
 

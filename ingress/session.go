@@ -16,6 +16,7 @@ import (
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/metrics"
 )
 
 func isASCII(s string) bool {
@@ -31,6 +32,7 @@ func isASCII(s string) bool {
 func (ss *session) Mail(from string, opts mailParams) *reply {
 	cfg := ss.site.cfg
 	if cfg.Auth == config.AuthRequired && ss.user == nil {
+		ss.site.m.Refused(metrics.RefusedAuthRequired)
 		return rep(530, "5.7.0", "Authentication required")
 	}
 	if cfg.MaxMessagesPerConnection > 0 && ss.messages >= cfg.MaxMessagesPerConnection {
@@ -97,12 +99,14 @@ func (ss *session) Rcpt(to string, opts rcptParams) *reply {
 	trusted := ss.relay || ss.user != nil
 	if !inbound && !trusted {
 		ss.s.log.Info("relay denied", "site", ss.site.cfg.Name, "client", ss.ip.String(), "rcpt", to)
+		ss.site.m.Refused(metrics.RefusedRelay)
 		return rep(550, "5.7.1", "Unable to relay for "+to)
 	}
 	if !trusted && strings.ContainsAny(strings.Trim(local, `"`), "%@!") {
 		// Routing in disguise for one of our domains: user%other@local,
 		// "user@other"@local, other!user@local.
 		ss.s.log.Info("relay denied (routed address)", "site", ss.site.cfg.Name, "client", ss.ip.String(), "rcpt", to)
+		ss.site.m.Refused(metrics.RefusedRelay)
 		return rep(550, "5.7.1", "Unable to relay for "+to)
 	}
 	r := envelope.Rcpt{Addr: to, Notify: opts.Notify}
@@ -223,6 +227,7 @@ func (ss *session) Data(r io.Reader) *reply {
 		return ss.storeErr(qid, err)
 	}
 	ss.messages++
+	ss.tx.qid = qid
 	ss.bytes += env.BodySize
 	s.sessions.update(ss.id, func(i *sessionInfo) { i.Messages, i.Bytes = ss.messages, ss.bytes })
 	s.log.Info("received", "qid", qid, "site", env.Site, "client", env.ClientIP, "user", env.AuthUser, "tls", env.TLS, "from", env.From, "rcpts", len(env.Rcpts), "size", env.BodySize)
@@ -243,6 +248,7 @@ func (ss *session) refuseBare(qid, what string) *reply {
 
 func (ss *session) storeErr(qid string, err error) *reply {
 	if errors.Is(err, bus.ErrStoreFull) {
+		ss.site.m.Refused(metrics.RefusedNoRoom)
 		ss.s.log.Warn("no room for new mail, refused", "qid", qid, "site", ss.site.cfg.Name, "client", ss.ip.String(), "err", err)
 		return rep(452, "4.3.1", "Insufficient system storage")
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/metrics"
+	"github.com/mailroot/mailroot/internal/w3c"
 )
 
 // site is one [[site]]: its listeners and policy.
@@ -29,6 +30,8 @@ type site struct {
 	listeners []net.Listener
 	// m is the site's metrics, set by Run before it serves.
 	m *metrics.Site
+	// txlog is the site's W3C transaction log (log_dir), nil when off.
+	txlog *w3c.Writer
 
 	mu    sync.Mutex
 	conns int
@@ -155,6 +158,7 @@ func (st *site) serve(l net.Listener) error {
 			ip = ip.Unmap()
 		}
 		if why := st.admit(ip); why != "" {
+			st.m.Refused(metrics.RefusedConnectionLimit)
 			st.svc.log.Warn("connection refused", "site", st.cfg.Name, "client", ip.String(), "reason", why)
 			select {
 			case st.refusing <- struct{}{}:

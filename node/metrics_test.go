@@ -150,6 +150,14 @@ func TestMetricsCountMail(t *testing.T) {
 		"mailroot_queue_messages|state=active":           0,
 		"mailroot_queue_messages|state=incoming":         0,
 		"mailroot_queue_messages|state=deferred":         0,
+		// Histograms by their count: each accepted message, each
+		// delivered recipient.
+		"mailroot_ingress_accept_duration_seconds|site=default":            6,
+		"mailroot_delivery_latency_seconds":                                5,
+		"mailroot_ingress_refusals_total|site=default|reason=relay_denied": 0,
+		"mailroot_nats_connection_state|state=connected":                   1,
+		"mailroot_nats_connection_state|state=reconnecting":                0,
+		"mailroot_pickup_files":                                            0,
 	}
 	var raw []byte
 	var diff []string
@@ -179,6 +187,13 @@ func TestMetricsCountMail(t *testing.T) {
 			t.Errorf("sync duration observations %v, want some", v)
 		}
 	}
+	// The streams' reading is cached like the queue's: the one of the
+	// first scrape, before any mail, may still be served.
+	testutil.WaitFor(t, 20*time.Second, "store bytes of MAIL and MAIL_EVENTS", func() bool {
+		fams, _ := scrape(t, addr)
+		return value(fams, "mailroot_jetstream_stream_bytes", "stream="+bus.StreamMail) > 0 &&
+			value(fams, "mailroot_jetstream_stream_bytes", "stream="+bus.StreamEvents) > 0
+	})
 	for _, name := range []string{"go_goroutines", "process_cpu_seconds_total", "process_open_fds", "mailroot_delivery_idle_connections"} {
 		if value(fams, name) < 0 {
 			t.Errorf("%s missing from the scrape", name)

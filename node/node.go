@@ -286,6 +286,8 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 	// Every process tells the queue's depth: it is one reading of the
 	// stream, whichever process is scraped.
 	m.WatchQueue(js)
+	m.WatchStreams(js)
+	m.WatchNATS(nc)
 	n := &Node{Conn: nc, JS: js, Metrics: m, log: log, cancels: map[string]context.CancelFunc{}, dones: map[string]chan error{}, errc: make(chan error, len(Actors))}
 	// One Room for every actor: what intake admits and what the pipeline
 	// forwards are counted against the same reserve.
@@ -347,7 +349,7 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 		case Pickupwatcher:
 			var s *pickupwatcher.Service
 			if s, err = pickupwatcher.New(cfg, log, js); err == nil {
-				s.Room = shared
+				s.Room, s.Metrics = shared, m
 			}
 			r = s
 		}

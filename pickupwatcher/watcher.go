@@ -25,6 +25,7 @@ import (
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/message"
+	"github.com/mailroot/mailroot/internal/metrics"
 )
 
 // WorkDir is the name of the claim folder inside Pickup/.
@@ -68,6 +69,9 @@ type Service struct {
 	// Room says whether there is room for new mail (nats.reserve); while
 	// there is not, files stay where they are and are tried again later.
 	Room *bus.Room
+	// Metrics, when set, is told the files waiting (Backlog) at scrape
+	// time.
+	Metrics *metrics.Metrics
 
 	cfg       config.Config
 	log       *slog.Logger
@@ -169,6 +173,9 @@ func (s *Service) Run(ctx context.Context) error {
 			return nil
 		}
 		return fmt.Errorf("pickupwatcher: %w", err)
+	}
+	if s.Metrics != nil {
+		s.Metrics.WatchPickup(s.Backlog)
 	}
 	interval := s.cfg.Pickup.Interval.D()
 	if interval <= 0 {
@@ -655,4 +662,31 @@ func fileQID(name string, info fs.FileInfo, data []byte) string {
 	sum := sha256.Sum256(data)
 	h.Write(sum[:])
 	return qidEncoding.EncodeToString(h.Sum(nil))[:26]
+}
+
+// Backlog is how many files wait in Pickup/ and its work folder, not
+// yet queued (names starting with "." other than the work folder's files
+// are not mail). It reads the directories' names, nothing more.
+func (s *Service) Backlog() int {
+	return countNames(s.dir) + countNames(s.work)
+}
+
+func countNames(dir string) int {
+	f, err := os.Open(dir)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	n := 0
+	for {
+		names, err := f.Readdirnames(1024)
+		for _, name := range names {
+			if !strings.HasPrefix(name, ".") {
+				n++
+			}
+		}
+		if err != nil {
+			return n
+		}
+	}
 }

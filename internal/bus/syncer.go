@@ -29,8 +29,14 @@ type Syncer struct {
 	fn func() error
 	// Delay is how long a sync waits, once a caller asks for it, for
 	// more callers to join (PostgreSQL's commit_delay): fewer syncs per
-	// mail for at most Delay more latency. 0 starts it at once.
+	// mail for at most Delay more latency. 0 starts it at once. It counts
+	// from the round's first caller: callers that joined while the
+	// previous sync ran have waited already, so under load syncs run back
+	// to back and the delay adds nothing to a 250.
 	Delay time.Duration
+	// now and sleep are the clock (test seams; nil: time.Now, time.Sleep).
+	now   func() time.Time
+	sleep func(time.Duration)
 	// Observe, when set, is told how long each sync took (the metrics'
 	// histogram); it is called once per sync, not per caller. Set it
 	// before the first Sync.
@@ -44,9 +50,10 @@ type Syncer struct {
 }
 
 type syncRound struct {
-	done chan struct{}
-	err  error
-	n    int // callers waiting for it
+	done  chan struct{}
+	err   error
+	n     int       // callers waiting for it
+	first time.Time // when its first caller arrived
 }
 
 // NewSyncer returns a Syncer that runs fn for each group (a test seam:
@@ -61,6 +68,13 @@ func StoreSyncer(dir string) (s *Syncer, close func() error, err error) {
 		return nil, nil, fmt.Errorf("bus: store syncer: %w", err)
 	}
 	return NewSyncer(func() error { return syncFS(f) }), f.Close, nil
+}
+
+func (s *Syncer) clock() time.Time {
+	if s.now != nil {
+		return s.now()
+	}
+	return time.Now()
 }
 
 // Syncs is how many syncs have run.
@@ -81,6 +95,9 @@ func (s *Syncer) Sync(ctx context.Context) error {
 	r := s.next
 	if r == nil {
 		r = &syncRound{done: make(chan struct{})}
+		if s.Delay > 0 {
+			r.first = s.clock()
+		}
 		s.next = r
 	}
 	r.n++
@@ -102,17 +119,28 @@ func (s *Syncer) Sync(ctx context.Context) error {
 // before the sync began.
 func (s *Syncer) loop() {
 	for {
-		if s.Delay > 0 {
-			time.Sleep(s.Delay)
-		}
 		s.mu.Lock()
 		r := s.next
-		s.next = nil
 		if r == nil {
 			s.running = false
 			s.mu.Unlock()
 			return
 		}
+		var wait time.Duration
+		if s.Delay > 0 {
+			wait = s.Delay - s.clock().Sub(r.first)
+		}
+		s.mu.Unlock()
+		if wait > 0 {
+			if s.sleep != nil {
+				s.sleep(wait)
+			} else {
+				time.Sleep(wait)
+			}
+		}
+		// Only loop takes s.next, so r is still the round collecting.
+		s.mu.Lock()
+		s.next = nil
 		s.mu.Unlock()
 		s.syncs.Add(1)
 		t0 := time.Now()

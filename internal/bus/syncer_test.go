@@ -50,6 +50,58 @@ func TestSyncerGroups(t *testing.T) {
 	}
 }
 
+// The delay counts from a round's first caller: an idle syncer waits
+// Delay for company, but callers that joined while a sync ran have waited
+// already, and their sync starts as soon as the running one ends.
+func TestSyncerDelayCountsFromTheFirstCaller(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1e9, 0)
+	var slept []time.Duration
+	gate := make(chan struct{})
+	var calls atomic.Int32
+	s := NewSyncer(func() error {
+		if calls.Add(1) == 1 {
+			<-gate
+		}
+		return nil
+	})
+	s.Delay = 2 * time.Millisecond
+	s.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s.sleep = func(d time.Duration) { mu.Lock(); defer mu.Unlock(); slept = append(slept, d); now = now.Add(d) }
+	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+
+	errs := make(chan error, 3)
+	go func() { errs <- s.Sync(context.Background()) }()
+	testutil.WaitFor(t, 5*time.Second, "the first sync to start", func() bool { return calls.Load() == 1 })
+	// While it runs, a caller arrives 1ms in, and the sync takes 5ms more.
+	advance(time.Millisecond)
+	go func() { errs <- s.Sync(context.Background()) }()
+	testutil.WaitFor(t, 5*time.Second, "the second caller to wait", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.next != nil && s.next.n == 1
+	})
+	advance(5 * time.Millisecond)
+	close(gate)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Idle again: the next caller waits the whole delay.
+	if err := s.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(slept) != 2 || slept[0] != s.Delay || slept[1] != s.Delay {
+		t.Fatalf("slept %v; want the delay before the first sync and the one after idling, none between back-to-back syncs", slept)
+	}
+	if c := calls.Load(); c != 3 {
+		t.Fatalf("%d syncs, want 3", c)
+	}
+}
+
 // Sync returns only after a sync that started after it was called has
 // completed, whatever the interleaving.
 func TestSyncerStartsAfterCall(t *testing.T) {

@@ -435,10 +435,29 @@ func Load(path string) (Config, error) {
 	return c, c.Validate()
 }
 
+// Parse reads TOML text over the defaults and validates the result, as
+// Load does a file (the live configuration, internal/liveconfig, builds
+// its text from the file and the live keys).
+func Parse(text string) (Config, error) {
+	c := Default()
+	if err := c.decode(text); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
 // decodeFile reads path over c: the keys it sets, the [[site]] blocks
 // resolved into Sites, no key left unknown. Nothing is validated yet.
 func (c *Config) decodeFile(path string) error {
-	md, err := toml.DecodeFile(path, c)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return c.decode(string(b))
+}
+
+func (c *Config) decode(text string) error {
+	md, err := toml.Decode(text, c)
 	if err != nil {
 		var perr toml.ParseError
 		if errors.As(err, &perr) {

@@ -1,9 +1,12 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -147,6 +150,11 @@ type SiteKeys struct {
 	// BareNewlineNormalize are networks for which bare newlines are
 	// normalised even when BareNewline is reject.
 	BareNewlineNormalize []string `toml:"bare_newline_normalize"`
+	// LogDir turns on the W3C transaction log (internal/w3c): the site's
+	// files are <log_dir>/<site name>/exYYMMDD.log, as IIS's
+	// LogFiles\SMTPSVC1\. A relative path is under data_dir; empty (the
+	// default) is off. Set in [ingress], every site logs.
+	LogDir string `toml:"log_dir"`
 }
 
 // clone returns k with its own copy of every slice: the TOML decoder
@@ -193,6 +201,19 @@ func (c Config) UsersPath() string {
 		return c.Auth.UsersFile
 	}
 	return filepath.Join(c.DataDir, "users")
+}
+
+// SiteLogDir is the directory of site s's W3C transaction log, "" when
+// it has none (log_dir unset).
+func (c Config) SiteLogDir(s Site) string {
+	if s.LogDir == "" {
+		return ""
+	}
+	d := s.LogDir
+	if !filepath.IsAbs(d) {
+		d = filepath.Join(c.DataDir, d)
+	}
+	return filepath.Join(d, s.Name)
 }
 
 // TLSDir holds the self-signed certificate made when none is configured.
@@ -376,6 +397,9 @@ func (c *Config) validateSite(key string, s Site) error {
 			return &KeyError{key + "." + k, err.Error()}
 		}
 	}
+	if err := checkLogDir(c.SiteLogDir(s)); err != nil {
+		return &KeyError{key + ".log_dir", err.Error()}
+	}
 	switch s.Auth {
 	case AuthOff, AuthOptional, AuthRequired:
 	default:
@@ -410,4 +434,31 @@ func (c *Config) validateSite(key string, s Site) error {
 		return &KeyError{key + ".max_line_length", "must be at least 1000 (RFC 5321 §4.5.3.1.6)"}
 	}
 	return nil
+}
+
+// checkLogDir checks the directory of a site's transaction log: one line
+// of text, and where something exists at that path (or at a parent of
+// it) a directory.
+func checkLogDir(d string) error {
+	if d == "" {
+		return nil
+	}
+	if strings.ContainsAny(d, "\x00\r\n") {
+		return fmt.Errorf("%q: must be one line of text", d)
+	}
+	for p := d; ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err == nil {
+			if !fi.IsDir() {
+				return fmt.Errorf("%s is not a directory", p)
+			}
+			return nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if filepath.Dir(p) == p {
+			return nil
+		}
+	}
 }

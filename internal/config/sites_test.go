@@ -105,6 +105,8 @@ func TestSiteErrorsNameTheKey(t *testing.T) {
 		{"[ingress]\nbare_newline = \"fix\"\n", "ingress.bare_newline"},
 		{"[ingress]\nmax_connections_per_ip = 0\n", "ingress.max_connections_per_ip"},
 		{"[auth]\nfail_limit = 0\n", "auth.fail_limit"},
+		{"[[site]]\nlisten = [\"127.0.0.1:1\"]\nlog_dir = \"/dev/null/logs\"\n", "site[0].log_dir"},
+		{"[ingress]\nlog_dir = \"/tmp/a\\nb\"\n", "ingress.log_dir"},
 	}
 	for _, tt := range tests {
 		_, err := Load(write(t, tt.file))
@@ -221,4 +223,29 @@ func madeUp(t *testing.T, v reflect.Value, tag string) any {
 		t.Fatalf("no made-up value for a %v: add one here (and see SiteKeys.clone)", v.Type())
 	}
 	return n.Interface()
+}
+
+// log_dir: each site logs into a folder of its own name under it, a
+// relative log_dir is under data_dir, and unset is off.
+func TestSiteLogDir(t *testing.T) {
+	c := Default()
+	c.DataDir = "/var/lib/mailroot"
+	s := c.SiteOf(KindMTA)
+	if d := c.SiteLogDir(s); d != "" {
+		t.Errorf("unset log_dir: %q, want off", d)
+	}
+	s.LogDir = "LogFiles"
+	if d := c.SiteLogDir(s); d != "/var/lib/mailroot/LogFiles/mta" {
+		t.Errorf("relative log_dir: %q", d)
+	}
+	s.LogDir, s.Name = "/var/log/mailroot", "inbound"
+	if d := c.SiteLogDir(s); d != "/var/log/mailroot/inbound" {
+		t.Errorf("absolute log_dir: %q", d)
+	}
+	dir := t.TempDir()
+	c.DataDir = dir
+	s.LogDir = "not/yet/there"
+	if err := c.validateSite("site[0]", s); err != nil {
+		t.Errorf("a log_dir to be created: %v", err)
+	}
 }

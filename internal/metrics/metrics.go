@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,7 +45,8 @@ type Metrics struct {
 	ingressRecv     *prometheus.CounterVec
 	ingressRefused  *prometheus.CounterVec
 	ingressBytes    *prometheus.CounterVec
-	ingressConnRef  *prometheus.CounterVec
+	ingressRefusals *prometheus.CounterVec
+	ingressAccept   *prometheus.HistogramVec
 
 	// Routed counts the parts the router published, by destination.
 	RoutedRemote, RoutedHold, RoutedDrop prometheus.Counter
@@ -58,6 +60,9 @@ type Metrics struct {
 	// AttemptDuration observes each remote delivery attempt, from the
 	// start of the MX lookup to the last reply.
 	AttemptDuration prometheus.Observer
+	// DeliveryLatency observes each recipient delivered (remote or into
+	// Drop/), from the message's reception to the stored result.
+	DeliveryLatency prometheus.Observer
 	// ConnOpened and ConnReused count the SMTP connections a delivery
 	// transaction used: dialled for it, or taken from the pool.
 	ConnOpened, ConnReused prometheus.Counter
@@ -84,7 +89,9 @@ func New() *Metrics {
 	m.ingressRecv = f.counterVec("ingress", "messages_received_total", "Messages accepted (250 after DATA or BDAT LAST), by site.", "site")
 	m.ingressRefused = f.counterVec("ingress", "messages_refused_total", "Messages refused at the end of their data, by site and reply class (4xx, 5xx).", "site", "class")
 	m.ingressBytes = f.counterVec("ingress", "received_bytes_total", "Message data bytes (dot-unstuffed) of the accepted messages, by site.", "site")
-	m.ingressConnRef = f.counterVec("ingress", "connections_refused_total", "SMTP connections refused at the greeting, by site and reason (connect_deny, connect_allow, dnsbl, dns_tempfail).", "site", "reason")
+	m.ingressRefusals = f.counterVec("ingress", "refusals_total", "Connections and commands refused by policy, by site and reason: "+strings.Join(RefusalReasons, ", ")+".", "site", "reason")
+	m.ingressAccept = f.histogramVec("ingress", "accept_duration_seconds", "Time from the end of a message's data to its 250 (stored durably), by site.",
+		[]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}, "site")
 
 	routed := f.counterVec("router", "messages_total", "Messages routed, by outcome: parts published for remote delivery, hold or the Drop directory; messages sent to Badmail or bounced.", "outcome")
 	m.RoutedRemote = routed.WithLabelValues("remote")
@@ -99,6 +106,8 @@ func New() *Metrics {
 	m.Bounced = rcpts.WithLabelValues("bounced")
 	m.AttemptDuration = f.histogram("delivery", "attempt_duration_seconds", "Duration of remote delivery attempts: MX lookup, connection and SMTP transaction.",
 		[]float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300})
+	m.DeliveryLatency = f.histogram("delivery", "latency_seconds", "Time from a message's reception to the delivery of a recipient (remote, or into Drop/), per recipient delivered.",
+		[]float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400})
 	conns := f.counterVec("delivery", "connections_total", "SMTP connections used by delivery transactions: opened for one, or reused from the connection cache.", "how")
 	m.ConnOpened = conns.WithLabelValues("opened")
 	m.ConnReused = conns.WithLabelValues("reused")
@@ -128,22 +137,80 @@ type Site struct {
 	Refused4xx, Refused5xx prometheus.Counter
 	// Bytes counts the data bytes of accepted messages.
 	Bytes prometheus.Counter
-	// ConnRefused counts connections refused at the greeting, by reason
-	// (the one label left).
-	ConnRefused *prometheus.CounterVec
+	// AcceptDuration observes, per accepted message, the time from the
+	// end of its data to its 250.
+	AcceptDuration prometheus.Observer
+
+	refusals map[string]prometheus.Counter
+}
+
+// Reasons a connection or command is refused by policy: the values of
+// mailroot_ingress_refusals_total's reason label.
+const (
+	// RefusedConnectionLimit: max_connections or max_connections_per_ip
+	// (421 at connect).
+	RefusedConnectionLimit = "connection_limit"
+	// RefusedRelay: a recipient the client may not relay to (550 5.7.1).
+	RefusedRelay = "relay_denied"
+	// RefusedAuthFailed: AUTH with wrong credentials (535 5.7.8), or
+	// after too many of them (421).
+	RefusedAuthFailed = "auth_failed"
+	// RefusedAuthRequired: MAIL without the AUTH the site requires (530).
+	RefusedAuthRequired = "auth_required"
+	// RefusedBadCommands: max_bad_commands reached (421).
+	RefusedBadCommands = "too_many_errors"
+	// RefusedNoRoom: no room in the store for new mail (452 4.3.1).
+	RefusedNoRoom = "no_room"
+	// RefusedTimeout: the client was too slow (421 4.4.2).
+	RefusedTimeout = "timeout"
+	// RefusedConnectDeny: a connect_deny entry matched the client (554
+	// 5.7.1 greeting).
+	RefusedConnectDeny = "connect_deny"
+	// RefusedConnectAllow: a client no connect_allow entry matched (554
+	// 5.7.1 greeting).
+	RefusedConnectAllow = "connect_allow"
+	// RefusedDNSBL: a DNSBL zone lists the client (554 5.7.1 greeting).
+	RefusedDNSBL = "dnsbl"
+	// RefusedDNSTempfail: reverse DNS failed where only an allow name
+	// could admit the client (421 4.7.0 greeting).
+	RefusedDNSTempfail = "dns_tempfail"
+	// RefusedUnknownRcpt: a recipient no recipients list names (550
+	// 5.1.1).
+	RefusedUnknownRcpt = "unknown_recipient"
+	// RefusedOther: any reason without a value of its own.
+	RefusedOther = "other"
+)
+
+// RefusalReasons are every reason label, each series present from start.
+var RefusalReasons = []string{RefusedConnectionLimit, RefusedRelay, RefusedAuthFailed, RefusedAuthRequired, RefusedBadCommands, RefusedNoRoom, RefusedTimeout,
+	RefusedConnectDeny, RefusedConnectAllow, RefusedDNSBL, RefusedDNSTempfail, RefusedUnknownRcpt, RefusedOther}
+
+// Refused counts one refusal for reason (one of RefusalReasons; anything
+// else counts as RefusedOther, so the label stays bounded).
+func (s *Site) Refused(reason string) {
+	c, ok := s.refusals[reason]
+	if !ok {
+		c = s.refusals[RefusedOther]
+	}
+	c.Inc()
 }
 
 // Site returns the metrics of the SMTP site called name.
 func (m *Metrics) Site(name string) *Site {
-	return &Site{
-		Connections: m.ingressConns.WithLabelValues(name),
-		Sessions:    m.ingressSessions.WithLabelValues(name),
-		Received:    m.ingressRecv.WithLabelValues(name),
-		Refused4xx:  m.ingressRefused.WithLabelValues(name, "4xx"),
-		Refused5xx:  m.ingressRefused.WithLabelValues(name, "5xx"),
-		Bytes:       m.ingressBytes.WithLabelValues(name),
-		ConnRefused: m.ingressConnRef.MustCurryWith(prometheus.Labels{"site": name}),
+	s := &Site{
+		Connections:    m.ingressConns.WithLabelValues(name),
+		Sessions:       m.ingressSessions.WithLabelValues(name),
+		Received:       m.ingressRecv.WithLabelValues(name),
+		Refused4xx:     m.ingressRefused.WithLabelValues(name, "4xx"),
+		Refused5xx:     m.ingressRefused.WithLabelValues(name, "5xx"),
+		Bytes:          m.ingressBytes.WithLabelValues(name),
+		AcceptDuration: m.ingressAccept.WithLabelValues(name),
+		refusals:       make(map[string]prometheus.Counter, len(RefusalReasons)),
 	}
+	for _, r := range RefusalReasons {
+		s.refusals[r] = m.ingressRefusals.WithLabelValues(name, r)
+	}
+	return s
 }
 
 // registerOnce registers the collector made by c under key, unless one
@@ -195,6 +262,12 @@ func (f factory) gaugeVec(sub, name, help string, labels ...string) *prometheus.
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: Namespace, Subsystem: sub, Name: name, Help: help}, labels)
 	f.r.MustRegister(g)
 	return g
+}
+
+func (f factory) histogramVec(sub, name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Subsystem: sub, Name: name, Help: help, Buckets: buckets}, labels)
+	f.r.MustRegister(h)
+	return h
 }
 
 func (f factory) histogram(sub, name, help string, buckets []float64) prometheus.Histogram {

@@ -113,3 +113,22 @@ mailroot_badmail_messages_total 1
 }
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// Refusals count under their reason; a reason outside RefusalReasons
+// counts as other, so the label stays bounded whatever the caller says.
+func TestRefusedReasonsBounded(t *testing.T) {
+	m := New()
+	s := m.Site("default")
+	s.Refused(RefusedRelay)
+	s.Refused(RefusedRelay)
+	s.Refused("made up by a caller")
+	if n, err := testutil.GatherAndCount(m.Registry, "mailroot_ingress_refusals_total"); err != nil || n != len(RefusalReasons) {
+		t.Fatalf("refusal series %d (%v), want one per reason: %d", n, err, len(RefusalReasons))
+	}
+	if v := testutil.ToFloat64(m.ingressRefusals.WithLabelValues("default", RefusedRelay)); v != 2 {
+		t.Errorf("relay_denied %v, want 2", v)
+	}
+	if v := testutil.ToFloat64(m.ingressRefusals.WithLabelValues("default", RefusedOther)); v != 1 {
+		t.Errorf("other %v, want 1", v)
+	}
+}
