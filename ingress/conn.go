@@ -81,6 +81,9 @@ type session struct {
 	relay      bool   // the client is in relay_networks
 	user       *users.User
 	clientName string // checked reverse DNS name (reverse_dns)
+	nameErr    error  // why clientName could not be looked up
+	lookupBy   time.Time
+	refused    bool // greeted with 554 (connctl.go): only QUIT is served
 
 	// The mail transaction.
 	inTx  bool
@@ -156,7 +159,11 @@ func (ss *session) serve() {
 		ss.setTLS(tc)
 	}
 	ss.reverseDNS()
-	ss.reply(220, "", ss.site.cfg.Hostname+" "+ss.site.cfg.Banner)
+	if r := ss.screen(); r != nil {
+		ss.replyWith(r)
+	} else {
+		ss.reply(220, "", ss.site.cfg.Hostname+" "+ss.site.cfg.Banner)
+	}
 	for !ss.quit {
 		line := ss.pending
 		ss.pending = ""
@@ -181,6 +188,11 @@ func (ss *session) handle(line string) {
 	}
 	ss.counts = countsAsBad(verb)
 	defer func() { ss.counts = false }()
+	if ss.refused && verb != "QUIT" {
+		ss.counts = true // max_bad_commands ends it
+		ss.reply(503, "5.7.1", "Connection refused, send QUIT")
+		return
+	}
 	if !ss.inSequence(verb) {
 		return
 	}

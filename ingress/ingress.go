@@ -83,6 +83,10 @@ type Service struct {
 	// Metrics counts connections, sessions and messages per site; nil:
 	// metrics of its own that nothing serves.
 	Metrics *metrics.Metrics
+	// RecipientsPoll is how often, at most, a recipients file is checked
+	// for changes (default 2 s; rcptcheck.go).
+	RecipientsPoll time.Duration
+	rcpts          *rcptCheck // nil: any local part is accepted
 }
 
 // New binds the listen addresses of every site, so that errors such as a
@@ -109,6 +113,9 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		// As the C library does without a resolv.conf: the local server.
 		log.Warn("no DNS servers configured, asking 127.0.0.1:53", "err", err)
 		s.Resolver = &resolver.Resolver{Servers: []string{"127.0.0.1:53"}, Timeout: cfg.DNS.Timeout.D(), Attempts: cfg.DNS.Attempts}
+	}
+	if s.rcpts, err = newRcptCheck(cfg, store, log); err != nil {
+		return nil, fmt.Errorf("ingress: %w", err)
 	}
 	for _, sc := range cfg.EffectiveSites() {
 		st, err := newSite(s, sc)

@@ -121,6 +121,9 @@ func (ss *session) Rcpt(to string, opts rcptParams) *reply {
 			r.ORcpt = "rfc822;" + dsn.EncodeXtext(to)
 		}
 	}
+	if rep := ss.checkRcpt(r.Addr, to); rep != nil {
+		return rep
+	}
 	ss.rcpts = append(ss.rcpts, r)
 	return nil
 }
@@ -317,9 +320,10 @@ func (ss *session) reverseDNS() {
 	if !ss.site.cfg.ReverseDNS || !ss.ip.IsValid() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithDeadline(context.Background(), ss.lookupDeadline())
 	defer cancel()
 	name, err := ss.s.Resolver.ConfirmedName(ctx, ss.ip)
+	ss.nameErr = err
 	if err != nil || name == "" {
 		name = "unknown"
 	}

@@ -26,6 +26,7 @@ type site struct {
 	normNets  []netip.Prefix
 	local     map[string]bool // nil: every local and alias domain
 	tlsConfig *tls.Config     // nil: no TLS on this site
+	ctl       *connCtl        // nil: every client may connect
 	listeners []net.Listener
 	// m is the site's metrics, set by Run before it serves.
 	m *metrics.Site
@@ -54,6 +55,9 @@ func newSite(svc *Service, sc config.Site) (*site, error) {
 	}
 	if st.normNets, err = config.Networks(sc.BareNewlineNormalize); err != nil {
 		return nil, fmt.Errorf("ingress: site %s: bare_newline_normalize: %w", sc.Name, err)
+	}
+	if st.ctl, err = newConnCtl(sc); err != nil {
+		return nil, fmt.Errorf("ingress: site %s: %w", sc.Name, err)
 	}
 	if len(sc.LocalDomains) > 0 {
 		st.local = map[string]bool{}

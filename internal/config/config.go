@@ -165,6 +165,10 @@ type Domain struct {
 	Type string `toml:"type"`
 	// DropDir (local) overrides Drop/<name>/.
 	DropDir string `toml:"drop_dir"`
+	// RecipientsFile (local) lists the domain's valid recipients, one
+	// address or @domain catch-all a line: RCPT TO any other address of
+	// the domain gets 550 5.1.1 (see Ingress.RecipientsFile).
+	RecipientsFile string `toml:"recipients_file"`
 	// SmartHost (remote) sends this domain's mail to host:port.
 	SmartHost string `toml:"smart_host"`
 	// SmartHostUser and SmartHostPasswordFile (remote) log in to this
@@ -182,6 +186,17 @@ type Domain struct {
 // blocks they configure the one site made of [ingress].
 type Ingress struct {
 	SiteKeys
+	// RecipientsFile lists the valid recipients of every local domain
+	// (one address or @domain catch-all a line, # comments), re-read
+	// when it changes; with it, or RecipientsUsers, or a domain's own
+	// recipients_file, RCPT TO an address of a local domain (an alias
+	// domain's after its rewrite) that no list names gets "550 5.1.1
+	// User unknown". Empty, and no other list: any local part is
+	// accepted, as IIS did.
+	RecipientsFile string `toml:"recipients_file"`
+	// RecipientsUsers makes every AUTH user named by an address (the
+	// users file) a valid recipient, and turns recipient checks on.
+	RecipientsUsers bool `toml:"recipients_users"`
 }
 
 // Router configures the router.
@@ -370,7 +385,7 @@ func Default() Config {
 		LocalDomains: []string{"localhost"},
 		LogLevel:     "info",
 		LogFormat:    "text",
-		Ingress: Ingress{SiteKeys{
+		Ingress: Ingress{SiteKeys: SiteKeys{
 			Listen:         []string{"127.0.0.1:2525"},
 			RelayNetworks:  []string{"127.0.0.0/8", "::1/128"},
 			MaxMessageSize: 10 << 20,
@@ -388,6 +403,9 @@ func Default() Config {
 			Auth:                 AuthOptional,
 			ETRN:                 true,
 			ETRNNetworks:         []string{},
+			ConnectAllow:         []string{},
+			ConnectDeny:          []string{},
+			DNSBL:                []string{},
 		}},
 		Auth:    DefaultAuth(),
 		Metrics: Metrics{Listen: DefaultMetricsListen},
@@ -518,6 +536,9 @@ func (c *Config) Validate() error {
 		}
 		if d.DropDir != "" && d.Type != DomainLocal {
 			return &KeyError{key + ".drop_dir", "only for type = \"local\""}
+		}
+		if d.RecipientsFile != "" && d.Type != DomainLocal {
+			return &KeyError{key + ".recipients_file", "only for type = \"local\""}
 		}
 		if (d.SmartHost != "" || d.RequireTLS || d.Hold) && d.Type != DomainRemote {
 			return &KeyError{key, "smart_host, require_tls and hold are only for type = \"remote\""}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/mailroot/mailroot/internal/envelope"
 )
 
 // Site kinds: presets for a [[site]] block, the "SMTP sites" of IIS.
@@ -130,6 +132,19 @@ type SiteKeys struct {
 	// ReverseDNS looks up the client's host name (forward-confirmed) for
 	// Received: and the sessions list.
 	ReverseDNS bool `toml:"reverse_dns"`
+	// ConnectAllow and ConnectDeny grant and deny connections by client
+	// (IIS's connection control): addresses (192.0.2.7), networks
+	// (198.51.100.0/24, 2001:db8::/32), a domain and its subdomains
+	// (.example.net) or one name (example.net), matched against the
+	// client's forward-confirmed reverse DNS name. An empty allow list
+	// allows all; deny wins. A refused client gets 554 5.7.1 as its
+	// greeting (see ParseConnectRules).
+	ConnectAllow []string `toml:"connect_allow"`
+	ConnectDeny  []string `toml:"connect_deny"`
+	// DNSBL are DNS block list zones asked at connect (zen.example): a
+	// listed client gets 554 5.7.1 as its greeting. Only mta sites
+	// inherit them from [ingress].
+	DNSBL []string `toml:"dnsbl"`
 	// BareNewline is reject or normalize.
 	BareNewline string `toml:"bare_newline"`
 	// BareNewlineNormalize are networks for which bare newlines are
@@ -218,6 +233,12 @@ func (c Config) SiteOf(kind string) Site {
 		s.Listen, s.Auth, s.ETRN, s.ImplicitTLS = []string{":465"}, AuthRequired, false, true
 	case KindODMR:
 		s.Listen, s.Auth, s.ETRN, s.ATRN = []string{":366"}, AuthRequired, false, true
+	}
+	if kind != KindMTA {
+		// Users submit from dial-up and home addresses, which block
+		// lists list: [ingress] dnsbl is for servers (a site's own key
+		// still sets it).
+		s.DNSBL = []string{}
 	}
 	return s
 }
@@ -359,6 +380,16 @@ func (c *Config) validateSite(key string, s Site) error {
 	for _, d := range s.LocalDomains {
 		if dom, ok := c.Domain(d); !c.IsLocal(d) && !(ok && dom.Type == DomainAlias) {
 			return &KeyError{key + ".local_domains", fmt.Sprintf("%q is not a local or alias domain", d)}
+		}
+	}
+	for k, list := range map[string][]string{"connect_allow": s.ConnectAllow, "connect_deny": s.ConnectDeny} {
+		if _, err := ParseConnectRules(list); err != nil {
+			return &KeyError{key + "." + k, err.Error()}
+		}
+	}
+	for _, z := range s.DNSBL {
+		if err := envelope.CheckDomain(strings.TrimSuffix(z, ".")); err != nil || !strings.Contains(z, ".") {
+			return &KeyError{key + ".dnsbl", fmt.Sprintf("%q is not a DNS zone", z)}
 		}
 	}
 	for k, list := range map[string][]string{"relay_networks": s.RelayNetworks, "etrn_networks": s.ETRNNetworks, "bare_newline_normalize": s.BareNewlineNormalize} {

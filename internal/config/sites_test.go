@@ -127,9 +127,9 @@ func TestEverySiteKeyIsInheritedAndOverridable(t *testing.T) {
 	// The SiteKeys fields each kind sets over [ingress]'s (SiteOf).
 	presets := map[string][]string{
 		KindMTA:        {"Listen"},
-		KindSubmission: {"Listen", "Auth", "ETRN"},
-		KindSMTPS:      {"Listen", "Auth", "ETRN"},
-		KindODMR:       {"Listen", "Auth", "ETRN", "ATRN"},
+		KindSubmission: {"Listen", "Auth", "ETRN", "DNSBL"},
+		KindSMTPS:      {"Listen", "Auth", "ETRN", "DNSBL"},
+		KindODMR:       {"Listen", "Auth", "ETRN", "ATRN", "DNSBL"},
 	}
 	decode := func(t *testing.T, file map[string]any) Config {
 		t.Helper()

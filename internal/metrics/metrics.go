@@ -163,12 +163,27 @@ const (
 	RefusedNoRoom = "no_room"
 	// RefusedTimeout: the client was too slow (421 4.4.2).
 	RefusedTimeout = "timeout"
+	// RefusedConnectDeny: a connect_deny entry matched the client (554
+	// 5.7.1 greeting).
+	RefusedConnectDeny = "connect_deny"
+	// RefusedConnectAllow: a client no connect_allow entry matched (554
+	// 5.7.1 greeting).
+	RefusedConnectAllow = "connect_allow"
+	// RefusedDNSBL: a DNSBL zone lists the client (554 5.7.1 greeting).
+	RefusedDNSBL = "dnsbl"
+	// RefusedDNSTempfail: reverse DNS failed where only an allow name
+	// could admit the client (421 4.7.0 greeting).
+	RefusedDNSTempfail = "dns_tempfail"
+	// RefusedUnknownRcpt: a recipient no recipients list names (550
+	// 5.1.1).
+	RefusedUnknownRcpt = "unknown_recipient"
 	// RefusedOther: any reason without a value of its own.
 	RefusedOther = "other"
 )
 
 // RefusalReasons are every reason label, each series present from start.
-var RefusalReasons = []string{RefusedConnectionLimit, RefusedRelay, RefusedAuthFailed, RefusedAuthRequired, RefusedBadCommands, RefusedNoRoom, RefusedTimeout, RefusedOther}
+var RefusalReasons = []string{RefusedConnectionLimit, RefusedRelay, RefusedAuthFailed, RefusedAuthRequired, RefusedBadCommands, RefusedNoRoom, RefusedTimeout,
+	RefusedConnectDeny, RefusedConnectAllow, RefusedDNSBL, RefusedDNSTempfail, RefusedUnknownRcpt, RefusedOther}
 
 // Refused counts one refusal for reason (one of RefusalReasons; anything
 // else counts as RefusedOther, so the label stays bounded).
