@@ -107,7 +107,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		ready:    make(chan struct{}),
 		live:     map[*session]struct{}{},
 		Now:      time.Now, StoreTimeout: 2 * bus.PublishTimeout,
-		Room:     &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
+		Room: &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
 	}
 	if s.Resolver, err = resolver.ForConfig(cfg); err != nil {
 		// As the C library does without a resolv.conf: the local server.
