@@ -271,3 +271,64 @@ func TestTLSRPTCountsTestingFailures(t *testing.T) {
 		t.Errorf("a domain without a policy was counted")
 	}
 }
+
+// recorded flushes h's counter and returns the day's records of domain.
+func (h *harness) recorded(domain string) []tlsrpt.Result {
+	h.t.Helper()
+	ctx := h.t.Context()
+	if err := h.svc.rpt.counter.Flush(ctx); err != nil {
+		h.t.Fatal(err)
+	}
+	st, err := h.js.Stream(ctx, tlsrpt.Stream)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, tlsrpt.Subject(tlsrpt.Day(time.Now()), domain))
+	if err != nil {
+		h.t.Fatalf("no TLS-RPT record for %s: %v", domain, err)
+	}
+	var r tlsrpt.Result
+	if err := json.Unmarshal(raw.Data, &r); err != nil {
+		h.t.Fatal(err)
+	}
+	return []tlsrpt.Result{r}
+}
+
+// DANE: a match counts a success under the tlsa policy, with the records
+// as its policy string; a certificate no record matches counts
+// tlsa-invalid.
+func TestTLSRPTCountsDANE(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		match bool
+	}{{"match", true}, {"mismatch", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cert := selfSigned(t, "mx.dane.test")
+			rec := cert
+			if !tc.match {
+				rec = selfSigned(t, "mx.dane.test")
+			}
+			tlsa := "3 1 1 " + spki256(t, rec.Certificate[0])
+			h, _ := daneHarness(t, &cert, true, tlsa)
+			h.cfg.Delivery.TLSRPT = true
+			h.start(nil)
+			env := newEnv("dane.test", "x@dane.test")
+			h.publishOut(env, sampleBody)
+			if tc.match {
+				h.deliveredEvent(env.QueueID)
+			} else {
+				h.deferred(env)
+			}
+			r := h.recorded("dane.test")[0]
+			if r.PolicyType != "tlsa" || r.Domain != "dane.test" || len(r.PolicyString) != 1 || r.PolicyString[0] != tlsa || r.Count != 1 {
+				t.Errorf("recorded %+v, want one session under the tlsa policy with its record", r)
+			}
+			if tc.match && !r.Success {
+				t.Errorf("a matching certificate counted as %s", r.ResultType)
+			}
+			if !tc.match && (r.Success || r.ResultType != tlsrpt.ResultTLSAInvalid || r.ReceivingMX != "mx.dane.test") {
+				t.Errorf("a mismatch counted as %+v, want tlsa-invalid at mx.dane.test", r)
+			}
+		})
+	}
+}
