@@ -197,8 +197,9 @@ func ParseRecord(txts []string) (RUA, error) {
 		}
 		for _, u := range strings.Split(v, ",") {
 			u = strings.TrimSpace(u)
-			if rest, ok := strings.CutPrefix(strings.ToLower(u), "mailto:"); ok {
-				addr, err := url.PathUnescape(u[len(u)-len(rest):])
+			if len(u) >= 7 && strings.EqualFold(u[:7], "mailto:") {
+				// Not ToLower(u): it may change the length of invalid UTF-8.
+				addr, err := url.PathUnescape(u[7:])
 				if err != nil {
 					continue
 				}
