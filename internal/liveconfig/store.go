@@ -351,3 +351,33 @@ func (s *Store) Watch(ctx context.Context, apply func(config.Config, map[string]
 	}()
 	return nil
 }
+
+// Shadowed lists the live keys whose value differs from the one the
+// configuration file gives them: after the first start the bucket wins,
+// so an edit of the file does not apply until the key is unset (the
+// process says so in its log, naming the key).
+func (s *Store) Shadowed(ctx context.Context) ([]Entry, error) {
+	var tree map[string]any
+	if _, err := toml.Decode(s.Base, &tree); err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	entries, err := s.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Entry
+	for _, kv := range flatten(tree) {
+		e, ok := entries[kv[0]]
+		if !ok || e.Unset {
+			continue
+		}
+		v, err := ParseValue(e.Value)
+		if err != nil {
+			continue
+		}
+		if text, err := FormatValue(v); err == nil && text != kv[1] {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
