@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/liveconfig"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
@@ -134,4 +135,50 @@ func TestLivePauseSite(t *testing.T) {
 	testutil.WaitFor(t, 10*time.Second, "connections served again", func() bool {
 		return strings.HasPrefix(greeting(t, addr), "220 ")
 	})
+}
+
+// A paused domain's mail waits in the queue without an attempt (no
+// delivery, no bounce, no retry counted); resumed live, it goes at once
+// rather than at the pause's next check.
+func TestLiveResumeDomain(t *testing.T) {
+	w := newWorld(t)
+	mx := w.addMX(t, "paused.test", 8)
+	cfg := testConfig(t, w, t.TempDir())
+	cfg.Domains = []config.Domain{{Name: "paused.test", Type: config.DomainRemote, Paused: true}}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	n := startNode(t, cfg)
+	addr := n.Ingress.Addrs()[0]
+	ctx := context.Background()
+	qid := submitSMTP(t, addr, "a@local.test", []string{"b@paused.test"}, "Subject: paused\r\n\r\nwaits\r\n")
+	tok := bus.Token("paused.test")
+	testutil.WaitFor(t, 20*time.Second, "the mail parked on its schedule subject", func() bool {
+		subjects, err := bus.DeferredSubjects(ctx, n.JS, tok)
+		return err == nil && len(subjects) == 1 && strings.HasSuffix(subjects[0], "."+qid)
+	})
+	if mx.Count() != 0 {
+		t.Fatal("mail of a paused domain was delivered")
+	}
+
+	st, err := liveconfig.Open(ctx, n.JS, 1, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Set(ctx, "domain.paused.test", `{type = "remote"}`, false, "tester", "resume"); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	// Well before the pause's own recheck (30 s): the resume fired it.
+	testutil.WaitFor(t, 15*time.Second, "delivered after the resume", func() bool { return mx.Count() == 1 })
+	t.Logf("delivered %v after the resume", time.Since(t0).Round(time.Millisecond))
+	if got := mx.Mails()[0]; !strings.Contains(string(got.Data), "waits") {
+		t.Fatalf("delivered %q", got.Data)
+	}
+	// No attempt was counted while it was parked: no deferred event.
+	for _, e := range mailEvents(t, n, qid, bus.EventDelivered) {
+		if e.Type == bus.EventDeferred || e.Type == bus.EventBounced {
+			t.Fatalf("event %s while paused: %+v", e.Type, e)
+		}
+	}
 }
