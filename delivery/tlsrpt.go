@@ -43,28 +43,29 @@ func (f *rptFailure) Error() string { return f.resultType + ": " + f.reason }
 // setupTLSRPT creates the TLSRPT stream and bucket and the Counter and
 // Reporter of delivery.tls_rpt (Run, before the first delivery).
 func (s *Service) setupTLSRPT(ctx context.Context) error {
-	if !s.cfg.Delivery.TLSRPT {
+	cfg := s.conf() // read once: the TLS-RPT settings take effect at start
+	if !cfg.Delivery.TLSRPT {
 		return nil
 	}
-	kv, err := tlsrpt.EnsureStream(ctx, s.js, s.cfg.NATS.Replicas)
+	kv, err := tlsrpt.EnsureStream(ctx, s.js, cfg.NATS.Replicas)
 	if err != nil {
 		return err
 	}
-	contact := s.cfg.Delivery.TLSRPTContact
+	contact := cfg.Delivery.TLSRPTContact
 	if contact == "" {
-		contact = "postmaster@" + s.cfg.Hostname
+		contact = "postmaster@" + cfg.Hostname
 	}
-	org := s.cfg.Delivery.TLSRPTOrg
+	org := cfg.Delivery.TLSRPTOrg
 	if org == "" {
-		org = s.cfg.Hostname
+		org = cfg.Hostname
 	}
 	now := func() time.Time { return s.Now() }
 	log := s.log.With("part", "tlsrpt")
 	s.rpt = &tlsReporting{
-		counter: &tlsrpt.Counter{JS: s.js, ID: fmt.Sprintf("%s.%d.%d", s.cfg.Hostname, os.Getpid(), time.Now().UnixNano()),
+		counter: &tlsrpt.Counter{JS: s.js, ID: fmt.Sprintf("%s.%d.%d", cfg.Hostname, os.Getpid(), time.Now().UnixNano()),
 			Now: now, Log: log},
 		reporter: &tlsrpt.Reporter{JS: s.js, Room: s.Room, KV: kv, LookupTXT: s.dns.LookupTXT, Addrs: s.dns.Addrs, Roots: s.roots,
-			Now: now, Hostname: s.cfg.Hostname, Org: org, Contact: contact, From: contact, Log: log},
+			Now: now, Hostname: cfg.Hostname, Org: org, Contact: contact, From: contact, Log: log},
 	}
 	return nil
 }

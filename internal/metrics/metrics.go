@@ -177,13 +177,15 @@ const (
 	// RefusedUnknownRcpt: a recipient no recipients list names (550
 	// 5.1.1).
 	RefusedUnknownRcpt = "unknown_recipient"
+	// RefusedPaused: a connection to a paused site (421 4.3.2).
+	RefusedPaused = "paused"
 	// RefusedOther: any reason without a value of its own.
 	RefusedOther = "other"
 )
 
 // RefusalReasons are every reason label, each series present from start.
 var RefusalReasons = []string{RefusedConnectionLimit, RefusedRelay, RefusedAuthFailed, RefusedAuthRequired, RefusedBadCommands, RefusedNoRoom, RefusedTimeout,
-	RefusedConnectDeny, RefusedConnectAllow, RefusedDNSBL, RefusedDNSTempfail, RefusedUnknownRcpt, RefusedOther}
+	RefusedConnectDeny, RefusedConnectAllow, RefusedDNSBL, RefusedDNSTempfail, RefusedUnknownRcpt, RefusedPaused, RefusedOther}
 
 // Refused counts one refusal for reason (one of RefusalReasons; anything
 // else counts as RefusedOther, so the label stays bounded).
