@@ -94,6 +94,7 @@ type stsWorld struct {
 	// mod is the seams of a service of this world (start another with
 	// w.h.start(w.mod)); ruaCert is trusted too, for a TLS-RPT endpoint.
 	mod     func(*Service)
+	stop    func()
 	ruaCert tls.Certificate
 }
 
@@ -152,7 +153,7 @@ func newSTSWorld(t *testing.T, policy string, mx1Names, mx2Names []string, edit 
 			return d.DialContext(ctx, network, srv.Listener.Addr().String())
 		}
 	}
-	w.h.start(w.mod)
+	w.stop = w.h.start(w.mod)
 	return w
 }
 

@@ -332,3 +332,62 @@ func TestTLSRPTCountsDANE(t *testing.T) {
 		})
 	}
 }
+
+// Counts survive a restart: a service stopped before its next flush
+// stores what it counted on the way out, and the next one adds to them.
+func TestTLSRPTCountsSurviveRestart(t *testing.T) {
+	w := newSTSWorld(t, stsEnforce, []string{"mx.elsewhere.test"}, []string{"mx2.sts.test"}, func(h *harness) { h.cfg.Delivery.TLSRPT = true })
+	h := w.h
+	ctx := t.Context()
+	stored := func() (ok, failed int64) {
+		t.Helper()
+		st, err := h.js.Stream(ctx, tlsrpt.Stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+			m, err := st.GetMsg(ctx, seq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var r tlsrpt.Result
+			if err := json.Unmarshal(m.Data, &r); err != nil {
+				t.Fatal(err)
+			}
+			if r.Success {
+				ok += r.Count
+			} else {
+				failed += r.Count
+			}
+		}
+		return ok, failed
+	}
+	first := h.svc
+	env := newEnv("sts.test", "x@sts.test")
+	h.publishOut(env, sampleBody)
+	h.deliveredEvent(env.QueueID)
+	if n := first.rpt.counter.Pending(); n != 2 {
+		t.Fatalf("%d sessions pending, want 2 (mx1 refused, mx2 delivered)", n)
+	}
+	w.stop()
+	if n := first.rpt.counter.Pending(); n != 0 {
+		t.Errorf("%d sessions still pending after the stop", n)
+	}
+	if ok, failed := stored(); ok != 1 || failed != 1 {
+		t.Fatalf("stored after the stop: %d successful, %d failed; want 1 and 1", ok, failed)
+	}
+	h.start(w.mod)
+	env = newEnv("sts.test", "x@sts.test")
+	h.publishOut(env, sampleBody)
+	h.deliveredEvent(env.QueueID)
+	if err := h.svc.rpt.counter.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, failed := stored(); ok != 2 || failed != 2 {
+		t.Errorf("stored after the restart: %d successful, %d failed; want 2 and 2", ok, failed)
+	}
+}
