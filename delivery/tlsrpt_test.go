@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/mailroot/mailroot/internal/testutil"
 	"github.com/mailroot/mailroot/internal/tlsrpt"
 	"github.com/mailroot/mailroot/router"
@@ -283,7 +285,15 @@ func (h *harness) recorded(domain string) []tlsrpt.Result {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	raw, err := st.GetLastMsgForSubject(ctx, tlsrpt.Subject(tlsrpt.Day(time.Now()), domain))
+	subj := tlsrpt.Subject(tlsrpt.Day(time.Now()), domain)
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subj))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if n := info.State.Subjects[subj]; n != 1 {
+		h.t.Fatalf("%d TLS-RPT records for %s, want 1 (one outcome)", n, domain)
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, subj)
 	if err != nil {
 		h.t.Fatalf("no TLS-RPT record for %s: %v", domain, err)
 	}
@@ -389,5 +399,22 @@ func TestTLSRPTCountsSurviveRestart(t *testing.T) {
 	}
 	if ok, failed := stored(); ok != 2 || failed != 2 {
 		t.Errorf("stored after the restart: %d successful, %d failed; want 2 and 2", ok, failed)
+	}
+}
+
+// A policy the TXT record announces but that does not parse counts
+// sts-policy-invalid (and the mail goes as if there were no policy,
+// which is not counted).
+func TestTLSRPTCountsInvalidPolicy(t *testing.T) {
+	w := newSTSWorld(t, "version: STSv1\nmode: sometimes\n", []string{"mx1.sts.test"}, []string{"mx2.sts.test"},
+		func(h *harness) { h.cfg.Delivery.TLSRPT = true })
+	env := newEnv("sts.test", "x@sts.test")
+	w.h.publishOut(env, sampleBody)
+	if ev := w.h.deliveredEvent(env.QueueID); ev.TLSPolicy != PolicyOpportunistic {
+		t.Errorf("delivered under %s, want opportunistic", ev.TLSPolicy)
+	}
+	r := w.h.recorded("sts.test")[0]
+	if r.Success || r.ResultType != tlsrpt.ResultSTSPolicyInvalid || r.PolicyType != "sts" || r.Count != 1 {
+		t.Errorf("recorded %+v, want one sts-policy-invalid", r)
 	}
 }
