@@ -228,6 +228,12 @@ func (s *Service) Run(ctx context.Context) error {
 	rdone := make(chan struct{})
 	go func() { s.sessions.run(rctx); close(rdone) }()
 	defer func() { rcancel(); <-rdone }()
+	unsub, err := s.serveDisconnect()
+	if err != nil {
+		s.closeListeners()
+		return err
+	}
+	defer unsub()
 	close(s.ready)
 	if s.users.Len() == 0 {
 		for _, st := range s.sites {
