@@ -85,7 +85,8 @@ func TestConnectionReuse500(t *testing.T) {
 		env, body := numbered("reuse.test", i)
 		h.publishOut(env, body)
 	}
-	h.waitMails(n)
+	// A longer deadline than waitMails': 500 messages on a loaded machine.
+	testutil.WaitFor(t, 2*time.Minute, "500 mails at the sink", func() bool { return h.sink.Count() >= n })
 	h.waitEmpty()
 	c := h.sink.Connections()
 	t.Logf("%d messages over %d connections (%d delivery slots)", n, c, h.cfg.Delivery.Concurrency)

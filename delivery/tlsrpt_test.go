@@ -20,6 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/testutil"
 	"github.com/mailroot/mailroot/internal/tlsrpt"
 	"github.com/mailroot/mailroot/router"
@@ -321,6 +322,7 @@ func TestTLSRPTCountsDANE(t *testing.T) {
 			tlsa := "3 1 1 " + spki256(t, rec.Certificate[0])
 			h, _ := daneHarness(t, &cert, true, tlsa)
 			h.cfg.Delivery.TLSRPT = true
+			h.cfg.Delivery.Retry = []config.Duration{config.Duration(time.Hour)} // one attempt, one session
 			h.start(nil)
 			env := newEnv("dane.test", "x@dane.test")
 			h.publishOut(env, sampleBody)
