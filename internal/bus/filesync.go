@@ -11,12 +11,13 @@ import (
 )
 
 // MailStreams are the streams whose records a 250 (or the ack of a
-// predecessor) depends on: the mail itself and the bodies of big mail.
+// predecessor) depends on: the mail itself, the bodies of big mail and
+// their reference counts (docs/DESIGN.md, the table of durable writes).
 // Everything else the server writes (events, sessions, consumer state,
 // the configuration) is made durable by the server's own periodic sync
 // (nats.sync_interval); a tombstone or an ack lost in a crash means a
 // duplicate at worst (docs/DESIGN.md, "Durable writes").
-var MailStreams = []string{StreamMail, "OBJ_" + BucketBodies}
+var MailStreams = []string{StreamMail, "OBJ_" + BucketBodies, "KV_" + BucketRefs}
 
 // fileSync is the group commit's sync by files (Postfix's way): it
 // fdatasyncs the message block files of MailStreams that changed since it
