@@ -96,10 +96,14 @@ func (ss *session) screen() *reply {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), ss.lookupDeadline())
 	defer cancel()
+	t0 := time.Now()
 	r := ctl.check(ctx, ss)
 	if r == nil {
 		return nil
 	}
+	defer func() {
+		ss.site.logConnect(ss.raw, ss.ip, r.reply.Code, r.reason, len(r.reply.Error())+2, time.Since(t0))
+	}()
 	if r.reply.Code >= 500 {
 		ss.refused = true
 	}

@@ -196,10 +196,13 @@ func (st *site) serve(l net.Listener) error {
 			case st.refusing <- struct{}{}:
 				go func() {
 					defer func() { <-st.refusing }()
-					st.refuse(c, pol, enh, why)
+					t0 := time.Now()
+					n := st.refuse(c, pol, enh, why)
+					st.logConnect(c, ip, 421, reason, n, time.Since(t0))
 				}()
 			default:
 				_ = c.Close()
+				st.logConnect(c, ip, 0, reason, 0, 0)
 			}
 			continue
 		}
@@ -227,16 +230,17 @@ const refuseTimeout = 5 * time.Second
 // refuse answers a connection over the limits (or to a paused site) with
 // 421 and closes it; on an implicit-TLS site the 421 goes inside TLS, as
 // every reply does.
-func (st *site) refuse(c net.Conn, pol *sitePolicy, enhanced, why string) {
+func (st *site) refuse(c net.Conn, pol *sitePolicy, enhanced, why string) int {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(refuseTimeout))
 	if st.cfg.ImplicitTLS {
 		tc := tls.Server(c, st.tlsConfig)
 		if err := tc.Handshake(); err != nil {
-			return
+			return 0
 		}
 		defer tc.Close() // close_notify after the 421
 		c = tc
 	}
-	_, _ = io.WriteString(c, "421 "+enhanced+" "+pol.cfg.Hostname+" "+why+"\r\n")
+	n, _ := io.WriteString(c, "421 "+enhanced+" "+pol.cfg.Hostname+" "+why+"\r\n")
+	return n
 }

@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -67,6 +68,25 @@ func (ss *session) logCommand(verb, arg string, n int, start time.Time, replied 
 	}
 	tx.content, tx.qid = 0, ""
 	ss.site.txlog.Log(e)
+}
+
+// logConnect writes the line of a connection refused before any command:
+// method CONNECT, the reply's code as sc-status and the refusal's reason
+// (connection_limit, paused, connect_deny, dnsbl, ...) as cs-uri-query,
+// so that the log shows every connection the site turned away, not only
+// the sessions that sent commands.
+func (st *site) logConnect(c net.Conn, ip netip.Addr, status int, reason string, sent int, took time.Duration) {
+	if st.txlog == nil {
+		return
+	}
+	e := w3c.Entry{Method: "CONNECT", Query: reason, Status: status, BytesSent: int64(sent), TimeTaken: took, Version: "SMTP"}
+	if ip.IsValid() {
+		e.ClientIP = ip.String()
+	}
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		e.ServerIP, e.ServerPort = a.IP.String(), a.Port
+	}
+	st.txlog.Log(e)
 }
 
 // openTxLogs opens the transaction log of every site that has log_dir.

@@ -392,3 +392,38 @@ func TestTransactionLogFullDiskNeverFailsMail(t *testing.T) {
 		t.Errorf("%d messages on mail.in, want 3", n)
 	}
 }
+
+// A connection turned away before any command has its line too: CONNECT,
+// the reply code, the reason (over max_connections, and a connect_deny
+// rule's 554 greeting).
+func TestTransactionLogRefusedConnections(t *testing.T) {
+	logDir := t.TempDir()
+	f := startLogged(t, func(c *config.Config) {
+		addSite(c, config.KindMTA, "mx", func(s *config.Site) { s.MaxConnections, s.LogDir = 1, logDir })
+		addSite(c, config.KindMTA, "deny", func(s *config.Site) { s.ConnectDeny, s.LogDir = []string{"127.0.0.0/8"}, logDir })
+	}, nil, testutil.Logger(t))
+	first := rawDial(t, f.svc.SiteAddrs("mx")[0])
+	for _, addr := range []string{f.svc.SiteAddrs("mx")[0], f.svc.SiteAddrs("deny")[0]} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _ = c.Read(make([]byte, 512))
+		c.Close()
+	}
+	first.cmd("QUIT")
+	// Each site logs under log_dir/<site>/.
+	recs, raw := waitLog(t, filepath.Join(logDir, "mx"), 2)
+	deny, rawDeny := waitLog(t, filepath.Join(logDir, "deny"), 1)
+	recs, raw = append(recs, deny...), append(raw, rawDeny...)
+	got := map[string]string{}
+	for _, r := range recs {
+		got[r.Fields["s-sitename"]+" "+r.Fields["cs-method"]] = r.Fields["sc-status"] + " " + r.Fields["cs-uri-query"]
+	}
+	for k, want := range map[string]string{"mx CONNECT": "421 connection_limit", "deny CONNECT": "554 connect_deny", "mx QUIT": "221 "} {
+		if got[k] != want {
+			t.Errorf("%s: %q, want %q\n%s", k, got[k], want, raw)
+		}
+	}
+}
