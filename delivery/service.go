@@ -191,7 +191,7 @@ func newPool(d config.Delivery) *smtpclient.Pool {
 // and drop consumers until ctx is done. It then stops pulling, lets
 // in-flight messages finish and returns.
 func (s *Service) Run(ctx context.Context) error {
-	cons, err := bus.Setup(ctx, s.js, s.cfg, bus.ConsumerDelivery, bus.ConsumerDrop)
+	cons, err := bus.Setup(ctx, s.js, s.cfg, bus.ConsumerDelivery, bus.ConsumerDrop, bus.ConsumerQuarantine)
 	if err == nil {
 		s.bodies, err = bus.OpenBodies(ctx, s.js)
 	}
@@ -226,6 +226,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}{
 		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerDelivery], Slots: s.cfg.Delivery.Concurrency, Log: s.log, Grace: s.Grace, KeepAlive: keepAlive}, s.handleOut},
 		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerDrop], Slots: DropSlots, Log: s.log.With("part", "drop"), Grace: s.Grace, KeepAlive: keepAlive}, s.handleDrop},
+		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerQuarantine], Slots: QuarantineSlots, Log: s.log.With("part", "quarantine"), Grace: s.Grace}, s.handleQuarantine},
 	}
 	errs := make([]error, len(workers))
 	var wg sync.WaitGroup

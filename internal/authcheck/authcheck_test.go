@@ -3,9 +3,6 @@ package authcheck
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/base64"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -14,7 +11,6 @@ import (
 
 	"blitiri.com.ar/go/spf"
 	"github.com/emersion/go-msgauth/authres"
-	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-msgauth/dmarc"
 
 	"github.com/mailroot/mailroot/internal/resolver"
@@ -114,33 +110,10 @@ func TestSPFHeloAndNullSender(t *testing.T) {
 	}
 }
 
-// signer is a DKIM key published in a zone.
-type signer struct {
-	domain, selector string
-	key              ed25519.PrivateKey
-}
+type signer = testutil.DKIMKey
 
 func newSigner(t testing.TB, domain, selector string) signer {
-	t.Helper()
-	_, k, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return signer{domain, selector, k}
-}
-
-func (s signer) record() string {
-	pub := base64.StdEncoding.EncodeToString(s.key.Public().(ed25519.PublicKey))
-	return fmt.Sprintf(`%s._domainkey.%s. TXT "v=DKIM1; k=ed25519; p=%s"`, s.selector, s.domain, pub)
-}
-
-func (s signer) sign(t testing.TB, msg string) []byte {
-	t.Helper()
-	var b bytes.Buffer
-	if err := dkim.Sign(&b, strings.NewReader(msg), &dkim.SignOptions{Domain: s.domain, Selector: s.selector, Signer: s.key}); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes()
+	return testutil.NewDKIMKey(t, domain, selector)
 }
 
 func message(from string) string {
@@ -155,9 +128,9 @@ func check(t testing.TB, c *Checker, mailFrom string, msg []byte) Verdict {
 func TestDKIM(t *testing.T) {
 	s1 := newSigner(t, "signer.test", "s1")
 	s2 := newSigner(t, "other.test", "s2")
-	d := testutil.StartDNS(t, s1.record(), s2.record())
+	d := testutil.StartDNS(t, s1.Record(), s2.Record())
 	c := checker(d)
-	signed := s1.sign(t, message("signer.test"))
+	signed := s1.Sign(t, message("signer.test"))
 	v := check(t, c, "", signed)
 	if len(v.DKIM) != 1 || v.DKIM[0].Result != "pass" || v.DKIM[0].Domain != "signer.test" {
 		t.Fatalf("signed message: %+v, want one pass for signer.test", v.DKIM)
@@ -170,12 +143,12 @@ func TestDKIM(t *testing.T) {
 	}
 	// Two signatures, each with its own result; the second key is not
 	// published under that selector.
-	double := s2.sign(t, string(signed))
+	double := s2.Sign(t, string(signed))
 	v = check(t, c, "", double)
 	if len(v.DKIM) != 2 || v.DKIM[0].Result != "pass" || v.DKIM[0].Domain != "other.test" || v.DKIM[1].Result != "pass" {
 		t.Fatalf("two signatures: %+v, want two passes", v.DKIM)
 	}
-	missing := newSigner(t, "signer.test", "nokey").sign(t, message("signer.test"))
+	missing := newSigner(t, "signer.test", "nokey").Sign(t, message("signer.test"))
 	v = check(t, c, "", missing)
 	if len(v.DKIM) != 1 || v.DKIM[0].Result != "permerror" {
 		t.Fatalf("unpublished key: %+v, want permerror", v.DKIM)
@@ -195,7 +168,7 @@ func TestDKIM(t *testing.T) {
 func TestDMARC(t *testing.T) {
 	s := newSigner(t, "mail.org.test", "s")
 	other := newSigner(t, "third.test", "s")
-	d := testutil.StartDNS(t, s.record(), other.record(),
+	d := testutil.StartDNS(t, s.Record(), other.Record(),
 		`_dmarc.org.test. TXT "v=DMARC1; p=reject; sp=quarantine"`,
 		`_dmarc.strict.test. TXT "v=DMARC1; p=quarantine; adkim=s; aspf=s"`,
 		`_dmarc.none.test. TXT "v=DMARC1; p=none"`,
@@ -233,7 +206,7 @@ func TestDMARC(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			msg := []byte(message(tc.from))
 			if tc.signer != nil {
-				msg = tc.signer.sign(t, string(msg))
+				msg = tc.signer.Sign(t, string(msg))
 			}
 			v := check(t, c, tc.mailFrom, msg)
 			got := v.DMARC
@@ -244,8 +217,8 @@ func TestDMARC(t *testing.T) {
 	}
 	// Strict DKIM: a signature of a subdomain is not aligned.
 	sub := newSigner(t, "sub.strict.test", "s")
-	d.Add(t, sub.record())
-	v := check(t, c, "", sub.sign(t, message("strict.test")))
+	d.Add(t, sub.Record())
+	v := check(t, c, "", sub.Sign(t, message("strict.test")))
 	if v.DMARC.Result != "fail" || v.DKIM[0].Result != "pass" {
 		t.Fatalf("strict dkim: %+v %+v, want fail with a passing signature", v.DMARC, v.DKIM)
 	}

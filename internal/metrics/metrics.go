@@ -177,13 +177,19 @@ const (
 	// RefusedUnknownRcpt: a recipient no recipients list names (550
 	// 5.1.1).
 	RefusedUnknownRcpt = "unknown_recipient"
+	// RefusedSPF: SPF fail of the MAIL FROM with spf_fail = "reject"
+	// (550 5.7.23 at the end of DATA).
+	RefusedSPF = "spf_fail"
+	// RefusedDMARC: DMARC fail where the site's action for the domain's
+	// policy is reject (550 5.7.1 at the end of DATA).
+	RefusedDMARC = "dmarc_reject"
 	// RefusedOther: any reason without a value of its own.
 	RefusedOther = "other"
 )
 
 // RefusalReasons are every reason label, each series present from start.
 var RefusalReasons = []string{RefusedConnectionLimit, RefusedRelay, RefusedAuthFailed, RefusedAuthRequired, RefusedBadCommands, RefusedNoRoom, RefusedTimeout,
-	RefusedConnectDeny, RefusedConnectAllow, RefusedDNSBL, RefusedDNSTempfail, RefusedUnknownRcpt, RefusedOther}
+	RefusedConnectDeny, RefusedConnectAllow, RefusedDNSBL, RefusedDNSTempfail, RefusedUnknownRcpt, RefusedSPF, RefusedDMARC, RefusedOther}
 
 // Refused counts one refusal for reason (one of RefusalReasons; anything
 // else counts as RefusedOther, so the label stays bounded).
