@@ -88,4 +88,3 @@ func quarantineReport(env *envelope.Envelope) string {
 	}
 	return b.String()
 }
-

@@ -186,10 +186,10 @@ func TestDMARC(t *testing.T) {
 	c.Percent = func() int { return pct }
 	for _, tc := range []struct {
 		name, mailFrom, from string
-		signer           *signer
-		want             string
-		policy           dmarc.Policy
-		spfAl, dkimAl    bool
+		signer               *signer
+		want                 string
+		policy               dmarc.Policy
+		spfAl, dkimAl        bool
 	}{
 		{"spf aligned relaxed", "a@bounce.org.test", "org.test", nil, "pass", "", true, false},
 		{"dkim aligned relaxed", "", "org.test", &s, "pass", "", false, true},
