@@ -35,11 +35,12 @@ import (
 // Nothing is refused for a temporary DNS failure: the verdict is a
 // temperror, recorded in the header. Every lookup of one message shares
 // one deadline, checkBound, so a slow or dead DNS server cannot hold the
-// reply to the end of DATA past the site's timeout.
+// reply to the end of DATA past half the site's timeout.
 
 // checkBound bounds the lookups of one message's checks, all together:
-// 10 s, or the site's timeout when that is shorter.
-func (ss *session) checkBound() time.Duration { return min(10*time.Second, ss.site.cfg.Timeout.D()) }
+// 10 s, or half the site's timeout when that is shorter, so that the
+// reply comes well within the time the site gives its clients.
+func (ss *session) checkBound() time.Duration { return min(10*time.Second, ss.site.cfg.Timeout.D()/2) }
 
 // checksApply reports whether the current message is checked.
 func (ss *session) checksApply() bool {
