@@ -127,7 +127,7 @@ func (c *Checker) spf(ctx context.Context, in Input) (from, helo SPFResult) {
 	ip := net.IP(in.IP.Unmap().AsSlice())
 	opts := []spf.Option{spf.WithContext(ctx), spf.WithResolver(c.Resolver)}
 	heloDomain := ""
-	if h := strings.TrimSuffix(in.Helo, "."); h != "" && !strings.HasPrefix(h, "[") && strings.Contains(h, ".") {
+	if h := strings.TrimSuffix(in.Helo, "."); isDomain(h) {
 		heloDomain = strings.ToLower(h)
 	}
 	if heloDomain != "" {
@@ -193,4 +193,25 @@ func (c *Checker) percent() int {
 		return c.Percent()
 	}
 	return rand.IntN(100)
+}
+
+// isDomain reports whether s looks like a domain name of two labels or
+// more (LDH and "_", RFC 1123), so that HELO is checked only when it is
+// one (not an address literal or a bare word).
+func isDomain(s string) bool {
+	if len(s) == 0 || len(s) > 253 || !strings.Contains(s, ".") {
+		return false
+	}
+	for _, l := range strings.Split(s, ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i] | 0x20
+			if !(c >= 'a' && c <= 'z' || l[i] >= '0' && l[i] <= '9' || l[i] == '-' || l[i] == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -199,48 +199,59 @@ func ServID(v string) string {
 }
 
 // Header renders the Authentication-Results field of v for authservID,
-// folded one result a line, ending in CRLF.
+// folded one result a line, ending in CRLF. Every value is made safe for
+// a header (clean): domains and reasons may come from the client.
 func Header(authservID string, v Verdict) string {
 	var rs []authres.Result
 	if v.SPF.Result != "" {
-		rs = append(rs, &authres.SPFResult{Value: authres.ResultValue(v.SPF.Result), From: v.SPF.Domain})
+		rs = append(rs, &authres.SPFResult{Value: authres.ResultValue(v.SPF.Result), From: clean(v.SPF.Domain, maxDomain)})
 	}
 	if v.Helo.Result != "" {
-		rs = append(rs, &authres.SPFResult{Value: authres.ResultValue(v.Helo.Result), Helo: v.Helo.Domain})
+		rs = append(rs, &authres.SPFResult{Value: authres.ResultValue(v.Helo.Result), Helo: clean(v.Helo.Domain, maxDomain)})
 	}
 	if len(v.DKIM) == 0 {
 		rs = append(rs, &authres.DKIMResult{Value: authres.ResultNone})
 	}
 	for _, d := range v.DKIM {
-		rs = append(rs, &authres.DKIMResult{Value: authres.ResultValue(d.Result), Reason: clean(d.Reason), Domain: d.Domain, Identifier: clean(d.Identifier)})
+		rs = append(rs, &authres.DKIMResult{Value: authres.ResultValue(d.Result), Reason: clean(d.Reason, maxReason),
+			Domain: clean(d.Domain, maxDomain), Identifier: clean(d.Identifier, maxDomain)})
 	}
 	if v.DMARC.Result != "" {
 		reason := ""
 		if v.DMARC.Result == "fail" {
 			reason = "p=" + string(v.DMARC.Policy)
 		} else if v.DMARC.Result != "pass" && v.DMARC.Result != "none" {
-			reason = clean(v.DMARC.Reason)
+			reason = clean(v.DMARC.Reason, maxReason)
 		}
-		rs = append(rs, &authres.DMARCResult{Value: authres.ResultValue(v.DMARC.Result), Reason: reason, From: v.DMARC.From})
+		rs = append(rs, &authres.DMARCResult{Value: authres.ResultValue(v.DMARC.Result), Reason: reason, From: clean(v.DMARC.From, maxDomain)})
 	}
-	s := authres.Format(clean(authservID), rs)
+	s := authres.Format(clean(authservID, maxDomain), rs)
 	return HeaderName + ": " + strings.ReplaceAll(s, "; ", ";\r\n\t") + "\r\n"
 }
 
-// clean makes s safe inside a header value: one line of printable ASCII,
-// no ";" (results are folded after it), at most 120 bytes.
-func clean(s string) string {
+// The longest values written into the header.
+const (
+	maxDomain = 255
+	maxReason = 120
+)
+
+// clean makes s safe inside a header value: one line of printable ASCII
+// without quotes, backslashes or ";" (results are folded after it), and
+// without spaces but in reasons (n = maxReason), at most n bytes.
+func clean(s string, n int) string {
 	s = strings.Map(func(r rune) rune {
 		switch {
-		case r < 0x20 || r >= 0x7f:
-			return ' '
-		case r == ';':
-			return ','
+		case r == ' ' && n == maxReason:
+			return ' ' // reasons are quoted
+		case r <= ' ' || r >= 0x7f:
+			return '_'
+		case r == ';' || r == '"' || r == '\\':
+			return '_'
 		}
 		return r
 	}, s)
-	if len(s) > 120 {
-		s = s[:120]
+	if len(s) > n {
+		s = s[:n]
 	}
-	return strings.TrimSpace(s)
+	return s
 }
