@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/atomicfile"
+	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/envelope"
 )
 
@@ -59,6 +60,8 @@ func (s *Service) handleQuarantine(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	log.Info("quarantined", "path", path, "from", env.From, "rcpts", describe(env.Rcpts), "reason", env.Reason)
+	bus.Emit(s.js, bus.Event{Type: bus.EventQuarantined, QueueID: env.QueueID, Domain: bus.DomainOf(bus.Addrs(env.Rcpts)),
+		Rcpts: bus.Addrs(env.Rcpts), File: path, Reason: env.Reason})
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 	defer cancel()
 	if err := m.DoubleAck(actx); err != nil {

@@ -78,6 +78,16 @@ func TestQuarantineFiles(t *testing.T) {
 		}
 	}
 	h.waitEmpty()
+	testutil.WaitFor(t, wait, "a quarantined event per message", func() bool {
+		n := 0
+		_ = bus.ReadEvents(t.Context(), h.js, bus.EventFilter{Type: bus.EventQuarantined}, false, func(e bus.Event) error {
+			if (e.QueueID == env.QueueID || e.QueueID == big.QueueID) && strings.HasPrefix(e.Reason, "DMARC policy") && strings.HasPrefix(e.File, dir) {
+				n++
+			}
+			return nil
+		})
+		return n == 2
+	})
 	testutil.WaitFor(t, wait, "the large body released", func() bool {
 		_, err := b.Open(t.Context(), big, nil)
 		return err != nil
