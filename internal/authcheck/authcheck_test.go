@@ -246,7 +246,7 @@ func TestOrgDomain(t *testing.T) {
 	}
 }
 
-func TestFromDomain(t *testing.T) {
+func TestFromDomains(t *testing.T) {
 	for _, tc := range []struct {
 		header, want string
 		err          error
@@ -254,16 +254,34 @@ func TestFromDomain(t *testing.T) {
 		{"From: a@Example.TEST\r\n\r\n", "example.test", nil},
 		{"from:\r\n  \"A, B\" <a@x.test>\r\nTo: b@y\r\n\r\n", "x.test", nil},
 		{"From: a@x.test, b@x.test\r\n\r\n", "x.test", nil},
-		{"From: a@x.test, b@y.test\r\n\r\n", "", ErrFromDomains},
+		{"From: a@x.test, b@y.test\r\n\r\n", "x.test y.test", nil},
 		{"To: a@x.test\r\n\r\n", "", ErrNoFrom},
-		{"From: a@x.test\r\nFrom: b@x.test\r\n\r\n", "", ErrMultipleFrom},
+		{"From: a@x.test\r\nFrom: b@Y.test\r\n\r\n", "x.test y.test", nil},
 		{"From: Jörg <jörg@x.test>\r\n\r\n", "x.test", nil},
 		{"From: nobody\r\n\r\n", "", ErrFromSyntax},
 		{"Subject: x\r\n\r\nFrom: a@x.test\r\n", "", ErrNoFrom},
 	} {
-		got, err := FromDomain([]byte(tc.header))
-		if got != tc.want || err != tc.err {
-			t.Errorf("FromDomain(%q) = %q, %v; want %q, %v", tc.header, got, err, tc.want, tc.err)
+		got, err := FromDomains([]byte(tc.header))
+		if strings.Join(got, " ") != tc.want || err != tc.err {
+			t.Errorf("FromDomains(%q) = %q, %v; want %q, %v", tc.header, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+// A second From cannot hide a failing one: the worst verdict counts.
+func TestDMARCSeveralFrom(t *testing.T) {
+	k := newSigner(t, "good.test", "s")
+	d := testutil.StartDNS(t, k.Record(),
+		`_dmarc.good.test. TXT "v=DMARC1; p=reject"`,
+		`_dmarc.victim.test. TXT "v=DMARC1; p=reject"`)
+	c := checker(d)
+	for _, h := range []string{
+		"From: a@good.test\r\nFrom: ceo@victim.test\r\nSubject: x\r\n\r\nbody\r\n",
+		"From: a@good.test, ceo@victim.test\r\nSubject: x\r\n\r\nbody\r\n",
+	} {
+		v := check(t, c, "", k.Sign(t, h))
+		if v.DMARC.Result != "fail" || v.DMARC.From != "victim.test" || v.DMARC.Policy != dmarc.PolicyReject {
+			t.Errorf("%q: %+v, want fail for victim.test", h, v.DMARC)
 		}
 	}
 }

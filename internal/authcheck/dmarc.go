@@ -51,13 +51,49 @@ func aligned(from, id string, mode dmarc.AlignmentMode) bool {
 	return OrgDomain(from) == OrgDomain(id)
 }
 
-// dmarc evaluates the From domain's policy against the SPF and DKIM
-// results.
+// dmarc evaluates the policy of the From domain against the SPF and DKIM
+// results; with several From domains, each, and the worst verdict counts.
 func (c *Checker) dmarc(ctx context.Context, header []byte, v Verdict) DMARCResult {
-	from, err := FromDomain(header)
+	froms, err := FromDomains(header)
 	if err != nil {
 		return DMARCResult{Result: "permerror", Reason: err.Error()}
 	}
+	var worst DMARCResult
+	for i, from := range froms {
+		if r := c.dmarcFor(ctx, from, v); i == 0 || rank(r) > rank(worst) {
+			worst = r
+		}
+	}
+	if len(froms) > 1 {
+		worst.Reason = strings.TrimSpace(worst.Reason + " (the worst of " + strings.Join(froms, ", ") + ")")
+	}
+	return worst
+}
+
+// rank orders verdicts from the best (pass) to the worst (fail under
+// p=reject).
+func rank(r DMARCResult) int {
+	switch r.Result {
+	case "pass":
+		return 0
+	case "none":
+		return 1
+	case "permerror":
+		return 2
+	case "temperror":
+		return 3
+	}
+	switch r.Policy {
+	case dmarc.PolicyReject:
+		return 6
+	case dmarc.PolicyQuarantine:
+		return 5
+	}
+	return 4
+}
+
+// dmarcFor evaluates the policy of one From domain.
+func (c *Checker) dmarcFor(ctx context.Context, from string, v Verdict) DMARCResult {
 	res := DMARCResult{From: from}
 	rec, sub, err := c.lookupPolicy(ctx, from)
 	switch {

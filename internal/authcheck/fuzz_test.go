@@ -64,24 +64,25 @@ func isSubsequence(sub, s []byte) bool {
 	return i == len(sub)
 }
 
-// FuzzFromDomain: any header section gives a lower-case domain without
-// spaces or an error, never a panic.
-func FuzzFromDomain(f *testing.F) {
+// FuzzFromDomains: any header section gives distinct lower-case domains
+// or an error, never a panic.
+func FuzzFromDomains(f *testing.F) {
 	for _, s := range headerSeeds {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, header []byte) {
-		d, err := FromDomain(header)
-		if err != nil {
-			if d != "" {
-				t.Fatalf("domain %q with error %v", d, err)
+		ds, err := FromDomains(header)
+		if (err != nil) != (len(ds) == 0) {
+			t.Fatalf("domains %q with error %v", ds, err)
+		}
+		seen := map[string]bool{}
+		for _, d := range ds {
+			if d == "" || d != strings.ToLower(d) || seen[d] {
+				t.Fatalf("domains %q", ds)
 			}
-			return
+			seen[d] = true
+			_ = OrgDomain(d)
 		}
-		if d == "" || d != strings.ToLower(d) {
-			t.Fatalf("domain %q", d)
-		}
-		_ = OrgDomain(d)
 	})
 }
 

@@ -9,12 +9,10 @@ import (
 	"github.com/emersion/go-msgauth/authres"
 )
 
-// Errors of FromDomain.
+// Errors of FromDomains.
 var (
-	ErrNoFrom       = errors.New("authcheck: no From header")
-	ErrMultipleFrom = errors.New("authcheck: more than one From header")
-	ErrFromDomains  = errors.New("authcheck: From names addresses of different domains")
-	ErrFromSyntax   = errors.New("authcheck: From has no address with a domain")
+	ErrNoFrom     = errors.New("authcheck: no From header")
+	ErrFromSyntax = errors.New("authcheck: From has an address without a domain")
 )
 
 // HeaderName is the header field Mailroot adds.
@@ -80,47 +78,50 @@ func HeaderSection(msg []byte) []byte {
 	return msg[:at]
 }
 
-// FromDomain returns the domain of the RFC5322.From of a message's header
-// section (RFC 7489 §6.6.1), lower case: exactly one From field, whose
-// addresses all have the same domain.
-func FromDomain(header []byte) (string, error) {
+// FromDomains returns the domains of the RFC5322.From of a message's
+// header section, lower case, each once, in order. RFC 7489 §6.6.1 wants
+// one From with one domain; a message with more (several From fields, or
+// addresses of several domains) is checked against each, so that a
+// second From cannot hide a failing one.
+func FromDomains(header []byte) ([]string, error) {
 	fs, _ := fields(header)
-	var from []string
+	var out []string
+	seen := func(d string) bool {
+		for _, x := range out {
+			if x == d {
+				return true
+			}
+		}
+		return false
+	}
 	for _, f := range fs {
-		if strings.EqualFold(f.name, "From") {
-			from = append(from, value(header, f))
+		if !strings.EqualFold(f.name, "From") {
+			continue
+		}
+		v := value(header, f)
+		var domains []string
+		if list, err := mail.ParseAddressList(v); err == nil {
+			for _, a := range list {
+				domains = append(domains, domainOf(a.Address))
+			}
+		} else {
+			// Not RFC 5322 (raw UTF-8, a stray character): the domain of
+			// the last address-looking word, as a lenient reader sees it.
+			domains = append(domains, lenientDomain(v))
+		}
+		for _, d := range domains {
+			if d == "" {
+				return nil, ErrFromSyntax
+			}
+			if !seen(d) {
+				out = append(out, d)
+			}
 		}
 	}
-	switch {
-	case len(from) == 0:
-		return "", ErrNoFrom
-	case len(from) > 1:
-		return "", ErrMultipleFrom
+	if len(out) == 0 {
+		return nil, ErrNoFrom
 	}
-	var domains []string
-	if list, err := mail.ParseAddressList(from[0]); err == nil {
-		for _, a := range list {
-			domains = append(domains, domainOf(a.Address))
-		}
-	} else {
-		// Not RFC 5322 (raw UTF-8, a stray character): the domain of
-		// the last address-looking word, as a lenient reader sees it.
-		domains = append(domains, lenientDomain(from[0]))
-	}
-	d := ""
-	for _, x := range domains {
-		switch {
-		case x == "":
-			return "", ErrFromSyntax
-		case d != "" && x != d:
-			return "", ErrFromDomains
-		}
-		d = x
-	}
-	if d == "" {
-		return "", ErrFromSyntax
-	}
-	return d, nil
+	return out, nil
 }
 
 func domainOf(addr string) string {
