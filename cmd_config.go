@@ -77,12 +77,12 @@ func configCommand(args []string, stdout, stderr io.Writer) int {
 // only the keys whose values differ from config.Default() (and, in each
 // [[site]] block, from what the site inherits: config.SiteOf its kind).
 func showConfig(cfg config.Config, changed bool) ([]byte, error) {
-	tree, err := configTree(cfg)
+	tree, err := cfg.Tree()
 	if err != nil {
 		return nil, err
 	}
 	if changed {
-		def, err := configTree(config.Default())
+		def, err := config.Default().Tree()
 		if err != nil {
 			return nil, err
 		}
@@ -92,7 +92,7 @@ func showConfig(cfg config.Config, changed bool) ([]byte, error) {
 		if sites != nil {
 			var blocks []map[string]any
 			for i, s := range sites.([]map[string]any) {
-				base, err := toTree(cfg.SiteOf(cfg.Sites[i].Kind))
+				base, err := config.ToTree(cfg.SiteOf(cfg.Sites[i].Kind))
 				if err != nil {
 					return nil, err
 				}
@@ -111,44 +111,6 @@ func showConfig(cfg config.Config, changed bool) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
-}
-
-// configTree is cfg as a TOML tree, its resolved sites as [[site]] blocks.
-// Each block holds every key of its site, so it loads back to the same
-// site whatever [ingress] and the kind's presets say.
-func configTree(cfg config.Config) (map[string]any, error) {
-	cfg.SiteBlocks = nil
-	tree, err := toTree(cfg)
-	if err != nil {
-		return nil, err
-	}
-	if len(cfg.Sites) > 0 {
-		var blocks []map[string]any
-		for _, s := range cfg.Sites {
-			b, err := toTree(s)
-			if err != nil {
-				return nil, err
-			}
-			blocks = append(blocks, b)
-		}
-		tree["site"] = blocks
-	}
-	return tree, nil
-}
-
-// toTree encodes v as TOML and decodes that into a map: the keys and
-// values exactly as a file would hold them (durations as "15m0s", the
-// reserve as "5%").
-func toTree(v any) (map[string]any, error) {
-	var buf bytes.Buffer
-	if err := toml.NewEncoder(&buf).Encode(v); err != nil {
-		return nil, err
-	}
-	tree := map[string]any{}
-	if _, err := toml.Decode(buf.String(), &tree); err != nil {
-		return nil, err
-	}
-	return tree, nil
 }
 
 // diffTree keeps the keys of tree whose values differ from def's,

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
 
@@ -16,6 +18,10 @@ import (
 func TestConfigSetHistoryRollback(t *testing.T) {
 	t.Setenv("MAILROOT_NATS_URL", "")
 	n := testutil.StartNATS(t)
+	_, js := n.Connect(t)
+	if _, err := bus.Setup(t.Context(), js, config.Default()); err != nil { // as a running Mailroot does
+		t.Fatal(err)
+	}
 	file := filepath.Join(t.TempDir(), "mailroot.toml")
 	if err := os.WriteFile(file, []byte("hostname = \"mx.example.test\"\n[ingress]\nmax_recipients = 50\n"), 0o644); err != nil {
 		t.Fatal(err)

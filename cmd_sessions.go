@@ -16,13 +16,18 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailroot/mailroot/ingress"
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 )
 
 func sessionsCommand(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "disconnect" {
+		return disconnectCommand(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("mailroot sessions", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cf := addCommonFlags(fs)
@@ -96,7 +101,7 @@ func listSessions(ctx context.Context, cfg config.Config) ([]bus.SessionInfo, er
 
 func printSessions(w io.Writer, list []bus.SessionInfo, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SITE\tCLIENT\tNAME\tUSER\tTLS\tCONNECTED\tFOR\tMSGS\tNODE")
+	fmt.Fprintln(tw, "ID\tSITE\tCLIENT\tNAME\tUSER\tTLS\tCONNECTED\tFOR\tMSGS\tNODE")
 	for _, s := range list {
 		name := s.ClientName
 		if name == "" {
@@ -104,9 +109,84 @@ func printSessions(w io.Writer, list []bus.SessionInfo, now time.Time) {
 		} else if s.Helo != "" && !strings.EqualFold(s.Helo, name) {
 			name += " (" + s.Helo + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Site, s.ClientIP, dash(name), dash(s.User), dash(s.TLS),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", dash(s.ID), s.Site, s.ClientIP, dash(name), dash(s.User), dash(s.TLS),
 			s.Since.Local().Format("2006-01-02 15:04:05"), now.Sub(s.Since).Round(time.Second), s.Messages, s.Node)
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(w, "%d sessions\n", len(list))
+}
+
+// disconnectCommand is `mailroot sessions disconnect ID [-node NODE]`:
+// the ingress process holding the session closes it (IIS's "disconnect"
+// of Current Sessions). The id is the ID column of `mailroot sessions`;
+// -node is needed only when two nodes have a session with that id.
+func disconnectCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("mailroot sessions disconnect", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cf := addCommonFlags(fs)
+	node := fs.String("node", "", "the NODE of the session, when several nodes have its id")
+	var ids []string
+	for rest := args; ; {
+		if err := fs.Parse(rest); err != nil {
+			return 2
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		ids, rest = append(ids, fs.Arg(0)), fs.Args()[1:]
+	}
+	if len(ids) != 1 {
+		fmt.Fprintln(stderr, "usage: mailroot sessions disconnect ID [-node NODE]")
+		return 2
+	}
+	cfg, err := cf.load()
+	if err != nil {
+		fmt.Fprintf(stderr, "mailroot: %v\n", err)
+		return 2
+	}
+	if err := useLocalServer(&cfg); err != nil {
+		fmt.Fprintf(stderr, "mailroot: sessions needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL, or `mailroot all` running on this machine: %v\n", err)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	list, err := listSessions(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "mailroot: %v\n", err)
+		return 1
+	}
+	var found []bus.SessionInfo
+	for _, s := range list {
+		if s.ID == ids[0] && (*node == "" || s.Node == *node) {
+			found = append(found, s)
+		}
+	}
+	switch {
+	case len(found) == 0:
+		fmt.Fprintf(stderr, "mailroot: no such session: %s\n", ids[0])
+		return 1
+	case len(found) > 1:
+		fmt.Fprintf(stderr, "mailroot: sessions %s on several nodes: name one with -node\n", ids[0])
+		return 2
+	}
+	nc, err := toolConnect(ctx, cfg, "mailroot sessions")
+	if err != nil {
+		fmt.Fprintf(stderr, "mailroot: %v\n", err)
+		return 1
+	}
+	defer nc.Close()
+	req := nats.NewMsg(bus.SubjCtlDisconnectPrefix + found[0].Node)
+	req.Data = []byte(found[0].ID)
+	req.Header.Set(ingress.HdrAdmin, adminName(cfg.NATS.User))
+	reply, err := nc.RequestMsg(req, 10*time.Second)
+	if err != nil {
+		fmt.Fprintf(stderr, "mailroot: disconnect %s on %s: %v\n", found[0].ID, found[0].Node, err)
+		return 1
+	}
+	if string(reply.Data) != "closed" {
+		fmt.Fprintf(stderr, "mailroot: %s\n", reply.Data)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s (%s, %s) on %s: closed\n", found[0].ID, found[0].Site, found[0].ClientIP, found[0].Node)
+	return 0
 }

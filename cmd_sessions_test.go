@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -56,5 +59,48 @@ func TestSessionsCommand(t *testing.T) {
 	}
 	if code := sessionsCommand(nil, &stdout, &stderr); code != 2 {
 		t.Errorf("without a NATS URL: %d, want 2", code)
+	}
+}
+
+// mailroot sessions disconnect closes a live session on the ingress that
+// holds it; an unknown id exits 1.
+func TestSessionsDisconnect(t *testing.T) {
+	n, cfg, _ := queueNode(t, t.TempDir(), nil)
+	data := []string{"-data", cfg.DataDir}
+	c, err := net.DialTimeout("tcp", n.Ingress.Addrs()[0], 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	lc := cfg
+	if err := useLocalServer(&lc); err != nil { // as the command finds it
+		t.Fatal(err)
+	}
+	var id string
+	testutil.WaitFor(t, 10*time.Second, "the session listed", func() bool {
+		list, _ := listSessions(ctx, lc)
+		if len(list) == 1 {
+			id = list[0].ID
+		}
+		return id != ""
+	})
+	var stdout, stderr bytes.Buffer
+	if code := sessionsCommand(append([]string{"disconnect", "nosuch"}, data...), &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "no such session") {
+		t.Fatalf("unknown id: %d %q", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := sessionsCommand(append([]string{"disconnect", id}, data...), &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), "closed") {
+		t.Fatalf("disconnect %s: %d %q %q", id, code, stdout.String(), stderr.String())
+	}
+	// The client sees its connection closed (not a read timeout).
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := r.ReadString('\n'); err == nil || os.IsTimeout(err) {
+		t.Fatalf("the connection is still open: %v", err)
 	}
 }

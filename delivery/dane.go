@@ -34,7 +34,7 @@ import (
 // without secure TLSA records get the domain's other policy. DANE takes
 // precedence over MTA-STS (RFC 8461 §2).
 func (s *Service) daneFor(ctx context.Context, domain string, targets []target) (*tlsPolicy, *Error) {
-	if !s.cfg.Delivery.DANE || !s.dns.TrustAD {
+	if !s.conf().Delivery.DANE || !s.dns.TrustAD {
 		return nil, nil
 	}
 	var hosts map[string]*tlsPolicy

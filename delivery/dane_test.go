@@ -246,7 +246,7 @@ func TestDANELookupFailureRefusesHost(t *testing.T) {
 	d := testutil.StartDNS(t, "mx.dane.test. A 127.0.0.1")
 	d.SetAD(true)
 	cfg := config.Default()
-	s := &Service{cfg: cfg, dns: &resolver.Resolver{Servers: []string{d.Addr}, TrustAD: true, CacheSize: 100, Timeout: time.Second, Attempts: 1}}
+	s := &Service{cfgs: config.NewLive(cfg), dns: &resolver.Resolver{Servers: []string{d.Addr}, TrustAD: true, CacheSize: 100, Timeout: time.Second, Attempts: 1}}
 	ctx := t.Context()
 	if !s.addrsSecure(ctx, "mx.dane.test") { // now in the resolver's cache
 		t.Fatal("address not secure")

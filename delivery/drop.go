@@ -46,7 +46,7 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 		_ = m.DoubleAck(ctx)
 		return
 	}
-	dir := s.cfg.DropDirFor(domain)
+	dir := s.conf().DropDirFor(domain)
 	path := filepath.Join(dir, env.QueueID+".eml")
 	body, err := s.bodies.Open(ctx, env, m.Data())
 	if err != nil {
@@ -59,7 +59,7 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	var r io.Reader = body
-	if s.cfg.Drop.EnvelopeLines {
+	if s.conf().Drop.EnvelopeLines {
 		r = io.MultiReader(strings.NewReader(envelopeLines(env)), body)
 	}
 	err = atomicfile.Write(filepath.Join(dir, env.QueueID+".eml"), r, 0o640)

@@ -47,7 +47,7 @@ func (s *Service) handleQuarantine(ctx context.Context, m jetstream.Msg) {
 		_ = m.NakWithDelay(s.DropRetryDelay)
 		return
 	}
-	dir := s.cfg.QuarantineDir()
+	dir := s.conf().QuarantineDir()
 	path := filepath.Join(dir, env.QueueID+".eml")
 	err = atomicfile.Write(path, body, 0o640)
 	_ = body.Close()

@@ -43,8 +43,8 @@ type target struct {
 // ends the attempt for every recipient.
 func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error) {
 	// A [[domain]] smart host wins over the global one.
-	sh, user, pwFile := s.cfg.Delivery.SmartHost, s.cfg.Delivery.SmartHostUser, s.cfg.Delivery.SmartHostPasswordFile
-	if d, ok := s.cfg.Domain(domain); ok && d.SmartHost != "" {
+	sh, user, pwFile := s.conf().Delivery.SmartHost, s.conf().Delivery.SmartHostUser, s.conf().Delivery.SmartHostPasswordFile
+	if d, ok := s.conf().Domain(domain); ok && d.SmartHost != "" {
 		sh, user, pwFile = d.SmartHost, d.SmartHostUser, d.SmartHostPasswordFile
 	}
 	if sh != "" {
@@ -64,7 +64,7 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 		if !ok {
 			return nil, permErr("5.1.2", "", "bad address literal %s", domain)
 		}
-		return []target{{host: ip.String(), port: s.cfg.Delivery.Port, addrs: []netip.Addr{ip}, kind: "address literal"}}, nil
+		return []target{{host: ip.String(), port: s.conf().Delivery.Port, addrs: []netip.Addr{ip}, kind: "address literal"}}, nil
 	}
 	if domain == "" {
 		return nil, permErr("5.1.2", "", "no destination domain")
@@ -81,7 +81,7 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 			if what := s.self.name(domain); what != "" {
 				return nil, permErr("5.4.6", "", "mail for %s loops back to myself: mail host %s is %s", domain, domain, what)
 			}
-			return []target{{host: domain, port: s.cfg.Delivery.Port, addrs: addrs, kind: "mail host", dnssec: mxAns.Secure}}, nil
+			return []target{{host: domain, port: s.conf().Delivery.Port, addrs: addrs, kind: "mail host", dnssec: mxAns.Secure}}, nil
 		case errors.Is(err, resolver.ErrNXDomain) && errors.Is(aerr, resolver.ErrNXDomain):
 			return nil, permErr("5.1.2", "", "domain %s does not exist", domain)
 		case resolver.IsNegative(aerr):
@@ -119,7 +119,7 @@ func (s *Service) resolve(ctx context.Context, domain string) ([]target, *Error)
 			}
 			break
 		}
-		out = append(out, target{host: host, port: s.cfg.Delivery.Port, kind: "MX host", dnssec: mxAns.Secure})
+		out = append(out, target{host: host, port: s.conf().Delivery.Port, kind: "MX host", dnssec: mxAns.Secure})
 	}
 	return out, nil
 }

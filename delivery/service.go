@@ -71,7 +71,7 @@ type Service struct {
 	Metrics *metrics.Metrics
 
 	m      *metrics.Metrics
-	cfg    config.Config
+	cfgs   *config.Live
 	log    *slog.Logger
 	js     jetstream.JetStream
 	dns    *resolver.Resolver
@@ -91,6 +91,10 @@ type Service struct {
 	dkim *dkim.Signer
 	// pool keeps connections open between messages to the same host.
 	pool *smtpclient.Pool
+	// runMu guards runCtx, Run's context (nil before Run), for the work
+	// a live configuration change starts (Apply: resume).
+	runMu  sync.Mutex
+	runCtx context.Context
 	// MTASTS finds the MTA-STS policies of destination domains
 	// (delivery.mta_sts; nil when off). Run gives it the mta-sts KV
 	// bucket; its Dial is the test seam of the policy fetch.
@@ -143,7 +147,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		Now:             time.Now,
 		Dial:            dialer.DialContext,
 		DropRetryDelay:  30 * time.Second,
-		cfg:             cfg,
+		cfgs:            config.NewLive(cfg),
 		log:             log.With("svc", "delivery"),
 		js:              js,
 		Room:            &bus.Room{JS: js, Reserve: cfg.NATS.Reserve},
@@ -191,7 +195,10 @@ func newPool(d config.Delivery) *smtpclient.Pool {
 // and drop consumers until ctx is done. It then stops pulling, lets
 // in-flight messages finish and returns.
 func (s *Service) Run(ctx context.Context) error {
-	cons, err := bus.Setup(ctx, s.js, s.cfg, bus.ConsumerDelivery, bus.ConsumerDrop, bus.ConsumerQuarantine)
+	s.runMu.Lock()
+	s.runCtx = ctx
+	s.runMu.Unlock()
+	cons, err := bus.Setup(ctx, s.js, *s.conf(), bus.ConsumerDelivery, bus.ConsumerDrop, bus.ConsumerQuarantine)
 	if err == nil {
 		s.bodies, err = bus.OpenBodies(ctx, s.js)
 	}
@@ -199,11 +206,11 @@ func (s *Service) Run(ctx context.Context) error {
 		s.stream, err = s.js.Stream(ctx, bus.StreamMail)
 	}
 	if err == nil && s.MTASTS != nil {
-		s.MTASTS.KV, err = mtasts.EnsureBucket(ctx, s.js, s.cfg.NATS.Replicas)
+		s.MTASTS.KV, err = mtasts.EnsureBucket(ctx, s.js, s.conf().NATS.Replicas)
 		s.MTASTS.Now = func() time.Time { return s.Now() }
 	}
 	if err == nil {
-		s.notify = notify.NewNotifier(s.cfg, s.js, s.bodies)
+		s.notify = notify.NewNotifier(*s.conf(), s.js, s.bodies)
 		s.notify.Room = s.Room
 		s.notify.Now = func() time.Time { return s.Now() }
 		s.m = metrics.Or(s.Metrics)
@@ -219,12 +226,12 @@ func (s *Service) Run(ctx context.Context) error {
 	defer cancel()
 	// InProgress well within delivery.ack_wait keeps a long transaction
 	// from being handed to another process.
-	keepAlive := s.cfg.Delivery.AckWait.D() / 4
+	keepAlive := s.conf().Delivery.AckWait.D() / 4
 	workers := []struct {
 		w *bus.Worker
 		h bus.Handler
 	}{
-		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerDelivery], Slots: s.cfg.Delivery.Concurrency, Log: s.log, Grace: s.Grace, KeepAlive: keepAlive}, s.handleOut},
+		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerDelivery], Slots: s.conf().Delivery.Concurrency, Log: s.log, Grace: s.Grace, KeepAlive: keepAlive}, s.handleOut},
 		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerDrop], Slots: DropSlots, Log: s.log.With("part", "drop"), Grace: s.Grace, KeepAlive: keepAlive}, s.handleDrop},
 		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerQuarantine], Slots: QuarantineSlots, Log: s.log.With("part", "quarantine"), Grace: s.Grace}, s.handleQuarantine},
 	}
@@ -234,7 +241,7 @@ func (s *Service) Run(ctx context.Context) error {
 	// before the first delivery, then follow them.
 	synced := make(chan struct{})
 	wg.Go(func() {
-		s.self.watch(ctx, s.js, s.cfg.NATS.Replicas, s.log, sync.OnceFunc(func() { close(synced) }))
+		s.self.watch(ctx, s.js, s.conf().NATS.Replicas, s.log, sync.OnceFunc(func() { close(synced) }))
 	})
 	select {
 	case <-synced:
@@ -243,7 +250,7 @@ func (s *Service) Run(ctx context.Context) error {
 		s.log.Warn("ingress listeners not read yet, delivering without them", "bucket", bus.BucketListeners)
 	}
 	// ETRN release worker (issue 6): answers mta.ctl.release requests.
-	wg.Go(func() { _ = release.New(s.cfg, s.log, s.Room).Run(ctx) })
+	wg.Go(func() { _ = release.New(*s.conf(), s.log, s.Room).Run(ctx) })
 	wg.Go(func() { s.sweepHeldLoop(ctx) })
 	// On shutdown the idle connections are ended with QUIT at once, while
 	// in-flight messages finish; a connection those give back later is
@@ -263,7 +270,7 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		})
 	}
-	s.log.Info("delivery running", "slots", s.cfg.Delivery.Concurrency, "smart_host", s.cfg.Delivery.SmartHost, "dns", s.dns.Servers)
+	s.log.Info("delivery running", "slots", s.conf().Delivery.Concurrency, "smart_host", s.conf().Delivery.SmartHost, "dns", s.dns.Servers)
 	wg.Wait()
 	return errors.Join(errs...)
 }
@@ -287,6 +294,10 @@ func (s *Service) handleOut(ctx context.Context, m jetstream.Msg) {
 		// before acking this message (docs/DESIGN.md §4).
 		log.Info("retry already scheduled, dropping redelivered copy", "attempt", env.Attempt)
 		_ = m.DoubleAck(ctx)
+		return
+	}
+	if s.paused(domain) {
+		s.park(ctx, m, env, tok, log)
 		return
 	}
 	if env.Body != envelope.BodyObject && env.BodySize == 0 {

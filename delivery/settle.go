@@ -333,9 +333,9 @@ func envAt(env *envelope.Envelope, attempt int) *envelope.Envelope {
 // arrival from delivery.expire), arrival plus local_expire for the Drop
 // directory.
 func (s *Service) expiry(env *envelope.Envelope, local bool, now time.Time) time.Time {
-	life := s.cfg.Delivery.Expire.D()
+	life := s.conf().Delivery.Expire.D()
 	if local {
-		life = s.cfg.Delivery.LocalExpire.D()
+		life = s.conf().Delivery.LocalExpire.D()
 		if !env.ReceivedAt.IsZero() {
 			return env.ReceivedAt.Add(life)
 		}
@@ -352,9 +352,9 @@ func (s *Service) expiry(env *envelope.Envelope, local bool, now time.Time) time
 
 // delayDue reports whether env's sender is due its one delay notice.
 func (s *Service) delayDue(env *envelope.Envelope, local bool, now time.Time) bool {
-	after := s.cfg.Delivery.DelayNotice.D()
+	after := s.conf().Delivery.DelayNotice.D()
 	if local {
-		after = s.cfg.Delivery.LocalDelayNotice.D()
+		after = s.conf().Delivery.LocalDelayNotice.D()
 	}
 	return after > 0 && !env.DelayNotified && env.From != "" && !env.ReceivedAt.IsZero() && now.Sub(env.ReceivedAt) >= after
 }
@@ -455,7 +455,7 @@ func (s *Service) reschedule(ctx context.Context, o outcome, rcpts []envelope.Rc
 	if env.Body == envelope.BodyObject {
 		data = nil
 	}
-	if d, ok := s.cfg.Domain(env.Domain); ok && d.Hold && !o.local {
+	if d, ok := s.conf().Domain(env.Domain); ok && d.Hold && !o.local {
 		// A held domain's site is usually offline again: its mail goes
 		// back to mail.hold.<tok> to wait for the next ETRN or ATRN
 		// rather than onto the retry ladder.
@@ -467,7 +467,7 @@ func (s *Service) reschedule(ctx context.Context, o outcome, rcpts []envelope.Rc
 		_, err = s.Room.Forward(ctx, msg, next.MsgID)
 		return now, err
 	}
-	at := retryAt(now, s.cfg.Delivery.RetryDelay(attempt), expires, s.cfg.Delivery.RetryJitter)
+	at := retryAt(now, s.conf().Delivery.RetryDelay(attempt), expires, s.conf().Delivery.RetryJitter)
 	msg, err := next.Msg(bus.Defer(o.tok, env.QueueID), data)
 	if err != nil {
 		return at, fmt.Errorf("retry envelope: %w", err)

@@ -105,7 +105,7 @@ targets:
 				continue
 			}
 		}
-		for _, ip := range orderAddrs(addrs, s.cfg.Delivery.AddressPreference) {
+		for _, ip := range orderAddrs(addrs, s.conf().Delivery.AddressPreference) {
 			if why := s.self.is(ctx, ip, t.port); why != "" {
 				// This host and every less preferred one would be
 				// ourselves again (RFC 5321 §5.1).
@@ -186,17 +186,17 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 		auth = &smtpclient.Auth{User: t.user, Password: pw}
 	}
 	opts := smtpclient.Options{
-		Hostname:       s.cfg.Hostname,
-		ConnectTimeout: s.cfg.Delivery.ConnectTimeout.D(),
-		CommandTimeout: s.cfg.Delivery.CommandTimeout.D(),
+		Hostname:       s.conf().Hostname,
+		ConnectTimeout: s.conf().Delivery.ConnectTimeout.D(),
+		CommandTimeout: s.conf().Delivery.CommandTimeout.D(),
 		Plain:          plain,
 		Roots:          s.roots,
 		Auth:           auth,
-		AuthInsecure:   s.cfg.Delivery.SmartHostInsecure,
+		AuthInsecure:   s.conf().Delivery.SmartHostInsecure,
 	}
 	pol.hostOpts(t, &opts)
 	if !plain {
-		dest := smtpclient.Dest{Addr: addr, Host: t.host, Hostname: s.cfg.Hostname, User: t.user, Verifier: opts.Verifier}
+		dest := smtpclient.Dest{Addr: addr, Host: t.host, Hostname: s.conf().Hostname, User: t.user, Verifier: opts.Verifier}
 		if c := s.pool.Get(ctx, dest, verify); c != nil {
 			if verify && !c.Verified() {
 				s.pool.Put(c) // still good for opportunistic mail

@@ -123,7 +123,7 @@ func (s *Service) policyFor(ctx context.Context, env *envelope.Envelope, domain 
 		return nil, herr
 	}
 	p := s.mtastsFor(ctx, env, domain, targets)
-	if d, _ := s.cfg.Domain(domain); d.RequireTLS && (p == nil || !p.enforce) {
+	if d, _ := s.conf().Domain(domain); d.RequireTLS && (p == nil || !p.enforce) {
 		// The domain's own setting is a floor a testing policy does not
 		// lower.
 		p = &tlsPolicy{kind: PolicyRequireTLS, enforce: true, why: "TLS is required for " + domain}

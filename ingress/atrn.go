@@ -157,8 +157,8 @@ func (ss *session) runATRN(locks []*atrnLock) {
 	_ = ss.conn().SetDeadline(time.Time{})
 	_, isTLS := ss.tlsState()
 	c, herr := smtpclient.New(bufConn{Conn: ss.conn(), r: ss.br}, ss.peerName(), isTLS, smtpclient.Options{
-		Hostname:       ss.site.cfg.Hostname,
-		CommandTimeout: ss.site.cfg.Timeout.D(),
+		Hostname:       ss.sp.cfg.Hostname,
+		CommandTimeout: ss.sp.cfg.Timeout.D(),
 	})
 	if herr != nil {
 		ss.log.Info("ATRN: peer did not greet", "err", herr)
@@ -181,7 +181,7 @@ func (ss *session) runATRN(locks []*atrnLock) {
 // connection broke.
 func (ss *session) drainHeld(ctx context.Context, c *smtpclient.Client, l *atrnLock) (delivered int, ok bool) {
 	svc := ss.s
-	cons, err := bus.EnsureHoldConsumer(ctx, svc.js, l.tok, svc.cfg.NATS.Replicas)
+	cons, err := bus.EnsureHoldConsumer(ctx, svc.js, l.tok, svc.conf().NATS.Replicas)
 	if err != nil {
 		ss.log.Error("ATRN: hold consumer", "domain", l.domain, "err", err)
 		return 0, true
@@ -388,7 +388,7 @@ func (ss *session) bounceRefused(ctx context.Context, env *envelope.Envelope, da
 		statuses[i] = dsn.Status{Rcpt: r, Action: dsn.ActionFailed, Status: status, Remote: remote, Reply: reply,
 			Detail: reply + " (refused by " + remote + " over ATRN)"}
 	}
-	n := notify.NewNotifier(svc.cfg, svc.js, svc.bodies)
+	n := notify.NewNotifier(*svc.conf(), svc.js, svc.bodies)
 	n.Room = svc.Room
 	_, err := n.Send(ctx, dsn.Notice{
 		Kind: dsn.Failure, ID: envelope.ATRNDSNID(env.QueueID, tok, seq), Env: env, Data: data,

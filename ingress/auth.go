@@ -27,7 +27,7 @@ import (
 
 func (ss *session) authOffered() bool {
 	_, isTLS := ss.tlsState()
-	return ss.site.cfg.Auth != config.AuthOff && (isTLS || ss.site.cfg.AllowInsecureAuth)
+	return ss.sp.cfg.Auth != config.AuthOff && (isTLS || ss.sp.cfg.AllowInsecureAuth)
 }
 
 // authCmd runs AUTH (RFC 4954): the SASL exchange of the mechanism, with
@@ -70,7 +70,7 @@ func (ss *session) authCmd(arg string) {
 		}
 		ss.reply(334, "", base64.StdEncoding.EncodeToString(challenge))
 		ss.startRequest()
-		line, tooLong, err := ss.readLine(ss.site.cfg.MaxLineLength)
+		line, tooLong, err := ss.readLine(ss.sp.cfg.MaxLineLength)
 		if err != nil {
 			_ = ss.readFailed(err)
 			return
@@ -110,9 +110,9 @@ func (ss *session) auth(mech string) (sasl.Server, *reply) {
 		return nil, rep(530, "5.7.0", "Must issue a STARTTLS command first")
 	}
 	if ss.s.limiter.banned(ss.ip) {
-		ss.s.log.Warn("AUTH refused: client banned after failed logins", "site", ss.site.cfg.Name, "client", ss.ip.String())
+		ss.s.log.Warn("AUTH refused: client banned after failed logins", "site", ss.sp.cfg.Name, "client", ss.ip.String())
 		ss.site.m.Refused(metrics.RefusedAuthFailed)
-		return nil, rep(421, "4.7.0", ss.site.cfg.Hostname+" Too many failed authentications, try again later")
+		return nil, rep(421, "4.7.0", ss.sp.cfg.Hostname+" Too many failed authentications, try again later")
 	}
 	switch strings.ToUpper(mech) {
 	case sasl.Plain:
@@ -131,7 +131,7 @@ var errAuthFailed = rep(535, "5.7.8", "Authentication credentials invalid")
 
 func (ss *session) login(mech, identity, username, password string) error {
 	s := ss.s
-	log := s.log.With("site", ss.site.cfg.Name, "client", ss.ip.String(), "mech", mech, "user", sanitize(username))
+	log := s.log.With("site", ss.sp.cfg.Name, "client", ss.ip.String(), "mech", mech, "user", sanitize(username))
 	u, ok := s.users.Lookup(username)
 	if !ok {
 		// The same bcrypt work as for a wrong password: the time of the
@@ -152,7 +152,7 @@ func (ss *session) login(mech, identity, username, password string) error {
 		time.Sleep(delay)
 	}
 	if banned {
-		return rep(421, "4.7.0", ss.site.cfg.Hostname+" Too many failed authentications, try again later")
+		return rep(421, "4.7.0", ss.sp.cfg.Hostname+" Too many failed authentications, try again later")
 	}
 	return errAuthFailed
 }

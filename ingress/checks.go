@@ -40,11 +40,11 @@ import (
 // checkBound bounds the lookups of one message's checks, all together:
 // 10 s, or half the site's timeout when that is shorter, so that the
 // reply comes well within the time the site gives its clients.
-func (ss *session) checkBound() time.Duration { return min(10*time.Second, ss.site.cfg.Timeout.D()/2) }
+func (ss *session) checkBound() time.Duration { return min(10*time.Second, ss.sp.cfg.Timeout.D()/2) }
 
 // checksApply reports whether the current message is checked.
 func (ss *session) checksApply() bool {
-	return ss.site.cfg.AuthChecks && ss.user == nil && !ss.relay
+	return ss.sp.cfg.AuthChecks && ss.user == nil && !ss.relay
 }
 
 // checked is what the checks decided for one message.
@@ -69,7 +69,7 @@ func (c checked) subject() string {
 // it (head: its first bytes, holding the header section) and msg reads
 // it whole, for DKIM.
 func (ss *session) runChecks(qid string, head []byte, msg io.Reader) checked {
-	cfg := ss.site.cfg
+	cfg := ss.sp.cfg
 	ctx, cancel := context.WithTimeout(context.Background(), ss.checkBound())
 	defer cancel()
 	c := authcheck.Checker{Resolver: ss.s.Resolver}
@@ -129,7 +129,7 @@ func (ss *session) checkInline(qid string, received int, data []byte) ([]byte, c
 	if c.reply != nil {
 		return nil, c
 	}
-	stripped, n := authcheck.StripOwn(content, config.SiteAuthServID(ss.site.cfg))
+	stripped, n := authcheck.StripOwn(content, config.SiteAuthServID(ss.sp.cfg))
 	if n > 0 {
 		ss.log.Info("forged Authentication-Results removed", "qid", qid, "count", n)
 	}
@@ -185,7 +185,7 @@ func (ss *session) checkStored(ctx context.Context, qid string, received []byte,
 	stripped := hs
 	if len(hs) < len(head) {
 		var n int
-		if stripped, n = authcheck.StripOwn(hs, config.SiteAuthServID(ss.site.cfg)); n > 0 {
+		if stripped, n = authcheck.StripOwn(hs, config.SiteAuthServID(ss.sp.cfg)); n > 0 {
 			ss.log.Info("forged Authentication-Results removed", "qid", qid, "count", n)
 		}
 	} else {

@@ -53,8 +53,13 @@ import (
 // Only the connection's goroutine uses a session, except close and the
 // TLS connection swap (connMu), which shutdown uses from another.
 type session struct {
-	s     *Service
-	site  *site
+	s    *Service
+	site *site
+	// sp and scfg are the site's policy and the service's configuration
+	// as they were when the client connected: a live change applies to
+	// the sessions that follow.
+	sp    *sitePolicy
+	scfg  *config.Config
 	raw   net.Conn
 	ip    netip.Addr
 	id    string
@@ -115,12 +120,12 @@ const minDataRate = 500
 // be closed.
 var errClosed = errors.New("ingress: connection closed")
 
-func newSession(st *site, raw net.Conn, ip netip.Addr, id string) *session {
-	ss := &session{s: st.svc, site: st, raw: raw, c: raw, ip: ip, id: id, since: time.Now(),
+func newSession(st *site, sp *sitePolicy, raw net.Conn, ip netip.Addr, id string) *session {
+	ss := &session{s: st.svc, site: st, sp: sp, scfg: st.svc.conf(), raw: raw, c: raw, ip: ip, id: id, since: time.Now(),
 		log:   st.svc.log.With("site", st.cfg.Name, "client", ip.String(), "cid", id),
-		relay: st.mayRelay(ip)}
+		relay: sp.mayRelay(ip)}
 	ss.br = bufio.NewReaderSize(meter{ss, raw}, 8<<10)
-	ss.normalize = st.cfg.BareNewline == "normalize" || containsIP(st.normNets, ip)
+	ss.normalize = sp.cfg.BareNewline == "normalize" || containsIP(sp.normNets, ip)
 	return ss
 }
 
@@ -144,13 +149,13 @@ func (ss *session) serve() {
 	defer func() {
 		if r := recover(); r != nil {
 			ss.log.Error("panic in SMTP session", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			ss.reply(421, "4.3.0", ss.site.cfg.Hostname+" Internal error, closing connection")
+			ss.reply(421, "4.3.0", ss.sp.cfg.Hostname+" Internal error, closing connection")
 			ss.flush()
 		}
 	}()
-	if ss.site.cfg.ImplicitTLS {
+	if ss.sp.cfg.ImplicitTLS {
 		tc := tls.Server(ss.raw, ss.site.tlsConfig)
-		_ = ss.raw.SetDeadline(time.Now().Add(ss.site.cfg.Timeout.D()))
+		_ = ss.raw.SetDeadline(time.Now().Add(ss.sp.cfg.Timeout.D()))
 		if err := tc.Handshake(); err != nil {
 			ss.log.Info("TLS handshake failed", "err", err)
 			return
@@ -162,7 +167,7 @@ func (ss *session) serve() {
 	if r := ss.screen(); r != nil {
 		ss.replyWith(r)
 	} else {
-		ss.reply(220, "", ss.site.cfg.Hostname+" "+ss.site.cfg.Banner)
+		ss.reply(220, "", ss.sp.cfg.Hostname+" "+ss.sp.cfg.Banner)
 	}
 	for !ss.quit {
 		line := ss.pending
@@ -213,7 +218,7 @@ func (ss *session) handle(line string) {
 	case "NOOP":
 		ss.reply(250, "2.0.0", "OK")
 	case "QUIT":
-		ss.reply(221, "2.0.0", ss.site.cfg.Hostname+" Closing connection")
+		ss.reply(221, "2.0.0", ss.sp.cfg.Hostname+" Closing connection")
 		ss.quit = true
 	case "VRFY":
 		ss.reply(252, "2.5.0", "Cannot verify the address; send mail and it will be tried")
@@ -245,10 +250,10 @@ type rule struct {
 
 var rules = map[string]rule{
 	"MAIL":     {greeted: true, outsideTx: true},
-	"AUTH":     {offered: func(ss *session) bool { return ss.site.cfg.Auth != config.AuthOff }, greeted: true, outsideTx: true},
-	"STARTTLS": {offered: func(ss *session) bool { return ss.site.tlsConfig != nil && ss.site.cfg.StartTLS }, outsideTx: true},
-	"ETRN":     {offered: func(ss *session) bool { return ss.site.cfg.ETRN }, greeted: true, outsideTx: true},
-	"ATRN":     {offered: func(ss *session) bool { return ss.site.cfg.ATRN }, greeted: true, outsideTx: true},
+	"AUTH":     {offered: func(ss *session) bool { return ss.sp.cfg.Auth != config.AuthOff }, greeted: true, outsideTx: true},
+	"STARTTLS": {offered: func(ss *session) bool { return ss.site.tlsConfig != nil && ss.sp.cfg.StartTLS }, outsideTx: true},
+	"ETRN":     {offered: func(ss *session) bool { return ss.sp.cfg.ETRN }, greeted: true, outsideTx: true},
+	"ATRN":     {offered: func(ss *session) bool { return ss.sp.cfg.ATRN }, greeted: true, outsideTx: true},
 }
 
 // inSequence applies the command's rule, and after STARTTLS the need for
@@ -298,15 +303,15 @@ func (ss *session) hello(verb, arg string) {
 	ss.helo, ss.needHelo = name, false
 	ss.s.sessions.update(ss.id, func(i *sessionInfo) { i.Helo = name })
 	if verb == "HELO" {
-		ss.reply(250, "2.0.0", ss.site.cfg.Hostname)
+		ss.reply(250, "2.0.0", ss.sp.cfg.Hostname)
 		return
 	}
-	ss.replyLines(250, append([]string{ss.site.cfg.Hostname}, ss.ehloKeywords()...))
+	ss.replyLines(250, append([]string{ss.sp.cfg.Hostname}, ss.ehloKeywords()...))
 }
 
 // ehloKeywords are the extensions this site offers on this connection now.
 func (ss *session) ehloKeywords() []string {
-	cfg := ss.site.cfg
+	cfg := ss.sp.cfg
 	_, isTLS := ss.tlsState()
 	kw := []string{"PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "CHUNKING", "BINARYMIME", "SMTPUTF8", "DSN"}
 	if cfg.MaxMessageSize > 0 {
@@ -349,9 +354,9 @@ func (ss *session) mailCmd(arg string) {
 	}
 	if from != "" && !strings.Contains(from, "@") {
 		// A sender without a domain gets the default domain (IIS).
-		from += "@" + ss.s.cfg.DefaultDomainName()
+		from += "@" + ss.scfg.DefaultDomainName()
 	}
-	p, rep := parseMailParams(params, ss.site.cfg.MaxMessageSize)
+	p, rep := parseMailParams(params, ss.sp.cfg.MaxMessageSize)
 	if rep == nil {
 		rep = ss.Mail(from, p)
 	}
@@ -372,14 +377,14 @@ func (ss *session) rcptCmd(arg string) {
 	rest = strings.TrimSpace(rest)
 	if p, ok := cutPrefixFold(rest, "<postmaster>"); ok {
 		// RFC 5321 §4.5.1: postmaster without a domain is ours.
-		rest = "<postmaster@" + ss.s.cfg.DefaultDomainName() + ">" + p
+		rest = "<postmaster@" + ss.scfg.DefaultDomainName() + ">" + p
 	}
 	to, params, ok := parsePath(rest, false)
 	if !ok || !strings.Contains(to, "@") {
 		ss.reply(501, "5.5.2", "Syntax: RCPT TO:<address>")
 		return
 	}
-	if max := ss.site.cfg.MaxRecipients; max > 0 && len(ss.rcpts) >= max {
+	if max := ss.sp.cfg.MaxRecipients; max > 0 && len(ss.rcpts) >= max {
 		ss.reply(452, "4.5.3", "Too many recipients")
 		return
 	}
@@ -418,8 +423,8 @@ func (ss *session) startTLS(arg string) {
 		return
 	}
 	tc := tls.Server(ss.raw, ss.site.tlsConfig)
-	_ = ss.raw.SetDeadline(time.Now().Add(ss.site.cfg.Timeout.D()))
-	ctx, cancel := context.WithTimeout(context.Background(), ss.site.cfg.Timeout.D())
+	_ = ss.raw.SetDeadline(time.Now().Add(ss.sp.cfg.Timeout.D()))
+	ctx, cancel := context.WithTimeout(context.Background(), ss.sp.cfg.Timeout.D())
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
 		ss.log.Info("STARTTLS handshake failed", "err", err)
@@ -455,7 +460,7 @@ func (ss *session) setTLS(tc *tls.Conn) {
 func (ss *session) readCommand() (string, error) {
 	for {
 		if ss.s.stopping.Load() {
-			ss.reply(421, "4.3.2", ss.site.cfg.Hostname+" Service shutting down, closing connection")
+			ss.reply(421, "4.3.2", ss.sp.cfg.Hostname+" Service shutting down, closing connection")
 			return "", errClosed
 		}
 		ss.startRequest()
@@ -463,7 +468,7 @@ func (ss *session) readCommand() (string, error) {
 		if ss.s.stopping.Load() {
 			continue
 		}
-		line, tooLong, err := ss.readLine(ss.site.cfg.MaxLineLength)
+		line, tooLong, err := ss.readLine(ss.sp.cfg.MaxLineLength)
 		ss.idle.Store(false)
 		if err != nil {
 			return "", ss.readFailed(err)
@@ -508,11 +513,11 @@ func (ss *session) readFailed(err error) error {
 	var ne net.Error
 	switch {
 	case ss.s.stopping.Load() && !ss.inContent:
-		ss.reply(421, "4.3.2", ss.site.cfg.Hostname+" Service shutting down, closing connection")
+		ss.reply(421, "4.3.2", ss.sp.cfg.Hostname+" Service shutting down, closing connection")
 	case errors.As(err, &ne) && ne.Timeout():
 		ss.log.Info("client timed out", "content", ss.inContent)
 		ss.site.m.Refused(metrics.RefusedTimeout)
-		ss.reply(421, "4.4.2", ss.site.cfg.Hostname+" Timeout, closing connection")
+		ss.reply(421, "4.4.2", ss.sp.cfg.Hostname+" Timeout, closing connection")
 	}
 	ss.quit = true
 	return errClosed
@@ -543,7 +548,7 @@ func (ss *session) readLine(max int) (line []byte, tooLong bool, err error) {
 // startRequest gives the request about to be read (a command line, the
 // content of DATA or of a BDAT chunk) its deadline: timeout from now.
 func (ss *session) startRequest() {
-	ss.deadline = time.Now().Add(ss.site.cfg.Timeout.D())
+	ss.deadline = time.Now().Add(ss.sp.cfg.Timeout.D())
 	_ = ss.conn().SetReadDeadline(ss.deadline)
 }
 
@@ -563,7 +568,7 @@ func (m meter) Read(p []byte) (int, error) {
 	}
 	n, err := m.r.Read(p)
 	if n > 0 && ss.inContent {
-		limit := time.Now().Add(ss.site.cfg.Timeout.D())
+		limit := time.Now().Add(ss.sp.cfg.Timeout.D())
 		ss.deadline = ss.deadline.Add(time.Duration(n) * time.Second / minDataRate)
 		if ss.deadline.After(limit) {
 			ss.deadline = limit
@@ -600,10 +605,10 @@ func (ss *session) replyLines(code int, lines []string) {
 	}
 	if code >= 500 && ss.counts {
 		ss.bad++
-		if ss.bad >= ss.site.cfg.MaxBadCommands && !ss.quit {
+		if ss.bad >= ss.sp.cfg.MaxBadCommands && !ss.quit {
 			ss.log.Warn("too many bad commands, disconnecting", "bad_commands", ss.bad)
 			ss.site.m.Refused(metrics.RefusedBadCommands)
-			ss.reply(421, "4.7.0", ss.site.cfg.Hostname+" Too many errors, closing connection")
+			ss.reply(421, "4.7.0", ss.sp.cfg.Hostname+" Too many errors, closing connection")
 		}
 	}
 }
@@ -640,7 +645,7 @@ func (ss *session) flush() bool {
 	ss.wbuf = ss.wbuf[:0]
 	ss.trace("S: " + string(out))
 	c := ss.conn()
-	_ = c.SetWriteDeadline(time.Now().Add(ss.site.cfg.Timeout.D()))
+	_ = c.SetWriteDeadline(time.Now().Add(ss.sp.cfg.Timeout.D()))
 	if _, err := c.Write(out); err != nil {
 		ss.quit = true
 		return false

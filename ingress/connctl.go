@@ -42,7 +42,7 @@ import (
 
 // lookupBound bounds the DNS lookups before the greeting, all together:
 // 10 s, or the site's timeout when that is shorter.
-func (ss *session) lookupBound() time.Duration { return min(10*time.Second, ss.site.cfg.Timeout.D()) }
+func (ss *session) lookupBound() time.Duration { return min(10*time.Second, ss.sp.cfg.Timeout.D()) }
 
 // lookupDeadline is when the lookups before the greeting must be done.
 func (ss *session) lookupDeadline() time.Time {
@@ -90,7 +90,7 @@ type refusal struct {
 // else the reply is its greeting (554 5.7.1, or 421 4.7.0 when DNS failed
 // and that alone kept the client out).
 func (ss *session) screen() *reply {
-	ctl := ss.site.ctl
+	ctl := ss.sp.ctl
 	if ctl == nil {
 		return nil
 	}
@@ -110,7 +110,7 @@ func (ss *session) screen() *reply {
 
 func (c *connCtl) check(ctx context.Context, ss *session) *refusal {
 	ip := ss.ip
-	host := ss.site.cfg.Hostname
+	host := ss.sp.cfg.Hostname
 	denied := func(reason, rule string) *refusal {
 		return &refusal{reason, rule, rep(554, "5.7.1", host+" Client host ["+ip.String()+"] rejected: Access denied")}
 	}
@@ -156,7 +156,7 @@ func (c *connCtl) check(ctx context.Context, ss *session) *refusal {
 // confirmedName is the client's forward-confirmed reverse DNS name, ""
 // when it has none: the one reverse_dns found, else looked up now.
 func (ss *session) confirmedName(ctx context.Context) (string, error) {
-	if ss.site.cfg.ReverseDNS {
+	if ss.sp.cfg.ReverseDNS {
 		if ss.clientName == "unknown" {
 			return "", ss.nameErr
 		}

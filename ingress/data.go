@@ -93,7 +93,7 @@ func (ss *session) dataCmd(arg string) {
 	ss.reply(354, "", "Start mail input; end with <CRLF>.<CRLF>")
 	buf := dataBufs.Get().(*[]byte)
 	defer dataBufs.Put(buf)
-	r := &dataReader{content: content{ss: ss, max: ss.site.cfg.MaxMessageSize}, buf: (*buf)[:0], prevCRLF: true, lineStart: true}
+	r := &dataReader{content: content{ss: ss, max: ss.sp.cfg.MaxMessageSize}, buf: (*buf)[:0], prevCRLF: true, lineStart: true}
 	ss.inContent = true
 	ss.startRequest()
 	rep := ss.Data(r)
@@ -269,13 +269,13 @@ func (ss *session) bdatCmd(arg string) {
 		ss.reply(502, "5.5.1", "Send RCPT first")
 		ss.discard(size)
 		return
-	case ss.site.cfg.MaxMessageSize > 0 && size > ss.site.cfg.MaxMessageSize:
+	case ss.sp.cfg.MaxMessageSize > 0 && size > ss.sp.cfg.MaxMessageSize:
 		ss.reply(552, "5.3.4", "Message too big")
 		ss.discard(size)
 		ss.resetTx()
 		return
 	}
-	r := &bdatReader{content: content{ss: ss, max: ss.site.cfg.MaxMessageSize}, left: size, last: last,
+	r := &bdatReader{content: content{ss: ss, max: ss.sp.cfg.MaxMessageSize}, left: size, last: last,
 		binary: ss.mail.Body == bodyBinary}
 	r.start()
 	rep := ss.Data(r)

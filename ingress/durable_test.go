@@ -20,7 +20,7 @@ import (
 func withSync(log *testutil.Events, fn func() error) func(*Service) {
 	return func(s *Service) {
 		syncer := bus.NewSyncer(fn)
-		s.Room = &bus.Room{JS: testutil.AckRecorder{JetStream: s.js, Events: log, Header: envelope.HdrQueueID}, Reserve: s.cfg.NATS.Reserve, Sync: syncer.Sync}
+		s.Room = &bus.Room{JS: testutil.AckRecorder{JetStream: s.js, Events: log, Header: envelope.HdrQueueID}, Reserve: s.conf().NATS.Reserve, Sync: syncer.Sync}
 	}
 }
 

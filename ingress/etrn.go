@@ -35,7 +35,7 @@ import (
 const releaseTimeout = 10 * time.Second
 
 func (ss *session) etrn(arg string) {
-	cfg := ss.s.cfg
+	cfg := ss.scfg
 	switch {
 	case arg == "" || strings.ContainsAny(arg, " \t"):
 		ss.reply(501, "5.5.4", "Syntax: ETRN [@]<domain>")
@@ -97,7 +97,7 @@ func (ss *session) etrn(arg string) {
 // mayETRN: etrn_networks (anyone when empty), or a user allowed to dequeue
 // every one of the domains.
 func (ss *session) mayETRN(domains []string) bool {
-	if len(ss.site.etrnNets) == 0 || containsIP(ss.site.etrnNets, ss.ip) {
+	if len(ss.sp.etrnNets) == 0 || containsIP(ss.sp.etrnNets, ss.ip) {
 		return true
 	}
 	if ss.user == nil {

@@ -23,7 +23,7 @@ func heldDomains(c *config.Config) {
 // startRelease runs the release worker a delivery process would run.
 func startRelease(t *testing.T, f *fixture) {
 	t.Helper()
-	r := release.New(f.svc.cfg, testutil.Logger(t), &bus.Room{JS: f.js})
+	r := release.New(*f.svc.conf(), testutil.Logger(t), &bus.Room{JS: f.js})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = r.Run(ctx); close(done) }()

@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -47,7 +48,7 @@ import (
 
 // Service is the SMTP server: every site of the configuration.
 type Service struct {
-	cfg    config.Config
+	cfgs   *config.Live
 	log    *slog.Logger
 	js     jetstream.JetStream
 	bodies *bus.Bodies
@@ -86,7 +87,45 @@ type Service struct {
 	// RecipientsPoll is how often, at most, a recipients file is checked
 	// for changes (default 2 s; rcptcheck.go).
 	RecipientsPoll time.Duration
-	rcpts          *rcptCheck // nil: any local part is accepted
+	rcpts          atomic.Pointer[rcptCheck] // nil: any local part is accepted
+}
+
+// conf is the configuration in force (Apply).
+func (s *Service) conf() *config.Config { return s.cfgs.Get() }
+
+// Apply puts a changed configuration in force (the live configuration,
+// internal/liveconfig): domains, relay and connection control lists,
+// limits, recipient lists and pause apply to the connections that follow;
+// sessions in progress finish under the one they began with. What needs
+// a restart (listen addresses, TLS files, a site added) stays as it
+// started. A site or recipients file that does not load keeps the
+// previous policy, logged.
+func (s *Service) Apply(cfg config.Config) {
+	pols := make([]*sitePolicy, len(s.sites))
+	sites := cfg.EffectiveSites()
+	for i, st := range s.sites {
+		j := slices.IndexFunc(sites, func(sc config.Site) bool { return sc.Name == st.cfg.Name })
+		if j < 0 {
+			pols[i] = st.policy()
+			continue
+		}
+		p, err := newSitePolicy(sites[j])
+		if err != nil {
+			s.log.Error("live configuration not applied to the site", "site", st.cfg.Name, "err", err)
+			return
+		}
+		pols[i] = p
+	}
+	rc, err := newRcptCheck(cfg, s.users, s.log)
+	if err != nil {
+		s.log.Error("live configuration not applied: recipient lists", "err", err)
+		return
+	}
+	s.cfgs.Set(cfg)
+	s.rcpts.Store(rc)
+	for i, st := range s.sites {
+		st.pol.Store(pols[i])
+	}
 }
 
 // New binds the listen addresses of every site, so that errors such as a
@@ -100,7 +139,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		return nil, fmt.Errorf("ingress: %w", err)
 	}
 	s := &Service{
-		cfg: cfg, log: log, js: js, users: store,
+		cfgs: config.NewLive(cfg), log: log, js: js, users: store,
 		limiter:  newAuthLimiter(cfg.Auth),
 		authOK:   newAuthCache(),
 		sessions: newRegistry(js, cfg, log),
@@ -114,9 +153,11 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		log.Warn("no DNS servers configured, asking 127.0.0.1:53", "err", err)
 		s.Resolver = &resolver.Resolver{Servers: []string{"127.0.0.1:53"}, Timeout: cfg.DNS.Timeout.D(), Attempts: cfg.DNS.Attempts}
 	}
-	if s.rcpts, err = newRcptCheck(cfg, store, log); err != nil {
+	rc, err := newRcptCheck(cfg, store, log)
+	if err != nil {
 		return nil, fmt.Errorf("ingress: %w", err)
 	}
+	s.rcpts.Store(rc)
 	for _, sc := range cfg.EffectiveSites() {
 		st, err := newSite(s, sc)
 		if err != nil {
@@ -161,7 +202,7 @@ func (s *Service) closeListeners() {
 // Run serves SMTP until ctx is done, then stops accepting and waits up to
 // 30 s for sessions in DATA to get their answer.
 func (s *Service) Run(ctx context.Context) error {
-	if _, err := bus.Setup(ctx, s.js, s.cfg); err != nil {
+	if _, err := bus.Setup(ctx, s.js, *s.conf()); err != nil {
 		s.closeListeners()
 		return err
 	}
@@ -187,11 +228,17 @@ func (s *Service) Run(ctx context.Context) error {
 	rdone := make(chan struct{})
 	go func() { s.sessions.run(rctx); close(rdone) }()
 	defer func() { rcancel(); <-rdone }()
+	unsub, err := s.serveDisconnect()
+	if err != nil {
+		s.closeListeners()
+		return err
+	}
+	defer unsub()
 	close(s.ready)
 	if s.users.Len() == 0 {
 		for _, st := range s.sites {
 			if st.cfg.Auth == config.AuthRequired {
-				s.log.Warn("site requires AUTH but the users file has no users: add some with `mailroot user add`", "site", st.cfg.Name, "users_file", s.cfg.UsersPath())
+				s.log.Warn("site requires AUTH but the users file has no users: add some with `mailroot user add`", "site", st.cfg.Name, "users_file", s.conf().UsersPath())
 			}
 		}
 	}

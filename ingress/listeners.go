@@ -25,7 +25,7 @@ var announced atomic.Int64
 // before it returns. A failure is logged and retried at the next refresh:
 // the announcement helps delivery, it must not keep mail out.
 func (s *Service) announceListeners(ctx context.Context) (stop func()) {
-	key := nodeName(s.cfg.Hostname)
+	key := nodeName(s.conf().Hostname)
 	if n := announced.Add(1); n > 1 {
 		key = fmt.Sprintf("%s-%d", key, n)
 	}
@@ -35,7 +35,7 @@ func (s *Service) announceListeners(ctx context.Context) (stop func()) {
 		pctx, pcancel := context.WithTimeout(context.WithoutCancel(actx), 10*time.Second)
 		defer pcancel()
 		if !ensured {
-			if _, err := bus.EnsureListeners(pctx, s.js, s.cfg.NATS.Replicas); err != nil {
+			if _, err := bus.EnsureListeners(pctx, s.js, s.conf().NATS.Replicas); err != nil {
 				s.log.Warn("cannot announce the listeners to delivery", "bucket", bus.BucketListeners, "err", err)
 				return
 			}
@@ -68,10 +68,10 @@ func (s *Service) announceListeners(ctx context.Context) (stop func()) {
 // bound addresses, and the interface addresses when a site listens on all
 // addresses.
 func (s *Service) listenerInfo(node string) []byte {
-	info := bus.ListenerInfo{Node: node, Hostname: s.cfg.Hostname}
+	info := bus.ListenerInfo{Node: node, Hostname: s.conf().Hostname}
 	info.Machine, _ = os.Hostname()
 	wildcard := false
-	for _, sc := range s.cfg.EffectiveSites() {
+	for _, sc := range s.conf().EffectiveSites() {
 		addrs := s.SiteAddrs(sc.Name)
 		for _, a := range addrs {
 			if h, _, err := net.SplitHostPort(a); err == nil {

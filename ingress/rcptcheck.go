@@ -112,7 +112,7 @@ func (rc *rcptCheck) known(addr string, poll time.Duration) bool {
 // checkRcpt refuses a recipient no list names (the address as the
 // client gave it in the reply, the rewritten one checked).
 func (ss *session) checkRcpt(addr, given string) *reply {
-	rc := ss.s.rcpts
+	rc := ss.s.rcpts.Load()
 	if rc == nil || rc.known(addr, ss.s.RecipientsPoll) {
 		return nil
 	}

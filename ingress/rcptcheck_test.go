@@ -43,7 +43,7 @@ func TestRecipientsOffAcceptsAny(t *testing.T) {
 	if r := got["nobody@local.test"]; !strings.HasPrefix(r, "250 2.1.5") {
 		t.Errorf("RCPT: %q, want 250 with validation off", r)
 	}
-	if f.svc.rcpts != nil {
+	if f.svc.rcpts.Load() != nil {
 		t.Error("recipient validation on without a list")
 	}
 }

@@ -55,7 +55,7 @@ func (r *registry) open(ctx context.Context) error {
 }
 
 func (r *registry) add(id string, info sessionInfo) {
-	info.Node = r.node
+	info.Node, info.ID = r.node, id
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.live[id] = &info

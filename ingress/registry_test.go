@@ -105,7 +105,7 @@ func TestTLSCertificateReload(t *testing.T) {
 	copyFile(t, newKey, keyFile)
 	copyFile(t, newCert, certFile)
 	testutil.WaitFor(t, 10*time.Second, "the renewed certificate", func() bool { return name() == "new.local.test" })
-	if _, err := os.Stat(filepath.Join(f.svc.cfg.TLSDir(), "selfsigned.crt")); err == nil {
+	if _, err := os.Stat(filepath.Join(f.svc.conf().TLSDir(), "selfsigned.crt")); err == nil {
 		t.Error("a self-signed certificate was made although one is configured")
 	}
 }

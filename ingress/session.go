@@ -30,7 +30,7 @@ func isASCII(s string) bool {
 
 // Mail starts a transaction (RFC 5321 §4.1.1.2) after the site's checks.
 func (ss *session) Mail(from string, opts mailParams) *reply {
-	cfg := ss.site.cfg
+	cfg := ss.sp.cfg
 	if cfg.Auth == config.AuthRequired && ss.user == nil {
 		ss.site.m.Refused(metrics.RefusedAuthRequired)
 		return rep(530, "5.7.0", "Authentication required")
@@ -83,7 +83,7 @@ func validPath(addr string) bool {
 // Rcpt adds a recipient: local, alias and held domains from anyone, any
 // other domain only from relay_networks or an authenticated user.
 func (ss *session) Rcpt(to string, opts rcptParams) *reply {
-	cfg := ss.s.cfg
+	cfg := ss.scfg
 	if !isASCII(to) && !ss.mail.UTF8 {
 		return rep(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 	}
@@ -95,17 +95,17 @@ func (ss *session) Rcpt(to string, opts rcptParams) *reply {
 	d, configured := cfg.Domain(domain)
 	alias := configured && d.Type == config.DomainAlias
 	held := configured && d.Type == config.DomainRemote && d.Hold
-	inbound := held || ((cfg.IsLocal(domain) || alias) && (ss.site.local == nil || ss.site.local[domain]))
+	inbound := held || ((cfg.IsLocal(domain) || alias) && (ss.sp.local == nil || ss.sp.local[domain]))
 	trusted := ss.relay || ss.user != nil
 	if !inbound && !trusted {
-		ss.s.log.Info("relay denied", "site", ss.site.cfg.Name, "client", ss.ip.String(), "rcpt", to)
+		ss.s.log.Info("relay denied", "site", ss.sp.cfg.Name, "client", ss.ip.String(), "rcpt", to)
 		ss.site.m.Refused(metrics.RefusedRelay)
 		return rep(550, "5.7.1", "Unable to relay for "+to)
 	}
 	if !trusted && strings.ContainsAny(strings.Trim(local, `"`), "%@!") {
 		// Routing in disguise for one of our domains: user%other@local,
 		// "user@other"@local, other!user@local.
-		ss.s.log.Info("relay denied (routed address)", "site", ss.site.cfg.Name, "client", ss.ip.String(), "rcpt", to)
+		ss.s.log.Info("relay denied (routed address)", "site", ss.sp.cfg.Name, "client", ss.ip.String(), "rcpt", to)
 		ss.site.m.Refused(metrics.RefusedRelay)
 		return rep(550, "5.7.1", "Unable to relay for "+to)
 	}
@@ -145,11 +145,11 @@ func (ss *session) Data(r io.Reader) *reply {
 		RequireTLS: ss.mail.RequireTLS,
 		Size:       ss.mail.Size,
 		ReceivedAt: now,
-		ExpiresAt:  now.Add(s.cfg.Delivery.Expire.D()),
+		ExpiresAt:  now.Add(ss.scfg.Delivery.Expire.D()),
 		ClientIP:   ss.ip.String(),
 		Helo:       sanitize(ss.helo),
 		Source:     "smtp",
-		Site:       ss.site.cfg.Name,
+		Site:       ss.sp.cfg.Name,
 	}
 	if ss.user != nil {
 		env.AuthUser = ss.user.Name
@@ -257,7 +257,7 @@ var msgBuffers = sync.Pool{New: func() any { return bytes.NewBuffer(make([]byte,
 // refuseBare answers a message with bare line ends (smtpd_forbid_bare_newline
 // = reject) and closes the connection after the reply.
 func (ss *session) refuseBare(qid, what string) *reply {
-	ss.s.log.Warn("bare newline in message, refused and disconnecting", "qid", qid, "site", ss.site.cfg.Name, "client", ss.ip.String(), "bare", what)
+	ss.s.log.Warn("bare newline in message, refused and disconnecting", "qid", qid, "site", ss.sp.cfg.Name, "client", ss.ip.String(), "bare", what)
 	ss.quit = true
 	return rep(550, "5.5.2", "Error: bare "+what+" received")
 }
@@ -265,7 +265,7 @@ func (ss *session) refuseBare(qid, what string) *reply {
 func (ss *session) storeErr(qid string, err error) *reply {
 	if errors.Is(err, bus.ErrStoreFull) {
 		ss.site.m.Refused(metrics.RefusedNoRoom)
-		ss.s.log.Warn("no room for new mail, refused", "qid", qid, "site", ss.site.cfg.Name, "client", ss.ip.String(), "err", err)
+		ss.s.log.Warn("no room for new mail, refused", "qid", qid, "site", ss.sp.cfg.Name, "client", ss.ip.String(), "err", err)
 		return rep(452, "4.3.1", "Insufficient system storage")
 	}
 	ss.s.log.Error("store failed, mail refused", "qid", qid, "err", err)
@@ -306,7 +306,7 @@ func (ss *session) received(qid string, now time.Time, env *envelope.Envelope) [
 	if ss.clientName != "" {
 		name = ss.clientName + " "
 	}
-	fmt.Fprintf(&b, "Received: from %s (%s[%s])\r\n\tby %s (Mailroot) with %s id %s", helo, name, env.ClientIP, ss.site.cfg.Hostname, proto, qid)
+	fmt.Fprintf(&b, "Received: from %s (%s[%s])\r\n\tby %s (Mailroot) with %s id %s", helo, name, env.ClientIP, ss.sp.cfg.Hostname, proto, qid)
 	if st, ok := ss.tlsState(); ok {
 		fmt.Fprintf(&b, "\r\n\t(using %s with cipher %s)", tlsVersion(st.Version), tls.CipherSuiteName(st.CipherSuite))
 	}
@@ -333,7 +333,7 @@ func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 // reverseDNS looks the client's name up (reverse_dns), forward-confirmed:
 // the PTR name must resolve back to the address, else it is "unknown".
 func (ss *session) reverseDNS() {
-	if !ss.site.cfg.ReverseDNS || !ss.ip.IsValid() {
+	if !ss.sp.cfg.ReverseDNS || !ss.ip.IsValid() {
 		return
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), ss.lookupDeadline())

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mailroot/mailroot/internal/config"
@@ -19,14 +20,12 @@ import (
 
 // site is one [[site]]: its listeners and policy.
 type site struct {
-	svc       *Service
+	svc *Service
+	// cfg is the site as it started: its name, kind, listeners and TLS
+	// stay so until a restart. What may change while it runs is in pol.
 	cfg       config.Site
-	relay     []netip.Prefix
-	etrnNets  []netip.Prefix
-	normNets  []netip.Prefix
-	local     map[string]bool // nil: every local and alias domain
-	tlsConfig *tls.Config     // nil: no TLS on this site
-	ctl       *connCtl        // nil: every client may connect
+	pol       atomic.Pointer[sitePolicy]
+	tlsConfig *tls.Config // nil: no TLS on this site
 	listeners []net.Listener
 	// m is the site's metrics, set by Run before it serves.
 	m *metrics.Site
@@ -44,31 +43,58 @@ type site struct {
 // maxRefusing is how many refused connections get their 421 at once.
 const maxRefusing = 32
 
-func newSite(svc *Service, sc config.Site) (*site, error) {
-	st := &site{svc: svc, cfg: sc, perIP: map[netip.Addr]int{}, refusing: make(chan struct{}, maxRefusing)}
+// sitePolicy is what a site applies to a connection, taken once when it
+// connects (site.policy): a live configuration change (Service.Apply)
+// replaces it for the connections that follow, sessions in progress
+// finish under the one they began with.
+type sitePolicy struct {
+	cfg      config.Site
+	relay    []netip.Prefix
+	etrnNets []netip.Prefix
+	normNets []netip.Prefix
+	local    map[string]bool // nil: every local and alias domain
+	ctl      *connCtl        // nil: every client may connect
+}
+
+// newSitePolicy compiles the lists of sc.
+func newSitePolicy(sc config.Site) (*sitePolicy, error) {
+	p := &sitePolicy{cfg: sc}
 	var err error
-	if st.relay, err = config.Networks(sc.RelayNetworks); err != nil {
+	if p.relay, err = config.Networks(sc.RelayNetworks); err != nil {
 		return nil, fmt.Errorf("ingress: site %s: relay_networks: %w", sc.Name, err)
 	}
-	if st.etrnNets, err = config.Networks(sc.ETRNNetworks); err != nil {
+	if p.etrnNets, err = config.Networks(sc.ETRNNetworks); err != nil {
 		return nil, fmt.Errorf("ingress: site %s: etrn_networks: %w", sc.Name, err)
 	}
-	if st.normNets, err = config.Networks(sc.BareNewlineNormalize); err != nil {
+	if p.normNets, err = config.Networks(sc.BareNewlineNormalize); err != nil {
 		return nil, fmt.Errorf("ingress: site %s: bare_newline_normalize: %w", sc.Name, err)
 	}
-	if st.ctl, err = newConnCtl(sc); err != nil {
+	if p.ctl, err = newConnCtl(sc); err != nil {
 		return nil, fmt.Errorf("ingress: site %s: %w", sc.Name, err)
 	}
 	if len(sc.LocalDomains) > 0 {
-		st.local = map[string]bool{}
+		p.local = map[string]bool{}
 		for _, d := range sc.LocalDomains {
-			st.local[envelope.NormalizeDomain(d)] = true
+			p.local[envelope.NormalizeDomain(d)] = true
 		}
 	}
+	return p, nil
+}
+
+// policy is the site's policy in force.
+func (st *site) policy() *sitePolicy { return st.pol.Load() }
+
+func newSite(svc *Service, sc config.Site) (*site, error) {
+	st := &site{svc: svc, cfg: sc, perIP: map[netip.Addr]int{}, refusing: make(chan struct{}, maxRefusing)}
+	pol, err := newSitePolicy(sc)
+	if err != nil {
+		return nil, err
+	}
+	st.pol.Store(pol)
 	if sc.StartTLS || sc.ImplicitTLS {
 		certFile, keyFile := sc.TLSCert, sc.TLSKey
 		if certFile == "" {
-			if certFile, keyFile, err = selfSigned(svc.cfg.TLSDir(), svc.cfg.Hostname); err != nil {
+			if certFile, keyFile, err = selfSigned(svc.conf().TLSDir(), svc.conf().Hostname); err != nil {
 				return nil, err
 			}
 		}
@@ -107,21 +133,26 @@ func (st *site) addrs() []string {
 }
 
 // mayRelay reports whether ip is in the site's relay_networks.
-func (st *site) mayRelay(ip netip.Addr) bool { return containsIP(st.relay, ip) }
+func (p *sitePolicy) mayRelay(ip netip.Addr) bool { return containsIP(p.relay, ip) }
 
-// admit counts a new connection from ip, or says why it is refused.
-func (st *site) admit(ip netip.Addr) string {
+// admit counts a new connection from ip, or says why it is refused:
+// the enhanced code of the 421, the text and the metrics reason.
+func (st *site) admit(ip netip.Addr, pol *sitePolicy) (enhanced, why, reason string) {
+	if pol.cfg.Paused {
+		// IIS's "pause": no new sessions, those in progress finish.
+		return "4.3.2", "Service not available, the site is paused", metrics.RefusedPaused
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.conns >= st.cfg.MaxConnections {
-		return "Too many connections, try again later"
+	if st.conns >= pol.cfg.MaxConnections {
+		return "4.7.0", "Too many connections, try again later", metrics.RefusedConnectionLimit
 	}
-	if st.perIP[ip] >= st.cfg.MaxConnectionsPerIP {
-		return "Too many connections from your address, try again later"
+	if st.perIP[ip] >= pol.cfg.MaxConnectionsPerIP {
+		return "4.7.0", "Too many connections from your address, try again later", metrics.RefusedConnectionLimit
 	}
 	st.conns++
 	st.perIP[ip]++
-	return ""
+	return "", "", ""
 }
 
 func (st *site) release(ip netip.Addr) {
@@ -157,14 +188,15 @@ func (st *site) serve(l net.Listener) error {
 			ip, _ = netip.AddrFromSlice(ta.IP)
 			ip = ip.Unmap()
 		}
-		if why := st.admit(ip); why != "" {
-			st.m.Refused(metrics.RefusedConnectionLimit)
+		pol := st.policy()
+		if enh, why, reason := st.admit(ip, pol); why != "" {
+			st.m.Refused(reason)
 			st.svc.log.Warn("connection refused", "site", st.cfg.Name, "client", ip.String(), "reason", why)
 			select {
 			case st.refusing <- struct{}{}:
 				go func() {
 					defer func() { <-st.refusing }()
-					st.refuse(c, why)
+					st.refuse(c, pol, enh, why)
 				}()
 			default:
 				_ = c.Close()
@@ -172,7 +204,7 @@ func (st *site) serve(l net.Listener) error {
 			continue
 		}
 		id := strconv.FormatUint(st.svc.nextID.Add(1), 36)
-		ss := newSession(st, c, ip, id)
+		ss := newSession(st, pol, c, ip, id)
 		st.svc.sessions.add(id, sessionInfo{Site: st.cfg.Name, ClientIP: ip.String(), Since: ss.since})
 		st.m.Sessions.Inc()
 		ss.onClose = func() {
@@ -192,9 +224,10 @@ func (st *site) serve(l net.Listener) error {
 // refuseTimeout bounds a refusal: TLS handshake and 421.
 const refuseTimeout = 5 * time.Second
 
-// refuse answers a connection over the limits with 421 4.7.0 and closes
-// it; on an implicit-TLS site the 421 goes inside TLS, as every reply does.
-func (st *site) refuse(c net.Conn, why string) {
+// refuse answers a connection over the limits (or to a paused site) with
+// 421 and closes it; on an implicit-TLS site the 421 goes inside TLS, as
+// every reply does.
+func (st *site) refuse(c net.Conn, pol *sitePolicy, enhanced, why string) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(refuseTimeout))
 	if st.cfg.ImplicitTLS {
@@ -205,5 +238,5 @@ func (st *site) refuse(c net.Conn, why string) {
 		defer tc.Close() // close_notify after the 421
 		c = tc
 	}
-	_, _ = io.WriteString(c, "421 4.7.0 "+st.cfg.Hostname+" "+why+"\r\n")
+	_, _ = io.WriteString(c, "421 "+enhanced+" "+pol.cfg.Hostname+" "+why+"\r\n")
 }

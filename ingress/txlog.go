@@ -73,7 +73,7 @@ func (ss *session) logCommand(verb, arg string, n int, start time.Time, replied 
 // One that cannot be opened is said and left off: it never stops mail.
 func (s *Service) openTxLogs() {
 	for _, st := range s.sites {
-		dir := s.cfg.SiteLogDir(st.cfg)
+		dir := s.conf().SiteLogDir(st.cfg)
 		if dir == "" {
 			continue
 		}

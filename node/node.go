@@ -23,6 +23,7 @@ import (
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/dirlock"
+	"github.com/mailroot/mailroot/internal/liveconfig"
 	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/pickupwatcher"
 	"github.com/mailroot/mailroot/router"
@@ -89,6 +90,8 @@ type Node struct {
 	// Syncer is the group commit of the embedded server (nil without one).
 	Syncer *bus.Syncer
 
+	// stopLive ends the live configuration's watch (followConfig).
+	stopLive func()
 	// inproc authenticates in-process connections to the embedded server.
 	inproc []nats.Option
 	// accessDir is the data_dir holding bus.LocalAccessFile, removed at
@@ -364,6 +367,9 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 			return nil, fmt.Errorf("app: unknown actor %q", a)
 		}
 	}
+	if err := n.followConfig(ctx, js, cfg, services); err != nil {
+		return nil, err
+	}
 	for _, a := range n.order {
 		actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan error, 1)
@@ -388,6 +394,40 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 	}
 	log.Info("started", "actors", n.order)
 	return n, nil
+}
+
+// applier is an actor that takes a changed configuration while it runs.
+type applier interface {
+	Apply(config.Config)
+}
+
+// followConfig applies the live configuration (internal/liveconfig, the
+// mta-config bucket) to the actors: the bucket's values now, before they
+// start, and every change from then on, within the time the KV watch
+// takes to deliver it.
+func (n *Node) followConfig(ctx context.Context, js jetstream.JetStream, cfg config.Config, services map[string]runner) error {
+	var appliers []applier
+	for _, a := range n.order {
+		if ap, ok := services[a].(applier); ok {
+			appliers = append(appliers, ap)
+		}
+	}
+	n.stopLive = func() {}
+	if len(appliers) == 0 {
+		return nil
+	}
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	_, err := liveconfig.Follow(lctx, js, cfg, n.log.With("svc", "liveconfig"), func(c config.Config, _ map[string]liveconfig.Entry) {
+		for _, ap := range appliers {
+			ap.Apply(c)
+		}
+	})
+	if err != nil {
+		cancel()
+		return fmt.Errorf("app: live configuration: %w", err)
+	}
+	n.stopLive = cancel
+	return nil
 }
 
 // MetricsAddr is the bound address of the metrics listener ("" when
@@ -425,6 +465,7 @@ func (n *Node) Stop() {
 		deadline := time.NewTimer(ShutdownGrace)
 		defer deadline.Stop()
 		late := false
+		n.stopLive()
 		for _, a := range n.order {
 			n.cancels[a]()
 			if late {
@@ -464,6 +505,7 @@ func (n *Node) Kill() {
 			c.Close()
 		}
 		n.Conn.Close()
+		n.stopLive()
 		for _, a := range n.order {
 			n.cancels[a]()
 		}

@@ -30,7 +30,7 @@ import (
 
 // Service is the router.
 type Service struct {
-	cfg    config.Config
+	live   *config.Live
 	log    *slog.Logger
 	js     jetstream.JetStream
 	bodies *bus.Bodies
@@ -48,19 +48,26 @@ type Service struct {
 
 // New returns a router.
 func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service, error) {
-	return &Service{cfg: cfg, log: log.With("svc", "router"), js: js, Slots: 64, Room: &bus.Room{JS: js, Reserve: cfg.NATS.Reserve}}, nil
+	return &Service{live: config.NewLive(cfg), log: log.With("svc", "router"), js: js, Slots: 64, Room: &bus.Room{JS: js, Reserve: cfg.NATS.Reserve}}, nil
 }
+
+// conf is the configuration in force (Apply).
+func (s *Service) conf() *config.Config { return s.live.Get() }
+
+// Apply puts a changed configuration in force (the live configuration,
+// internal/liveconfig): messages routed from now on follow it.
+func (s *Service) Apply(cfg config.Config) { s.live.Set(cfg) }
 
 // Run routes until ctx is done.
 func (s *Service) Run(ctx context.Context) error {
-	cons, err := bus.Setup(ctx, s.js, s.cfg, bus.ConsumerRouter)
+	cons, err := bus.Setup(ctx, s.js, *s.conf(), bus.ConsumerRouter)
 	if err != nil {
 		return err
 	}
 	if s.bodies, err = bus.OpenBodies(ctx, s.js); err != nil {
 		return err
 	}
-	s.notify = notify.NewNotifier(s.cfg, s.js, s.bodies)
+	s.notify = notify.NewNotifier(*s.conf(), s.js, s.bodies)
 	s.notify.Room = s.Room
 	s.m = metrics.Or(s.Metrics)
 	w := &bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerRouter], Slots: s.Slots, Log: s.log}
@@ -160,6 +167,7 @@ func routedEvents(env *envelope.Envelope, parts []part) []bus.Event {
 
 // plan validates an incoming message and splits it per destination.
 func (s *Service) plan(h map[string][]string, data []byte) (*envelope.Envelope, []part, error) {
+	cfg := s.conf() // one configuration for the whole message
 	h = directDefaults(h)
 	env, err := envelope.Decode(h)
 	if err != nil {
@@ -170,8 +178,8 @@ func (s *Service) plan(h map[string][]string, data []byte) (*envelope.Envelope, 
 		if len(data) == 0 {
 			return nil, nil, fmt.Errorf("%w: empty message body", errReject)
 		}
-		if int64(len(data)) > s.cfg.Ingress.MaxMessageSize+64<<10 {
-			return nil, nil, fmt.Errorf("%w: message of %d bytes exceeds the maximum size %d", errReject, len(data), s.cfg.Ingress.MaxMessageSize)
+		if int64(len(data)) > cfg.Ingress.MaxMessageSize+64<<10 {
+			return nil, nil, fmt.Errorf("%w: message of %d bytes exceeds the maximum size %d", errReject, len(data), cfg.Ingress.MaxMessageSize)
 		}
 		if hops := envelope.CountReceived(data); hops > env.Hops {
 			env.Hops = hops
@@ -181,19 +189,19 @@ func (s *Service) plan(h map[string][]string, data []byte) (*envelope.Envelope, 
 			return nil, nil, fmt.Errorf("%w: Mta-Body obj with a non-empty payload", errReject)
 		}
 	}
-	if env.Hops > s.cfg.Router.MaxHopCount {
-		return env, nil, &bounceError{status: "5.4.6", text: fmt.Sprintf("routing loop detected: message has %d Received: headers, more than the maximum hop count %d", env.Hops, s.cfg.Router.MaxHopCount)}
+	if env.Hops > cfg.Router.MaxHopCount {
+		return env, nil, &bounceError{status: "5.4.6", text: fmt.Sprintf("routing loop detected: message has %d Received: headers, more than the maximum hop count %d", env.Hops, cfg.Router.MaxHopCount)}
 	}
 	if env.ReceivedAt.IsZero() {
 		env.ReceivedAt = time.Now()
 	}
 	if env.ExpiresAt.IsZero() {
-		env.ExpiresAt = env.ReceivedAt.Add(s.cfg.Delivery.Expire.D())
+		env.ExpiresAt = env.ReceivedAt.Add(cfg.Delivery.Expire.D())
 	}
 	byDomain := map[string][]envelope.Rcpt{}
 	seen := map[string]bool{}
 	for _, r := range env.Rcpts {
-		if addr, ok := s.cfg.Unalias(r.Addr); ok {
+		if addr, ok := cfg.Unalias(r.Addr); ok {
 			// Mail from Pickup or NATS for an alias domain: the default
 			// domain, as ingress does for SMTP.
 			if r.ORcpt == "" {
@@ -225,9 +233,9 @@ func (s *Service) plan(h map[string][]string, data []byte) (*envelope.Envelope, 
 		tok := bus.Token(d)
 		p.MsgID = envelope.RouteID(env.QueueID, tok)
 		subject := bus.Out(tok)
-		if s.cfg.IsLocal(d) {
+		if cfg.IsLocal(d) {
 			subject = bus.SubjDrop
-		} else if dom, ok := s.cfg.Domain(d); ok && dom.Type == config.DomainRemote && dom.Hold {
+		} else if dom, ok := cfg.Domain(d); ok && dom.Type == config.DomainRemote && dom.Hold {
 			// Held for ETRN/ATRN (RFC 1985, RFC 2645): it waits on
 			// mail.hold.<tok> until released.
 			subject = bus.Hold(tok)

@@ -37,6 +37,7 @@ const (
 	EventReleased  = "released"  // held mail released by ETRN
 	EventDropped   = "dropped"   // written to a Drop directory
 	EventBadmail   = "badmail"   // moved to mail.bad
+	EventConfig    = "config"    // a live configuration key changed (mailroot config set, the admin console)
 
 	// EventQuarantined: written to the Quarantine directory (the inbound
 	// checks quarantined it).
@@ -45,7 +46,7 @@ const (
 
 // EventTypes lists every event type, in the order of a mail's life.
 var EventTypes = []string{EventReceived, EventPickedUp, EventRouted, EventHeld, EventReleased,
-	EventDelivered, EventDropped, EventQuarantined, EventDeferred, EventExpired, EventBounced, EventBadmail}
+	EventDelivered, EventDropped, EventQuarantined, EventDeferred, EventExpired, EventBounced, EventBadmail, EventConfig}
 
 // EventsRetention is how long events are kept when events.max_age is not
 // set.
@@ -166,6 +167,16 @@ type Event struct {
 	// File is the Pickup file taken (pickedup) or the Drop or Quarantine
 	// file written (dropped, quarantined).
 	File string `json:"file,omitempty"`
+
+	// Admin is who made an administrator's change (config): the OS user,
+	// the NATS user or the console's login.
+	Admin string `json:"admin,omitempty"`
+	// Key, Value and Revision are a config event's key, its new TOML
+	// value ("" when unset) and the revision it was stored as; Reason is
+	// the change's why.
+	Key      string `json:"key,omitempty"`
+	Value    string `json:"value,omitempty"`
+	Revision uint64 `json:"revision,omitempty"`
 }
 
 // RoutedPart is one destination of a routed message.
@@ -195,6 +206,9 @@ func EventSubject(typ, domain string) string {
 // recipient or a digest of the recipients, the attempt, the report). A publish repeated by a redelivered
 // message thus stores one event. Events without a queue id get none.
 func EventMsgID(e Event) string {
+	if e.Type == EventConfig && e.Key != "" {
+		return sanitize(EventConfig + "." + e.Key + ".r" + strconv.FormatUint(e.Revision, 10))
+	}
 	if e.QueueID == "" {
 		return ""
 	}
@@ -238,6 +252,39 @@ var eventNode = func() string {
 	return h
 }()
 
+// EmitSync publishes an event and waits for the stream to store it: for
+// the events of short-lived commands (an administrator's change), which
+// must be in the log before the command says it is done.
+func EmitSync(ctx context.Context, js jetstream.JetStream, e Event) error {
+	m := eventMsg(e)
+	if m == nil {
+		return fmt.Errorf("bus: event %s: cannot encode", e.Type)
+	}
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("bus: event %s: %w", e.Type, err)
+	}
+	return nil
+}
+
+// eventMsg is the message of e (nil if it cannot be encoded).
+func eventMsg(e Event) *nats.Msg {
+	if e.Time.IsZero() {
+		e.Time = time.Now().UTC()
+	}
+	if e.Node == "" {
+		e.Node = eventNode
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil
+	}
+	m := &nats.Msg{Subject: EventSubject(e.Type, e.Domain), Data: b}
+	if id := EventMsgID(e); id != "" {
+		m.Header = nats.Header{jetstream.MsgIDHeader: []string{id}}
+	}
+	return m
+}
+
 // Emit publishes an event as a core NATS message, with no reply subject:
 // the stream stores it (deduplicated by its Nats-Msg-Id) but sends no
 // acknowledgement, which nobody would wait for anyway: the event log must
@@ -249,21 +296,9 @@ func Emit(js jetstream.JetStream, e Event) {
 	if js == nil {
 		return
 	}
-	if e.Time.IsZero() {
-		e.Time = time.Now().UTC()
+	if m := eventMsg(e); m != nil {
+		_ = js.Conn().PublishMsg(m)
 	}
-	if e.Node == "" {
-		e.Node = eventNode
-	}
-	b, err := json.Marshal(e)
-	if err != nil {
-		return
-	}
-	m := &nats.Msg{Subject: EventSubject(e.Type, e.Domain), Data: b}
-	if id := EventMsgID(e); id != "" {
-		m.Header = nats.Header{jetstream.MsgIDHeader: []string{id}}
-	}
-	_ = js.Conn().PublishMsg(m)
 }
 
 // DomainOf is the domain shared by every address in rcpts (normalised),

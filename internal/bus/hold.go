@@ -23,6 +23,12 @@ import (
 // workers (queue group QueueRelease).
 const SubjCtlRelease = "mta.ctl.release"
 
+// SubjCtlDisconnectPrefix + <node> is the request subject on which the
+// ingress process <node> closes one of its SMTP sessions: the request's
+// data is the session id, the Mailroot-Admin header who asks; the reply
+// is "closed" or an error text.
+const SubjCtlDisconnectPrefix = "mta.ctl.disconnect."
+
 // QueueRelease is the queue group of the release workers.
 const QueueRelease = "release"
 
@@ -178,7 +184,10 @@ func EnsureSessions(ctx context.Context, js jetstream.JetStream, replicas int) (
 
 // SessionInfo is one live SMTP session as `mailroot sessions` shows it.
 type SessionInfo struct {
-	Node       string    `json:"node"`
+	Node string `json:"node"`
+	// ID is the session's id within its node (the cid of its log lines):
+	// `mailroot sessions disconnect` names a session by it.
+	ID         string    `json:"id,omitempty"`
 	Site       string    `json:"site"`
 	ClientIP   string    `json:"client_ip"`
 	ClientName string    `json:"client_name,omitempty"`

@@ -75,6 +75,10 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // Config is the whole configuration. Each service takes the part it needs.
 type Config struct {
+	// Source is the TOML text the configuration was read from ("" for
+	// none): the base the live configuration's keys apply over
+	// (internal/liveconfig).
+	Source string `toml:"-"`
 	// Hostname is this server's name in the banner, EHLO and Received.
 	Hostname string `toml:"hostname"`
 	// DataDir holds Pickup/, Drop/, Badmail/ and nats/.
@@ -179,6 +183,11 @@ type Domain struct {
 	RequireTLS bool `toml:"require_tls"`
 	// Hold (remote) keeps the domain's mail queued until ETRN/ATRN.
 	Hold bool `toml:"hold"`
+	// Paused (remote) stops delivery to the domain: its mail waits in the
+	// queue, nothing bounces and no attempt is counted, until it is
+	// resumed (meant to be set live: `mailroot config set domain.NAME
+	// '{type = "remote", paused = true}'`).
+	Paused bool `toml:"paused"`
 }
 
 // Ingress configures the SMTP server ([ingress]): the site keys, whose
@@ -488,6 +497,7 @@ func (c *Config) decodeFile(path string) error {
 }
 
 func (c *Config) decode(text string) error {
+	c.Source = text
 	md, err := toml.Decode(text, c)
 	if err != nil {
 		var perr toml.ParseError

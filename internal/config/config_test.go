@@ -38,7 +38,7 @@ func TestSampleFileMatchesDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := Default()
-	d.Hostname = c.Hostname
+	d.Hostname, d.Source = c.Hostname, c.Source
 	if c.Hostname != "mail.example.test" {
 		t.Errorf("hostname %q", c.Hostname)
 	}

@@ -93,6 +93,10 @@ type SiteKeys struct {
 	TLSKey  string `toml:"tls_key"`
 	// RelayNetworks may relay to any domain without AUTH (CIDRs).
 	RelayNetworks []string `toml:"relay_networks"`
+	// Paused refuses new connections with 421 4.3.2 while sessions in
+	// progress finish (IIS's "pause"); meant to be set live
+	// (`mailroot config set ingress.paused true`, or site.NAME.paused).
+	Paused bool `toml:"paused"`
 	// Auth is off, optional or required.
 	Auth string `toml:"auth"`
 	// AllowInsecureAuth offers AUTH on connections without TLS.

@@ -80,6 +80,10 @@ func ETRNID(qid, tok string, seq uint64) string { return attemptID(qid, tok, "et
 // flush`: "<qid>.<tok>.flush<seq>".
 func FlushID(qid, tok string, seq uint64) string { return attemptID(qid, tok, "flush", seq) }
 
+// PauseID is the schedule that parks the mail.out message at stream
+// sequence seq while delivery to its domain is paused: "<qid>.<tok>.p<seq>".
+func PauseID(qid, tok string, seq uint64) string { return attemptID(qid, tok, "p", seq) }
+
 // BadmailDSNID is Badmail's report for the mail.bad message at seq:
 // "<qid>.bad<seq>.dsn".
 func BadmailDSNID(qid string, seq uint64) string {

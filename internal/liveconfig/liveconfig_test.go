@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
@@ -88,10 +91,19 @@ func TestBadValuesAreRefusedNamingTheKey(t *testing.T) {
 	}
 }
 
+// setup makes the streams every change's event goes to.
+func setup(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	if _, err := bus.Setup(t.Context(), js, config.Default()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestSetHistoryRollback(t *testing.T) {
 	n := testutil.StartNATS(t)
 	_, js := n.Connect(t)
 	ctx := t.Context()
+	setup(t, js)
 	s, err := Open(ctx, js, 1, base)
 	if err != nil {
 		t.Fatal(err)
@@ -143,6 +155,21 @@ func TestSetHistoryRollback(t *testing.T) {
 	if cfg, _, _ = s.Effective(ctx); cfg.Ingress.MaxRecipients != 50 {
 		t.Fatalf("after unset: %d, want the file's 50", cfg.Ingress.MaxRecipients)
 	}
+	// Every change is an event naming who made it, stored before Set
+	// returned.
+	var evs []string
+	err = bus.ReadEvents(ctx, js, bus.EventFilter{Type: bus.EventConfig}, false, func(e bus.Event) error {
+		evs = append(evs, e.Admin+":"+e.Key+"="+e.Value+":"+e.Reason)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantEv := []string{"alice:ingress.max_recipients=10:a partner sends to many", "bob:ingress.max_recipients=20:more",
+		"carol:ingress.max_recipients=10:" + entries["ingress.max_recipients"].Why, "dave:ingress.max_recipients=:back to the file"}
+	if !slices.Equal(evs, wantEv) {
+		t.Fatalf("config events %q, want %q", evs, wantEv)
+	}
 }
 
 // Two processes watching the bucket both see a change, within 2 s.
@@ -165,6 +192,7 @@ func TestTwoWatchersSeeAChange(t *testing.T) {
 		return seen[0].Load() == 50 && seen[1].Load() == 50
 	})
 	_, js := n.Connect(t)
+	setup(t, js)
 	admin, err := Open(ctx, js, 1, base)
 	if err != nil {
 		t.Fatal(err)

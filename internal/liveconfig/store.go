@@ -12,6 +12,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 )
 
@@ -43,6 +44,9 @@ type Entry struct {
 // Store is the bucket with the file text the live keys apply over.
 type Store struct {
 	KV jetstream.KeyValue
+	// JS records every change as a config event in MAIL_EVENTS (nil:
+	// none, for tests of the bucket alone).
+	JS jetstream.JetStream
 	// Base is the configuration file's text ("" for none).
 	Base string
 }
@@ -59,7 +63,7 @@ func Open(ctx context.Context, js jetstream.JetStream, replicas int, base string
 	if err != nil {
 		return nil, fmt.Errorf("liveconfig: bucket %s: %w", Bucket, err)
 	}
-	return &Store{KV: kv, Base: base}, nil
+	return &Store{KV: kv, JS: js, Base: base}, nil
 }
 
 // kvKey maps a configuration key to a KV key: KV keys allow letters,
@@ -180,6 +184,17 @@ func (s *Store) Set(ctx context.Context, key, value string, unset bool, who, why
 	}
 	if err != nil {
 		return 0, fmt.Errorf("liveconfig: store %s (changed meanwhile? try again): %w", key, err)
+	}
+	if s.JS != nil {
+		// The change is stored (its history says who, when and why); the
+		// event makes it part of the one log of everything that happened.
+		ev := bus.Event{Type: bus.EventConfig, Admin: who, Key: key, Value: value, Revision: rev, Reason: why}
+		if unset {
+			ev.Value = ""
+		}
+		if err := bus.EmitSync(ctx, s.JS, ev); err != nil {
+			return rev, fmt.Errorf("liveconfig: %s stored as revision %d, but its event was not recorded: %w", key, rev, err)
+		}
 	}
 	return rev, nil
 }
@@ -350,4 +365,34 @@ func (s *Store) Watch(ctx context.Context, apply func(config.Config, map[string]
 		}
 	}()
 	return nil
+}
+
+// Shadowed lists the live keys whose value differs from the one the
+// configuration file gives them: after the first start the bucket wins,
+// so an edit of the file does not apply until the key is unset (the
+// process says so in its log, naming the key).
+func (s *Store) Shadowed(ctx context.Context) ([]Entry, error) {
+	var tree map[string]any
+	if _, err := toml.Decode(s.Base, &tree); err != nil {
+		return nil, fmt.Errorf("config file: %w", err)
+	}
+	entries, err := s.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []Entry
+	for _, kv := range flatten(tree) {
+		e, ok := entries[kv[0]]
+		if !ok || e.Unset {
+			continue
+		}
+		v, err := ParseValue(e.Value)
+		if err != nil {
+			continue
+		}
+		if text, err := FormatValue(v); err == nil && text != kv[1] {
+			out = append(out, e)
+		}
+	}
+	return out, nil
 }

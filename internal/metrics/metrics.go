@@ -177,6 +177,8 @@ const (
 	// RefusedUnknownRcpt: a recipient no recipients list names (550
 	// 5.1.1).
 	RefusedUnknownRcpt = "unknown_recipient"
+	// RefusedPaused: a connection to a paused site (421 4.3.2).
+	RefusedPaused = "paused"
 	// RefusedSPF: SPF fail of the MAIL FROM with spf_fail = "reject"
 	// (550 5.7.23 at the end of DATA).
 	RefusedSPF = "spf_fail"
@@ -189,7 +191,7 @@ const (
 
 // RefusalReasons are every reason label, each series present from start.
 var RefusalReasons = []string{RefusedConnectionLimit, RefusedRelay, RefusedAuthFailed, RefusedAuthRequired, RefusedBadCommands, RefusedNoRoom, RefusedTimeout,
-	RefusedConnectDeny, RefusedConnectAllow, RefusedDNSBL, RefusedDNSTempfail, RefusedUnknownRcpt, RefusedSPF, RefusedDMARC, RefusedOther}
+	RefusedConnectDeny, RefusedConnectAllow, RefusedDNSBL, RefusedDNSTempfail, RefusedUnknownRcpt, RefusedPaused, RefusedSPF, RefusedDMARC, RefusedOther}
 
 // Refused counts one refusal for reason (one of RefusalReasons; anything
 // else counts as RefusedOther, so the label stays bounded).
