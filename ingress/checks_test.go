@@ -3,6 +3,7 @@ package ingress
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -448,5 +449,39 @@ func BenchmarkAcceptChecked(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BDAT content is checked as DATA is: a refusal answers BDAT LAST, a
+// pass is stored with the header.
+func TestChecksBDAT(t *testing.T) {
+	k := testutil.NewDKIMKey(t, "org.test", "s1")
+	d := testutil.StartDNS(t, checksZone(k)...)
+	f := startChecked(t, d, func(c *config.Config) { c.Ingress.DMARCReject = config.ActionReject })
+	rc := rawDial(t, f.addr)
+	rc.cmd("EHLO client.test")
+	for _, tc := range []struct {
+		from string
+		msg  []byte
+		code int
+	}{
+		{"a@rej.test", []byte(authMessage("rej.test", "")), 550},
+		{"a@rej.test", k.Sign(t, authMessage("org.test", "")), 250},
+	} {
+		rc.cmd("MAIL FROM:<" + tc.from + ">")
+		rc.cmd("RCPT TO:<b@local.test>")
+		half := len(tc.msg) / 2
+		rc.send(fmt.Sprintf("BDAT %d\r\n%s", half, tc.msg[:half]))
+		if code, text := rc.reply(); code != 250 {
+			t.Fatalf("first chunk: %s", text)
+		}
+		rc.send(fmt.Sprintf("BDAT %d LAST\r\n%s", len(tc.msg)-half, tc.msg[half:]))
+		code, text := rc.reply()
+		if code != tc.code {
+			t.Fatalf("BDAT LAST: %q, want %d", text, tc.code)
+		}
+	}
+	if _, rs := authResults(t, lastIn(t, f.js).Data); results(rs)["dmarc"] != "pass" || subjectCount(t, f.js, bus.SubjIn) != 1 {
+		t.Fatalf("results %v", results(rs))
 	}
 }
