@@ -30,6 +30,8 @@ import (
 
 	"blitiri.com.ar/go/spf"
 	"github.com/emersion/go-msgauth/dkim"
+
+	"github.com/mailroot/mailroot/internal/envelope"
 )
 
 // Resolver is the DNS the checks use: net.Resolver's shapes, which
@@ -145,7 +147,7 @@ func (c *Checker) spf(ctx context.Context, in Input) (from, helo SPFResult) {
 	if at < 0 {
 		return SPFResult{Result: spf.None, Err: errors.New("sender without a domain")}, helo
 	}
-	domain := strings.ToLower(strings.TrimSuffix(in.MailFrom[at+1:], "."))
+	domain := envelope.NormalizeDomain(in.MailFrom[at+1:]) // the A-label, as DMARC compares
 	if domain == heloDomain && strings.EqualFold(in.MailFrom[:at], "postmaster") {
 		return helo, helo
 	}

@@ -258,6 +258,7 @@ func TestFromDomains(t *testing.T) {
 		{"To: a@x.test\r\n\r\n", "", ErrNoFrom},
 		{"From: a@x.test\r\nFrom: b@Y.test\r\n\r\n", "x.test y.test", nil},
 		{"From: Jörg <jörg@x.test>\r\n\r\n", "x.test", nil},
+		{"From: a@Bücher.test\r\n\r\n", "xn--bcher-kva.test", nil},
 		{"From: nobody\r\n\r\n", "", ErrFromSyntax},
 		{"Subject: x\r\n\r\nFrom: a@x.test\r\n", "", ErrNoFrom},
 	} {

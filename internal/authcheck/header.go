@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/emersion/go-msgauth/authres"
+
+	"github.com/mailroot/mailroot/internal/envelope"
 )
 
 // Errors of FromDomains.
@@ -129,7 +131,7 @@ func domainOf(addr string) string {
 	if at < 0 {
 		return ""
 	}
-	return strings.ToLower(strings.TrimSuffix(addr[at+1:], "."))
+	return envelope.NormalizeDomain(addr[at+1:])
 }
 
 // lenientDomain finds the domain after the last "@" of s, up to the
@@ -143,7 +145,7 @@ func lenientDomain(s string) string {
 	if end := strings.IndexAny(d, "> \t,;()<\"[]"); end >= 0 {
 		d = d[:end]
 	}
-	return strings.ToLower(strings.TrimSuffix(d, "."))
+	return envelope.NormalizeDomain(d)
 }
 
 // StripOwn returns msg without the Authentication-Results fields of its
