@@ -2,7 +2,6 @@ package delivery
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -37,14 +36,8 @@ func (s *Service) handleQuarantine(ctx context.Context, m jetstream.Msg) {
 		s.toBad(ctx, m, fmt.Sprintf("quarantine: queue id %q cannot be a file name", env.QueueID))
 		return
 	}
-	body, err := s.bodies.Open(ctx, env, m.Data())
-	if err != nil {
-		if errors.Is(err, jetstream.ErrObjectNotFound) {
-			s.toBad(ctx, m, "quarantine: message body lost: "+err.Error())
-			return
-		}
-		log.Error("quarantine: open body failed", "err", err)
-		_ = m.NakWithDelay(s.DropRetryDelay)
+	body, ok := s.openLocal(ctx, m, env, log, "quarantine")
+	if !ok {
 		return
 	}
 	dir := s.conf().QuarantineDir()
