@@ -98,6 +98,15 @@ func (ss *session) runChecks(qid string, head []byte, msg io.Reader) checked {
 			out.quarantine = fmt.Sprintf("DMARC policy of %s is %s; SPF %s, DKIM %s", v.DMARC.From, v.DMARC.Policy, v.SPF.Result, dkimSummary(v.DKIM))
 		}
 	}
+	m := ss.site.m
+	m.AuthResult("spf", string(v.SPF.Result))
+	for _, d := range v.DKIM {
+		m.AuthResult("dkim", d.Result)
+	}
+	if len(v.DKIM) == 0 {
+		m.AuthResult("dkim", "none")
+	}
+	m.AuthResult("dmarc", v.DMARC.Result)
 	ss.log.Info("inbound checks", "qid", qid, "spf", v.SPF.Result, "spf_domain", v.SPF.Domain, "helo_spf", v.Helo.Result,
 		"dkim", dkimSummary(v.DKIM), "dmarc", v.DMARC.Result, "from_domain", v.DMARC.From, "policy", v.DMARC.Policy,
 		"action", action, "for", why, "took", time.Since(t0).Round(time.Microsecond))

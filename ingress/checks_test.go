@@ -138,6 +138,11 @@ func TestChecksHeader(t *testing.T) {
 	if id != "mx.local.test" || got["spf"] != "pass" || got["dkim"] != "pass" || got["dmarc"] != "pass" || got["spf.helo"] != "none" {
 		t.Fatalf("header %s: %v", id, got)
 	}
+	for check, result := range map[string]string{"spf": "pass", "dkim": "pass", "dmarc": "pass"} {
+		if n := metricValue(t, f.svc.Metrics, "mailroot_ingress_auth_results_total", "site=default", "check="+check, "result="+result); n != 1 {
+			t.Errorf("%s=%s counted %v times, want 1", check, result, n)
+		}
+	}
 	if bytes.Contains(m.Data, []byte("forged.test")) || !bytes.Contains(m.Data, []byte("upstream.test; spf=pass smtp.mailfrom=kept.test")) {
 		t.Fatalf("forged field kept or foreign one removed:\n%s", m.Data)
 	}
