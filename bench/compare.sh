@@ -39,6 +39,7 @@ SESSIONS=${SESSIONS:-20}  # concurrent SMTP sessions
 SIZE=${SIZE:-4096}        # message size in bytes
 SYNC=${SYNC:-always}      # Mailroot's nats.sync
 SYNC_DELAY=${SYNC_DELAY:-1ms}  # Mailroot's nats.sync_delay (the group commit's wait)
+SYNC_METHOD=${SYNC_METHOD:-}   # Mailroot's nats.sync_method (files or syncfs; empty: the default)
 STRACE=${STRACE:-1}       # 1: one extra traced run per server counting fsync-class calls
 CGROUP=${CGROUP:-1}       # 0: count CPU from /proc even where a cgroup could be made
 TIMEOUT=${TIMEOUT:-600}   # seconds for any one load, or for the sink to count it
@@ -312,6 +313,8 @@ stop_postfix() {
 start_mailroot() { # label [strace-output]
 	local data="$work/mailroot-$1"
 	mkdir -p "$data"
+	method_line=""
+	[ -z "$SYNC_METHOD" ] || method_line="sync_method = \"$SYNC_METHOD\""
 	cat >"$work/mailroot-$1.toml" <<CFG
 hostname = "bench.mailroot.test"
 data_dir = "$data"
@@ -326,6 +329,7 @@ concurrency = 100
 [nats]
 sync = "$SYNC"
 sync_delay = "$SYNC_DELAY"
+$method_line
 CFG
 	srv_log="$work/mailroot-$1.log"
 	if [ -n "${2:-}" ]; then
@@ -409,7 +413,7 @@ run() {
 # --- the rounds --------------------------------------------------------------
 
 declare -A res   # "server:metric" -> space-separated values of all rounds
-name() { if [ "$1" = postfix ]; then echo "Postfix $pf_version"; else echo "Mailroot (sync=$SYNC)"; fi; }
+name() { if [ "$1" = postfix ]; then echo "Postfix $pf_version"; else echo "Mailroot (sync=$SYNC${SYNC_METHOD:+, $SYNC_METHOD})"; fi; }
 
 echo "N=$N msgs of $SIZE bytes, $SESSIONS sessions, $ROUNDS rounds; CPU from $cpu_method"
 echo

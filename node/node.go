@@ -184,7 +184,7 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 	closeSync := func() error { return nil }
 	m := metrics.New()
 	if group {
-		if syncer, closeSync, err = bus.StoreSyncer(cfg.NATSDir()); err != nil {
+		if syncer, closeSync, err = bus.StoreSyncer(cfg.NATSDir(), cfg.NATS.SyncMethod); err != nil {
 			nc.Close()
 			return nil, err
 		}

@@ -60,9 +60,21 @@ type syncRound struct {
 // StoreSyncer gives the real one).
 func NewSyncer(fn func() error) *Syncer { return &Syncer{fn: fn} }
 
-// StoreSyncer syncs the file system of dir, the store of the embedded
-// server, with syncfs(2) where there is one; close releases it.
-func StoreSyncer(dir string) (s *Syncer, close func() error, err error) {
+// Sync methods of StoreSyncer (nats.sync_method).
+const (
+	// SyncFiles fdatasyncs the changed block files of MailStreams.
+	SyncFiles = "files"
+	// SyncFS syncs the store's whole file system (syncfs(2)).
+	SyncFS = "syncfs"
+)
+
+// StoreSyncer syncs dir, the store of the embedded server, by method
+// (SyncFiles or SyncFS); close releases it.
+func StoreSyncer(dir, method string) (s *Syncer, close func() error, err error) {
+	if method == SyncFiles {
+		fs := newFileSync(dir, MailStreams)
+		return NewSyncer(fs.sync), fs.close, nil
+	}
 	f, err := os.Open(dir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("bus: store syncer: %w", err)

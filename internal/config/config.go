@@ -347,6 +347,10 @@ type NATS struct {
 	// SyncDelay is how long the group commit waits for more writers to
 	// share a sync (nats.sync = "always" only).
 	SyncDelay Duration `toml:"sync_delay"`
+	// SyncMethod is how the group commit syncs the embedded server's
+	// store: "files" fdatasyncs the changed block files of the mail
+	// streams, "syncfs" the store's whole file system.
+	SyncMethod string `toml:"sync_method"`
 	// Replicas of the MAIL stream and buckets: 1, or 3 on a cluster.
 	Replicas int `toml:"replicas"`
 	// MaxStore caps the embedded server's JetStream file store in bytes.
@@ -451,7 +455,7 @@ func Default() Config {
 		},
 		Pickup: Pickup{Interval: Duration(time.Second), StableFor: Duration(2 * time.Second)},
 		Drop:   Drop{EnvelopeLines: true},
-		NATS:   NATS{Sync: "always", SyncDelay: Duration(time.Millisecond), Replicas: 1, Reserve: Reserve{Percent: 5}},
+		NATS:   NATS{Sync: "always", SyncDelay: Duration(time.Millisecond), SyncMethod: "syncfs", Replicas: 1, Reserve: Reserve{Percent: 5}},
 		Events: Events{MaxAge: Duration(30 * 24 * time.Hour)},
 	}
 }
@@ -710,6 +714,9 @@ func (c *Config) Validate() error {
 		if d, err := time.ParseDuration(c.NATS.Sync); err != nil || d <= 0 {
 			return &KeyError{"nats.sync", `must be "always", "per-write" or a duration like "2m"`}
 		}
+	}
+	if m := c.NATS.SyncMethod; m != "files" && m != "syncfs" {
+		return &KeyError{"nats.sync_method", fmt.Sprintf("%q: must be files or syncfs", m)}
 	}
 	if d := c.NATS.SyncDelay.D(); d < 0 || d > 100*time.Millisecond {
 		return &KeyError{"nats.sync_delay", "must be between 0 and 100ms"}
