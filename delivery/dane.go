@@ -12,6 +12,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/mailroot/mailroot/internal/dane"
+	"github.com/mailroot/mailroot/internal/tlsrpt"
 )
 
 // daneFor is the DANE policy (RFC 7672) of an attempt to domain: nil when
@@ -53,7 +54,7 @@ func (s *Service) daneFor(ctx context.Context, domain string, targets []target) 
 		switch {
 		case err != nil:
 			why := fmt.Sprintf("its TLSA records could not be looked up, and DANE needs them: %v", err)
-			hp = &tlsPolicy{kind: PolicyDANE, enforce: true, why: "DANE", allow: func(string) string { return why }}
+			hp = &tlsPolicy{kind: PolicyDANE, enforce: true, why: "DANE", allow: func(string) string { return why }, rptType: tlsrpt.PolicyTLSA}
 		case set.Found:
 			hp = danePolicy(domain, t.host, t.dnssec, set)
 		default:
@@ -96,6 +97,10 @@ func danePolicy(domain, host string, mxSecure bool, set dane.Set) *tlsPolicy {
 		// Sessions are pooled per check: only mail checked against the same
 		// records reuses one.
 		verifier: "dane " + hex.EncodeToString(sum.Sum(nil)[:12]),
+		rptType:  tlsrpt.PolicyTLSA,
+	}
+	for _, r := range set.Records {
+		p.rptString = append(p.rptString, r.String())
 	}
 	if !set.Authenticate() {
 		p.why = "the DANE TLSA records of " + host + " (all unusable: " + strings.Join(set.Unusable, "; ") + ") require TLS"

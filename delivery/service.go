@@ -99,6 +99,9 @@ type Service struct {
 	// (delivery.mta_sts; nil when off). Run gives it the mta-sts KV
 	// bucket; its Dial is the test seam of the policy fetch.
 	MTASTS *mtasts.Client
+	// rpt counts TLS outcomes and sends the TLS-RPT reports
+	// (delivery.tls_rpt; nil when off; delivery/tlsrpt.go).
+	rpt *tlsReporting
 }
 
 // New returns a delivery service for cfg. It does not touch the network;
@@ -210,6 +213,9 @@ func (s *Service) Run(ctx context.Context) error {
 		s.MTASTS.Now = func() time.Time { return s.Now() }
 	}
 	if err == nil {
+		err = s.setupTLSRPT(ctx)
+	}
+	if err == nil {
 		s.notify = notify.NewNotifier(*s.conf(), s.js, s.bodies)
 		s.notify.Room = s.Room
 		s.notify.Now = func() time.Time { return s.Now() }
@@ -252,6 +258,7 @@ func (s *Service) Run(ctx context.Context) error {
 	// ETRN release worker (issue 6): answers mta.ctl.release requests.
 	wg.Go(func() { _ = release.New(*s.conf(), s.log, s.Room).Run(ctx) })
 	wg.Go(func() { s.sweepHeldLoop(ctx) })
+	wg.Go(func() { s.runTLSRPT(ctx) })
 	// On shutdown the idle connections are ended with QUIT at once, while
 	// in-flight messages finish; a connection those give back later is
 	// ended then.
@@ -272,6 +279,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("delivery running", "slots", s.conf().Delivery.Concurrency, "smart_host", s.conf().Delivery.SmartHost, "dns", s.dns.Servers)
 	wg.Wait()
+	s.stopTLSRPT()
 	return errors.Join(errs...)
 }
 

@@ -89,6 +89,7 @@ targets:
 		pol := pol.forHost(t) // DANE decides per MX host
 		if why := pol.hostAllowed(t, &fail); why != "" {
 			s.log.Info("MX host not used: TLS policy", "qid", env.QueueID, "mx", t.host, "tls_policy", pol.kind, "why", why)
+			s.countRefused(pol, t, why)
 			note(tempErr("4.7.5", "", nil, "%s %s not used: %s", t.kind, t.host, why))
 			continue
 		}
@@ -117,6 +118,7 @@ targets:
 			}
 			connects++
 			res, herr := s.tryHost(ctx, t, ip, env, body, false, pol)
+			s.countTry(pol, t, ip, res, herr, fail)
 			if herr == nil {
 				res.policy = pol.kind
 				if fail != "" {

@@ -70,6 +70,10 @@ type tlsPolicy struct {
 	// without DANE for the rest.
 	hosts map[string]*tlsPolicy
 	other *tlsPolicy
+	// rptType, rptString and rptMX describe the policy to TLS-RPT
+	// (delivery/tlsrpt.go): "sts" or "tlsa", "" for a policy not counted.
+	rptType          string
+	rptString, rptMX []string
 }
 
 // applies reports whether the policy governs t: MTA-STS and DANE are
@@ -149,13 +153,14 @@ func (s *Service) policyFor(ctx context.Context, env *envelope.Envelope, domain 
 // unverified is the temporary failure of a host whose certificate could
 // not be verified for mail that needs it.
 func (p *tlsPolicy) unverified(c *smtpclient.Client) *Error {
-	return &Error{Enhanced: "4.7.5", Message: fmt.Sprintf("%s, but the certificate of %s could not be verified: %s", p.why, c.Remote(), c.VerifyError()), Remote: c.Remote()}
+	return &Error{Enhanced: "4.7.5", Message: fmt.Sprintf("%s, but the certificate of %s could not be verified: %s", p.why, c.Remote(), c.VerifyError()), Remote: c.Remote(),
+		Err: p.failure(c.VerifyError())}
 }
 
 // noTLS is the temporary failure of a host that did not offer STARTTLS
 // to mail that needs TLS.
 func (p *tlsPolicy) noTLS(remote string) *Error {
-	return &Error{Enhanced: "4.7.10", Message: fmt.Sprintf("%s, but %s did not offer STARTTLS", p.why, remote), Remote: remote}
+	return &Error{Enhanced: "4.7.10", Message: fmt.Sprintf("%s, but %s did not offer STARTTLS", p.why, remote), Remote: remote, Err: noTLSFailure}
 }
 
 // mtastsFor is the domain's MTA-STS policy (RFC 8461) as a tlsPolicy, nil
@@ -170,6 +175,7 @@ func (s *Service) mtastsFor(ctx context.Context, env *envelope.Envelope, domain 
 	r := s.MTASTS.Get(ctx, domain)
 	if r.Err != nil {
 		s.log.Warn("MTA-STS policy not fetched", "qid", env.QueueID, "domain", domain, "cached", r.Policy != nil, "err", r.Err)
+		s.countSTSFetch(domain, r)
 	}
 	sts := r.Policy
 	if sts == nil || sts.Mode == mtasts.None {
@@ -190,5 +196,6 @@ func (s *Service) mtastsFor(ctx context.Context, env *envelope.Envelope, domain 
 	if p.report {
 		p.kind = PolicyMTASTSTesting
 	}
+	stsReport(p, sts)
 	return p
 }

@@ -91,9 +91,14 @@ type stsWorld struct {
 	mx1, mx2 *tlsBackend
 	fetches  atomic.Int32
 	dials    map[string]*atomic.Int32 // by MX address
+	// mod is the seams of a service of this world (start another with
+	// w.h.start(w.mod)); ruaCert is trusted too, for a TLS-RPT endpoint.
+	mod     func(*Service)
+	stop    func()
+	ruaCert tls.Certificate
 }
 
-func newSTSWorld(t *testing.T, policy string, mx1Names, mx2Names []string) *stsWorld {
+func newSTSWorld(t *testing.T, policy string, mx1Names, mx2Names []string, edit ...func(*harness)) *stsWorld {
 	t.Helper()
 	w := &stsWorld{mx1: &tlsBackend{sink: &testutil.Sink{}}, mx2: &tlsBackend{sink: &testutil.Sink{}},
 		dials: map[string]*atomic.Int32{"127.0.0.2": {}, "127.0.0.3": {}}}
@@ -118,7 +123,8 @@ func newSTSWorld(t *testing.T, policy string, mx1Names, mx2Names []string) *stsW
 		"mx1.sts.test. A 127.0.0.2", "mx2.sts.test. A 127.0.0.3",
 		`_mta-sts.sts.test. TXT "v=STSv1; id=20261201"`)
 	var pemData []byte
-	for _, c := range []tls.Certificate{policyCert, cert1, cert2} {
+	w.ruaCert = selfSigned(t, "rua.test")
+	for _, c := range []tls.Certificate{policyCert, cert1, cert2, w.ruaCert} {
 		pemData = append(pemData, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]})...)
 	}
 	path := filepath.Join(t.TempDir(), "ca.pem")
@@ -126,8 +132,11 @@ func newSTSWorld(t *testing.T, policy string, mx1Names, mx2Names []string) *stsW
 		t.Fatal(err)
 	}
 	w.h.cfg.Delivery.TLSCAFile = path
-	ports := map[string]int{"127.0.0.2": port1, "127.0.0.3": port2}
-	w.h.start(func(s *Service) {
+	ports := map[string]int{"127.0.0.2": port1, "127.0.0.3": port2, "127.0.0.4": w.h.sink.Port}
+	for _, e := range edit {
+		e(w.h)
+	}
+	w.mod = func(s *Service) {
 		s.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			ip, _, _ := net.SplitHostPort(addr)
 			if n := w.dials[ip]; n != nil {
@@ -143,7 +152,8 @@ func newSTSWorld(t *testing.T, policy string, mx1Names, mx2Names []string) *stsW
 			var d net.Dialer
 			return d.DialContext(ctx, network, srv.Listener.Addr().String())
 		}
-	})
+	}
+	w.stop = w.h.start(w.mod)
 	return w
 }
 

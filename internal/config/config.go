@@ -289,6 +289,17 @@ type Delivery struct {
 	// tries every address of that family first. The other family is
 	// always tried when the preferred one fails.
 	AddressPreference string `toml:"address_preference"`
+
+	// TLSRPT (RFC 8460) counts the TLS outcome of every session to a
+	// domain whose policy is MTA-STS or DANE, and sends each such domain
+	// that publishes a _smtp._tls TXT record its daily aggregate report
+	// (delivery/tlsrpt.go). Off by default.
+	TLSRPT bool `toml:"tls_rpt"`
+	// TLSRPTContact is the report's contact-info and the report mail's
+	// sender ("" = postmaster@hostname); TLSRPTOrg its organization-name
+	// ("" = hostname).
+	TLSRPTContact string `toml:"tls_rpt_contact"`
+	TLSRPTOrg     string `toml:"tls_rpt_org"`
 }
 
 // The values of delivery.address_preference.
@@ -654,6 +665,11 @@ func (c *Config) Validate() error {
 	case AddressAny, AddressIPv4, AddressIPv6:
 	default:
 		return &KeyError{"delivery.address_preference", fmt.Sprintf("%q is not any, ipv4 or ipv6", c.Delivery.AddressPreference)}
+	}
+	if a := c.Delivery.TLSRPTContact; a != "" {
+		if err := envelope.CheckAddress(a); err != nil {
+			return &KeyError{"delivery.tls_rpt_contact", err.Error()}
+		}
 	}
 	if len(c.Delivery.Retry) == 0 {
 		return &KeyError{"delivery.retry", "needs at least one step"}

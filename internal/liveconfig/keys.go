@@ -37,7 +37,8 @@ import (
 // restart lists the keys (and key prefixes, ending in '.') that are only
 // read at start.
 var restart = []string{"hostname", "data_dir", "log_format", "nats.", "metrics.", "dns.",
-	"ingress.listen", "events.", "auth.users_file", "pickup.dir"}
+	"ingress.listen", "events.", "auth.users_file", "pickup.dir",
+	"delivery.tls_rpt", "delivery.tls_rpt_contact", "delivery.tls_rpt_org"}
 
 // CheckKey says why key cannot be set live, or nil.
 func CheckKey(key string) error {

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -238,28 +237,7 @@ func (c *Client) client() *http.Client {
 // dialResolved connects to addr's host through Addrs (the configured DNS
 // servers), trying each address in turn.
 func (c *Client) dialResolved(ctx context.Context, network, addr string) (net.Conn, error) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	if c.Addrs == nil {
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
-	}
-	ips, err := c.Addrs(ctx, host)
-	if err != nil {
-		return nil, err
-	}
-	var errs []error
-	for _, ip := range ips {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, network, net.JoinHostPort(ip.String(), port))
-		if err == nil {
-			return conn, nil
-		}
-		errs = append(errs, err)
-	}
-	return nil, errors.Join(errs...)
+	return resolver.DialVia(c.Addrs)(ctx, network, addr)
 }
 
 func (c *Client) now() time.Time {

@@ -81,10 +81,10 @@ func Build(org, contact, reportID, domain string, day time.Time, results []Resul
 		}
 		p := &rep.Policies[i]
 		if r.Success {
-			p.Summary.TotalSuccessfulSessionCount++
+			p.Summary.TotalSuccessfulSessionCount += r.n()
 			continue
 		}
-		p.Summary.TotalFailureSessionCount++
+		p.Summary.TotalFailureSessionCount += r.n()
 		j := slices.IndexFunc(p.FailureDetails, func(f FailureDetail) bool {
 			return f.ResultType == r.ResultType && f.ReceivingMXHostname == r.ReceivingMX && f.ReceivingIP == r.ReceivingIP && f.FailureReasonCode == r.Reason
 		})
@@ -93,7 +93,7 @@ func Build(org, contact, reportID, domain string, day time.Time, results []Resul
 				ReceivingIP: r.ReceivingIP, FailureReasonCode: r.Reason})
 			j = len(p.FailureDetails) - 1
 		}
-		p.FailureDetails[j].FailedSessionCount++
+		p.FailureDetails[j].FailedSessionCount += r.n()
 	}
 	return rep
 }

@@ -54,6 +54,8 @@ const (
 	ResultSTSPolicyInvalid     = "sts-policy-invalid"
 	ResultSTSWebPKIInvalid     = "sts-webpki-invalid"
 	ResultTLSAInvalid          = "tlsa-invalid"
+	ResultDNSSECInvalid        = "dnssec-invalid"
+	ResultDANERequired         = "dane-required"
 )
 
 // Result is one counted outcome: a session (or a policy fetch) for a
@@ -75,7 +77,13 @@ type Result struct {
 	ReceivingMX string `json:"receiving_mx,omitempty"`
 	ReceivingIP string `json:"receiving_ip,omitempty"`
 	Reason      string `json:"reason,omitempty"`
+	// Count is how many sessions had this outcome (a Counter's batch);
+	// 0 counts as 1.
+	Count int64 `json:"count,omitempty"`
 }
+
+// n is how many sessions r counts.
+func (r Result) n() int64 { return max(r.Count, 1) }
 
 // ClassifyVerify maps the reason a certificate did not verify (Go's
 // x509 error text, as smtpclient.Client.VerifyError gives it) to a
@@ -145,13 +153,32 @@ func Record(js jetstream.JetStream, day string, r Result, id string) {
 }
 
 // ErrNoRUA means a domain publishes no usable TLSRPTv1 record.
-var ErrNoRUA = errors.New("tlsrpt: no TLSRPTv1 record with a mailto: rua")
+var ErrNoRUA = errors.New("tlsrpt: no TLSRPTv1 record with a mailto: or https: rua")
+
+// RUA is where a domain wants its reports (RFC 8460 §3).
+type RUA struct {
+	// Mailto has the addresses of the mailto: URIs.
+	Mailto []string
+	// HTTPS has the https: URIs, to POST the gzipped report to.
+	HTTPS []string
+}
 
 // ParseRUA returns the mailto: addresses of the TLSRPTv1 record among
-// txts (RFC 8460 §3: "v=TLSRPTv1; rua=mailto:a@example.com,https://…");
-// https: destinations are not supported and skipped. Exactly one record
-// must start with v=TLSRPTv1.
+// txts; see ParseRecord.
 func ParseRUA(txts []string) ([]string, error) {
+	r, err := ParseRecord(txts)
+	if err == nil && len(r.Mailto) == 0 {
+		err = ErrNoRUA
+	}
+	return r.Mailto, err
+}
+
+// ParseRecord reads the TLSRPTv1 record among txts (RFC 8460 §3:
+// "v=TLSRPTv1; rua=mailto:a@example.com,https://…"): exactly one record
+// must start with v=TLSRPTv1, and it must have at least one usable
+// mailto: or https: URI. Other schemes, bad addresses and URLs with a
+// user, no host or a fragment are skipped.
+func ParseRecord(txts []string) (RUA, error) {
 	var rec string
 	n := 0
 	for _, t := range txts {
@@ -160,9 +187,9 @@ func ParseRUA(txts []string) ([]string, error) {
 		}
 	}
 	if n != 1 {
-		return nil, ErrNoRUA
+		return RUA{}, ErrNoRUA
 	}
-	var out []string
+	var out RUA
 	for _, f := range strings.Split(rec, ";")[1:] {
 		k, v, _ := strings.Cut(strings.TrimSpace(f), "=")
 		if strings.TrimSpace(k) != "rua" {
@@ -170,21 +197,25 @@ func ParseRUA(txts []string) ([]string, error) {
 		}
 		for _, u := range strings.Split(v, ",") {
 			u = strings.TrimSpace(u)
-			rest, ok := strings.CutPrefix(strings.ToLower(u), "mailto:")
-			if !ok {
+			if len(u) >= 7 && strings.EqualFold(u[:7], "mailto:") {
+				// Not ToLower(u): it may change the length of invalid UTF-8.
+				addr, err := url.PathUnescape(u[7:])
+				if err != nil {
+					continue
+				}
+				if a, err := mail.ParseAddress(addr); err == nil && a.Name == "" && !strings.ContainsAny(a.Address, "\r\n<>") {
+					out.Mailto = append(out.Mailto, a.Address)
+				}
 				continue
 			}
-			addr, err := url.PathUnescape(u[len(u)-len(rest):])
-			if err != nil {
-				continue
-			}
-			if a, err := mail.ParseAddress(addr); err == nil && a.Name == "" && !strings.ContainsAny(a.Address, "\r\n<>") {
-				out = append(out, a.Address)
+			if pu, err := url.Parse(u); err == nil && strings.EqualFold(pu.Scheme, "https") && pu.Host != "" && pu.Hostname() != "" &&
+				pu.User == nil && pu.Fragment == "" && !strings.ContainsAny(u, " \t\r\n") {
+				out.HTTPS = append(out.HTTPS, pu.String())
 			}
 		}
 	}
-	if len(out) == 0 {
-		return nil, ErrNoRUA
+	if len(out.Mailto) == 0 && len(out.HTTPS) == 0 {
+		return RUA{}, ErrNoRUA
 	}
 	return out, nil
 }

@@ -9,6 +9,7 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/mail"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -43,18 +44,45 @@ func TestParseRUA(t *testing.T) {
 	}
 }
 
-func FuzzParseRUA(f *testing.F) {
+func TestParseRecordHTTPS(t *testing.T) {
+	for _, tc := range []struct {
+		txt          string
+		mailto, http []string
+	}{
+		{"v=TLSRPTv1; rua=https://reports.example.com/v1", nil, []string{"https://reports.example.com/v1"}},
+		{"v=TLSRPTv1;rua=mailto:a@x.test,https://r.x.test:8443/tlsrpt", []string{"a@x.test"}, []string{"https://r.x.test:8443/tlsrpt"}},
+		{"v=TLSRPTv1; rua=http://r.x.test/v1", nil, nil},
+		{"v=TLSRPTv1; rua=https://user:pw@r.x.test/v1", nil, nil},
+		{"v=TLSRPTv1; rua=https:///v1", nil, nil},
+		{"v=TLSRPTv1; rua=ftp://r.x.test/", nil, nil},
+	} {
+		got, err := ParseRecord([]string{tc.txt})
+		if !slices.Equal(got.Mailto, tc.mailto) || !slices.Equal(got.HTTPS, tc.http) || (err != nil) != (tc.mailto == nil && tc.http == nil) {
+			t.Errorf("ParseRecord(%q) = %+v, %v; want %q %q", tc.txt, got, err, tc.mailto, tc.http)
+		}
+	}
+}
+
+func FuzzParseRecord(f *testing.F) {
 	f.Add("v=TLSRPTv1; rua=mailto:reports@example.com")
 	f.Add("v=TLSRPTv1;rua=mailto:a@x.test,https://r.x.test/v1")
 	f.Add("v=TLSRPTv1; rua=mailto:%0d%0a@x")
+	f.Add("v=TLSRPTv1; rua=https://[::1]:8443/v1?x=1")
+	f.Add("v=TLSRPTv1; rua=https://%zz/")
 	f.Fuzz(func(t *testing.T, txt string) {
-		rua, err := ParseRUA([]string{txt})
-		if err == nil && len(rua) == 0 {
-			t.Fatal("no error and no address")
+		rua, err := ParseRecord([]string{txt})
+		if err == nil && len(rua.Mailto)+len(rua.HTTPS) == 0 {
+			t.Fatal("no error and no destination")
 		}
-		for _, a := range rua {
+		for _, a := range rua.Mailto {
 			if strings.ContainsAny(a, "\r\n<>,") {
 				t.Fatalf("address %q from %q", a, txt)
+			}
+		}
+		for _, u := range rua.HTTPS {
+			pu, err := url.Parse(u)
+			if err != nil || pu.Scheme != "https" || pu.Hostname() == "" || strings.ContainsAny(u, " \r\n") {
+				t.Fatalf("URL %q from %q", u, txt)
 			}
 		}
 	})
@@ -146,7 +174,7 @@ func TestDailyReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if env.QueueID != sent[0] || len(env.Rcpts) != 1 || env.Rcpts[0].Addr != "tlsrpt@sts.test" || env.From != "postmaster@mailroot.test" {
+	if sent[0] != "sts.test" || env.QueueID != envelope.QueueIDFor("tlsrpt.20261201.sts_test") || len(env.Rcpts) != 1 || env.Rcpts[0].Addr != "tlsrpt@sts.test" || env.From != "postmaster@mailroot.test" {
 		t.Errorf("report envelope %+v", env)
 	}
 	rep := parseReportMail(t, raw.Data)
