@@ -201,7 +201,7 @@ func (s *Service) Run(ctx context.Context) error {
 	s.runMu.Lock()
 	s.runCtx = ctx
 	s.runMu.Unlock()
-	cons, err := bus.Setup(ctx, s.js, *s.conf(), bus.ConsumerDelivery, bus.ConsumerDrop)
+	cons, err := bus.Setup(ctx, s.js, *s.conf(), bus.ConsumerDelivery, bus.ConsumerDrop, bus.ConsumerQuarantine)
 	if err == nil {
 		s.bodies, err = bus.OpenBodies(ctx, s.js)
 	}
@@ -239,6 +239,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}{
 		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerDelivery], Slots: s.conf().Delivery.Concurrency, Log: s.log, Grace: s.Grace, KeepAlive: keepAlive}, s.handleOut},
 		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerDrop], Slots: DropSlots, Log: s.log.With("part", "drop"), Grace: s.Grace, KeepAlive: keepAlive}, s.handleDrop},
+		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerQuarantine], Slots: QuarantineSlots, Log: s.log.With("part", "quarantine"), Grace: s.Grace}, s.handleQuarantine},
 	}
 	errs := make([]error, len(workers))
 	var wg sync.WaitGroup
