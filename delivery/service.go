@@ -95,6 +95,8 @@ type Service struct {
 	// a live configuration change starts (Apply: resume).
 	runMu  sync.Mutex
 	runCtx context.Context
+	// resumes are the resume goroutines Apply started; Run waits for them.
+	resumes sync.WaitGroup
 	// MTASTS finds the MTA-STS policies of destination domains
 	// (delivery.mta_sts; nil when off). Run gives it the mta-sts KV
 	// bucket; its Dial is the test seam of the policy fetch.
@@ -279,6 +281,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("delivery running", "slots", s.conf().Delivery.Concurrency, "smart_host", s.conf().Delivery.SmartHost, "dns", s.dns.Servers)
 	wg.Wait()
+	s.resumes.Wait()
 	s.stopTLSRPT()
 	return errors.Join(errs...)
 }
