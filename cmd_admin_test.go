@@ -287,6 +287,8 @@ type = "remote"
 		t.Errorf("queue page: %q", s)
 	}
 	shot("queue")
+	reload("/")
+	shot("dashboard") // again, with the hour's deliveries
 
 	// Every action is an event naming the admin.
 	var actions []string
