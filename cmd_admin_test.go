@@ -311,3 +311,24 @@ type = "remote"
 	}
 	t.Logf("screenshots %v in %s", shots, dir)
 }
+
+// `mailroot admin` refuses to serve outside loopback without TLS, naming
+// the key, and wants an address.
+func TestAdminCommandRefusesPlainHTTPOutsideLoopback(t *testing.T) {
+	t.Setenv("MAILROOT_CONFIG", "")
+	t.Setenv("MAILROOT_NATS_URL", "")
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-listen", "0.0.0.0:8025"}, "admin.listen"},
+		{[]string{"-listen", "[::]:0"}, "needs TLS"},
+		{[]string{"-listen", "8025"}, "not host:port"},
+	} {
+		var out, errb strings.Builder
+		if code := adminCommand(append(tc.args, "-data", dir), &out, &errb); code != 2 || !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("admin %v: exit %d, %q; want 2 and %q", tc.args, code, errb.String(), tc.want)
+		}
+	}
+}

@@ -128,6 +128,12 @@ func TestSecurity(t *testing.T) {
 	if code, _ := post(t, c, hs.URL, "/domains/set", url.Values{"domain": {"remote.test"}, "field": {"hold"}, "on": {"true"}}); code != http.StatusUnauthorized {
 		t.Errorf("POST without a login: %d, want 401", code)
 	}
+	// A made-up session id is no login.
+	u, _ := url.Parse(hs.URL)
+	c.Jar.SetCookies(u, []*http.Cookie{{Name: cookieLogin, Value: strings.Repeat("ab", 32)}})
+	if code, _, _ := get(t, c, hs.URL, "/domains"); code != http.StatusSeeOther {
+		t.Errorf("GET with a forged session cookie: %d, want a redirect to /login", code)
+	}
 	// The login form needs its token.
 	if code, _ := post(t, c, hs.URL, "/login", url.Values{"user": {"root"}, "password": {"rootpw"}}); code != http.StatusForbidden {
 		t.Errorf("login without the form's CSRF token: %d, want 403", code)
@@ -260,4 +266,34 @@ func FuzzDomainValue(f *testing.F) {
 			t.Fatalf("%+v → %q → %v", d, v, m)
 		}
 	})
+}
+
+// Over TLS every cookie is Secure.
+func TestSecureCookieOverTLS(t *testing.T) {
+	srv, _ := startConsole(t, "")
+	srv.opt.TLS = true
+	hs := httptest.NewTLSServer(srv.Handler())
+	t.Cleanup(hs.Close)
+	c := hs.Client()
+	c.Jar, _ = cookiejar.New(nil)
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := c.Get(hs.URL + "/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if len(resp.Cookies()) == 0 {
+		t.Fatal("no cookie")
+	}
+	for _, ck := range resp.Cookies() {
+		if !ck.Secure || !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode {
+			t.Errorf("cookie %s over TLS: Secure %v HttpOnly %v SameSite %v", ck.Name, ck.Secure, ck.HttpOnly, ck.SameSite)
+		}
+	}
+	if code, _ := logIn(t, c, hs.URL, "root", "rootpw"); code != http.StatusSeeOther {
+		t.Fatalf("login over TLS: %d", code)
+	}
+	if code, body, _ := get(t, c, hs.URL, "/"); code != 200 || !strings.Contains(body, "Dashboard") {
+		t.Errorf("dashboard over TLS: %d", code)
+	}
 }
