@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -330,5 +332,32 @@ func TestAdminCommandRefusesPlainHTTPOutsideLoopback(t *testing.T) {
 		if code := adminCommand(append(tc.args, "-data", dir), &out, &errb); code != 2 || !strings.Contains(errb.String(), tc.want) {
 			t.Errorf("admin %v: exit %d, %q; want 2 and %q", tc.args, code, errb.String(), tc.want)
 		}
+	}
+}
+
+// `mailroot all` serves the console on admin.listen.
+func TestAllServesAdminConsole(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	port, aport := freePort(t), freePort(t)
+	cfg := writeAllConfig(t, filepath.Join(dir, "mailroot.toml"), filepath.Join(dir, "data"), port, fmt.Sprintf("[admin]\nlisten = \"127.0.0.1:%d\"\n", aport))
+	startProcess(t, "mailroot all", 30*time.Second, bin, "all", "-config", cfg)
+	url := fmt.Sprintf("http://127.0.0.1:%d/login", aport)
+	var body string
+	testutil.WaitFor(t, 30*time.Second, "the console on "+url, func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+		return resp.StatusCode == http.StatusOK
+	})
+	if !strings.Contains(body, `name="password"`) || !strings.Contains(body, `name="csrf"`) {
+		t.Fatalf("login page: %s", body)
 	}
 }
