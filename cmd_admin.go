@@ -101,6 +101,15 @@ func startAdmin(ctx context.Context, cfg config.Config, nc *nats.Conn, log *slog
 	if err != nil {
 		return "", nil, err
 	}
+	if cfg.Source == "" {
+		// No file here: the one the running processes apply the live
+		// keys over, as `mailroot config set` does.
+		if b, ok, err := st.StoredBase(ctx); err != nil {
+			return "", nil, err
+		} else if ok {
+			st.Base = b
+		}
+	}
 	us, err := users.NewStore(cfg.UsersPath())
 	if err != nil {
 		log.Warn("admin: users file unreadable: nobody can log in until it is fixed", "err", err)

@@ -39,11 +39,15 @@ const (
 	EventBadmail   = "badmail"   // moved to mail.bad
 	EventConfig    = "config"    // a live configuration key changed (mailroot config set, the admin console)
 	EventAdmin     = "admin"     // an administrator's action in the admin console (disconnect, ETRN release): Admin and Reason
+
+	// EventQuarantined: written to the Quarantine directory (the inbound
+	// checks quarantined it).
+	EventQuarantined = "quarantined"
 )
 
 // EventTypes lists every event type, in the order of a mail's life.
 var EventTypes = []string{EventReceived, EventPickedUp, EventRouted, EventHeld, EventReleased,
-	EventDelivered, EventDropped, EventDeferred, EventExpired, EventBounced, EventBadmail, EventConfig, EventAdmin}
+	EventDelivered, EventDropped, EventQuarantined, EventDeferred, EventExpired, EventBounced, EventBadmail, EventConfig, EventAdmin}
 
 // EventsRetention is how long events are kept when events.max_age is not
 // set.
@@ -156,13 +160,13 @@ type Event struct {
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	// ReportQID is the queue id of the report sent to the sender.
 	ReportQID string `json:"report_qid,omitempty"`
-	// Reason says why (bounced, expired, badmail).
+	// Reason says why (bounced, expired, badmail, quarantined).
 	Reason string `json:"reason,omitempty"`
 	// Subject is the MAIL subject the event is about: the next subject of
 	// a released message, the subject a badmail message came from.
 	Subject string `json:"subject,omitempty"`
-	// File is the Pickup file taken (pickedup) or the Drop file written
-	// (dropped).
+	// File is the Pickup file taken (pickedup) or the Drop or Quarantine
+	// file written (dropped, quarantined).
 	File string `json:"file,omitempty"`
 
 	// Admin is who made an administrator's change (config) or action
