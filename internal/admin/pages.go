@@ -106,6 +106,10 @@ func (s *Server) dashboard(w http.ResponseWriter, r *http.Request, l *login) {
 	var states []StateCount
 	for _, st := range []string{"active", "deferred", "held", "bad"} {
 		states = append(states, StateCount{st, counts[st]})
+		delete(counts, st)
+	}
+	for st, n := range counts { // a state this page does not know yet
+		states = append(states, StateCount{st, n})
 	}
 	now := s.now()
 	ch, err := HourChart(ctx, s.opt.JS, now)
