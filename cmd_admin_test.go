@@ -291,6 +291,17 @@ type = "remote"
 	shot("queue")
 	reload("/")
 	shot("dashboard") // again, with the hour's deliveries
+	// On a phone's screen the page fits its width: nothing wider than
+	// the viewport but the tables' own scrolling boxes.
+	step("phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2)))
+	reload("/domains")
+	sctx, scancel := context.WithTimeout(bctx, 10*time.Second)
+	wide, err := chromedp.Run(sctx, chromedp.Evaluate[bool]("document.documentElement.scrollWidth > window.innerWidth"))
+	scancel()
+	if err != nil || wide {
+		t.Errorf("domains page on a 390 px screen: wider than the screen %v (%v)", wide, err)
+	}
+	shot("domains-phone")
 
 	// Every action is an event naming the admin.
 	var actions []string
