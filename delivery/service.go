@@ -21,6 +21,7 @@ import (
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/dkim"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/limits"
 	"github.com/mailroot/mailroot/internal/metrics"
 	"github.com/mailroot/mailroot/internal/mtasts"
 	"github.com/mailroot/mailroot/internal/notify"
@@ -97,6 +98,8 @@ type Service struct {
 	runCtx context.Context
 	// resumes are the resume goroutines Apply started; Run waits for them.
 	resumes sync.WaitGroup
+	// limits holds the per-destination limits (delivery/limits.go).
+	limits *limits.Limiter
 	// MTASTS finds the MTA-STS policies of destination domains
 	// (delivery.mta_sts; nil when off). Run gives it the mta-sts KV
 	// bucket; its Dial is the test seam of the policy fetch.
@@ -216,6 +219,9 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	if err == nil {
 		err = s.setupTLSRPT(ctx)
+	}
+	if err == nil {
+		err = s.openLimits(ctx)
 	}
 	if err == nil {
 		s.notify = notify.NewNotifier(*s.conf(), s.js, s.bodies)

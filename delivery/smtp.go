@@ -15,7 +15,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/limits"
 	"github.com/mailroot/mailroot/internal/resolver"
 	"github.com/mailroot/mailroot/internal/smtpclient"
 )
@@ -65,6 +67,10 @@ func (s *Service) deliver(ctx context.Context, env *envelope.Envelope, domain st
 	if rerr != nil {
 		return all(n, rerr)
 	}
+	if herr := s.waitTurn(ctx, env, domain); herr != nil {
+		return all(n, herr)
+	}
+	env = s.masquerade(env) // before signing, which keys on From:
 	env, body = s.sign(ctx, env, body)
 	var lastTemp, lastPerm *Error
 	note := func(e *Error) {
@@ -197,24 +203,58 @@ func (s *Service) tryHost(ctx context.Context, t target, ip netip.Addr, env *env
 		AuthInsecure:   s.conf().Delivery.SmartHostInsecure,
 	}
 	pol.hostOpts(t, &opts)
-	if !plain {
-		dest := smtpclient.Dest{Addr: addr, Host: t.host, Hostname: s.conf().Hostname, User: t.user, Verifier: opts.Verifier}
-		if c := s.pool.Get(ctx, dest, verify); c != nil {
-			if verify && !c.Verified() {
-				s.pool.Put(c) // still good for opportunistic mail
-				return result{}, pol.unverified(c)
-			}
-			s.m.ConnReused.Inc()
-			res, herr := s.send(ctx, c, env, body)
-			if herr == nil || !errors.Is(herr, smtpclient.ErrStale) {
-				return s.noteTLS(res, pol, t), herr
-			}
-			s.log.Debug("cached connection closed by the remote, connecting anew", "qid", env.QueueID, "remote", remote, "err", herr.Error())
+	dest := smtpclient.Dest{Addr: addr, Host: t.host, Hostname: s.conf().Hostname, User: t.user, Verifier: opts.Verifier}
+	// reuse sends over a cached connection; false: it was stale, connect anew.
+	reuse := func(c *smtpclient.Client) (result, *Error, bool) {
+		if verify && !c.Verified() {
+			s.pool.Put(c) // still good for opportunistic mail
+			return result{}, pol.unverified(c), true
 		}
+		s.m.ConnReused.Inc()
+		res, herr := s.send(ctx, c, env, body)
+		if herr == nil || !errors.Is(herr, smtpclient.ErrStale) {
+			return s.noteTLS(res, pol, t), herr, true
+		}
+		s.log.Debug("cached connection closed by the remote, connecting anew", "qid", env.QueueID, "remote", remote, "err", herr.Error())
+		return result{}, nil, false
+	}
+	if !plain {
+		if c := s.pool.Get(ctx, dest, verify); c != nil {
+			if res, herr, done := reuse(c); done {
+				return res, herr
+			}
+		}
+	}
+	dial := s.Dial
+	var slot *limits.Slot
+	if n := s.connLimit(env.Domain); n > 0 && s.limits != nil {
+		// Wait for a slot; a connection of this worker's pool that comes
+		// free meanwhile serves instead.
+		var pooled *smtpclient.Client
+		var err error
+		slot, err = s.limits.Conn(ctx, bus.Token(env.Domain), n, func() bool {
+			if !plain {
+				pooled = s.pool.Get(ctx, dest, verify)
+			}
+			return pooled != nil
+		})
+		if err != nil {
+			return result{}, tempErr("4.4.5", remote, err, "waiting for one of the %d connections to %s: %v", n, env.Domain, err)
+		}
+		if pooled != nil {
+			if res, herr, done := reuse(pooled); done {
+				return res, herr
+			}
+			return s.tryHost(ctx, t, ip, env, body, plain, pol)
+		}
+		dial = slotDial(s.Dial, slot)
 	}
 	implicit := t.kind == "smart host" && t.port == s.ImplicitTLSPort
 	opts.ImplicitTLS = implicit
-	c, herr := smtpclient.Dial(ctx, s.Dial, addr, t.host, remote, opts)
+	c, herr := smtpclient.Dial(ctx, dial, addr, t.host, remote, opts)
+	if herr != nil {
+		slot.Release() // whether or not a connection was made (once)
+	}
 	if auth != nil {
 		s.noteLogin(remote, herr)
 	}

@@ -190,6 +190,11 @@ type Domain struct {
 	// resumed (meant to be set live: `mailroot config set domain.NAME
 	// '{type = "remote", paused = true}'`).
 	Paused bool `toml:"paused"`
+	// MaxConnections and MessagesPerMinute (remote) override the
+	// delivery limits of the same names for this domain; 0: the
+	// default's, -1: no cap.
+	MaxConnections    int `toml:"max_connections"`
+	MessagesPerMinute int `toml:"messages_per_minute"`
 }
 
 // Ingress configures the SMTP server ([ingress]): the site keys, whose
@@ -261,6 +266,21 @@ type Delivery struct {
 	// ConnectionReuseCount is how many messages one connection carries
 	// at most (smtp_connection_reuse_count_limit).
 	ConnectionReuseCount int `toml:"connection_reuse_count"`
+	// MaxConnectionsPerDomain caps the connections open at once to one
+	// destination domain, across every delivery worker of the cluster
+	// (IIS's "limit connections per domain"); 0: no cap. [[domain]]
+	// max_connections overrides it.
+	MaxConnectionsPerDomain int `toml:"max_connections_per_domain"`
+	// MessagesPerMinute caps the messages sent to one destination domain
+	// a minute, cluster-wide; 0: no cap. [[domain]] messages_per_minute
+	// overrides it.
+	MessagesPerMinute int `toml:"messages_per_minute"`
+	// MasqueradeDomain replaces the domain of the envelope sender of mail
+	// leaving over SMTP (IIS's "masquerade domain"); "": off.
+	MasqueradeDomain string `toml:"masquerade_domain"`
+	// MasqueradeSenders limits masquerading to senders of these domains;
+	// empty: every sender.
+	MasqueradeSenders []string `toml:"masquerade_senders"`
 	// RetryJitter spreads each retry by up to ± this fraction of its step
 	// (0.1 = ±10 %), so that mail deferred together is not retried together.
 	RetryJitter float64 `toml:"retry_jitter"`
@@ -699,6 +719,25 @@ func (c *Config) Validate() error {
 	}
 	if c.Delivery.ConnectionReuseCount <= 0 {
 		return &KeyError{"delivery.connection_reuse_count", "must be greater than 0"}
+	}
+	if c.Delivery.MaxConnectionsPerDomain < 0 {
+		return &KeyError{"delivery.max_connections_per_domain", "must be 0 (no cap) or more"}
+	}
+	if c.Delivery.MessagesPerMinute < 0 {
+		return &KeyError{"delivery.messages_per_minute", "must be 0 (no cap) or more"}
+	}
+	if d := c.Delivery.MasqueradeDomain; d != "" && !isHostName(d) {
+		return &KeyError{"delivery.masquerade_domain", fmt.Sprintf("%q is not a domain name", d)}
+	}
+	for _, d := range c.Delivery.MasqueradeSenders {
+		if !isHostName(d) {
+			return &KeyError{"delivery.masquerade_senders", fmt.Sprintf("%q is not a domain name", d)}
+		}
+	}
+	for _, d := range c.Domains {
+		if d.MaxConnections < -1 || d.MessagesPerMinute < -1 {
+			return &KeyError{"domain " + d.Name, "max_connections and messages_per_minute must be -1 (no cap), 0 (the default's) or more"}
+		}
 	}
 	if c.Delivery.RetryJitter < 0 || c.Delivery.RetryJitter > 0.5 {
 		return &KeyError{"delivery.retry_jitter", "must be between 0 and 0.5"}
