@@ -46,6 +46,11 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 		_ = m.DoubleAck(ctx)
 		return
 	}
+	lease, ok := s.takeLease(ctx, m, env.QueueID, tok, log)
+	if !ok {
+		return
+	}
+	defer lease.Release(context.WithoutCancel(ctx))
 	dir := s.conf().DropDirFor(domain)
 	path := filepath.Join(dir, env.QueueID+".eml")
 	body, err := s.bodies.Open(ctx, env, m.Data())

@@ -1,0 +1,44 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailroot/mailroot/internal/bus"
+)
+
+// leaseRetryDelay is how long a message waits when an administrator's
+// action holds its lease (internal/queue): the action takes milliseconds.
+const leaseRetryDelay = 3 * time.Second
+
+// takeLease takes the lease of the part m carries (qid, tok) for its
+// attempt (docs/DESIGN.md §4 "Queue administration"), so that an
+// administrator's delete, hold or bounce waits for the attempt to end
+// rather than racing it. When the lease is held, m is given back for a
+// moment; when the message was removed before the lease was ours, it is
+// dropped: the administrator's action won. ok false means m is settled.
+func (s *Service) takeLease(ctx context.Context, m jetstream.Msg, qid, tok string, log *slog.Logger) (l *bus.Lease, ok bool) {
+	l, err := bus.TakeLease(ctx, s.js, bus.LeaseKey(qid, tok), bus.LeaseHolder("delivery"))
+	if err != nil {
+		if errors.Is(err, bus.ErrLocked) {
+			log.Info("message being changed by an administrator, attempt shortly", "lease", err)
+		} else {
+			log.Warn("take message lease failed, attempt shortly", "err", err)
+		}
+		_ = m.NakWithDelay(leaseRetryDelay)
+		return nil, false
+	}
+	if md, err := m.Metadata(); err == nil {
+		if _, gerr := s.stream.GetMsg(ctx, md.Sequence.Stream); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+			l.Release(ctx)
+			log.Info("message removed by an administrator before its attempt: not delivered")
+			_ = m.Term()
+			return nil, false
+		}
+	}
+	return l, true
+}
