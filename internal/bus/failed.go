@@ -95,7 +95,7 @@ func KeepFailed(ctx context.Context, room *Room, bodies *Bodies, env *envelope.E
 	if err != nil {
 		return "", fmt.Errorf("failed copy: %w", err)
 	}
-	if _, err := room.Forward(ctx, msg, c.MsgID); err != nil {
+	if _, err := room.Forward(ctx, msg, c.MsgID, jetstream.WithExpectStream(StreamFailed)); err != nil {
 		return "", fmt.Errorf("keep failed %s: %w", env.QueueID, err)
 	}
 	return subj, nil

@@ -37,6 +37,9 @@ type Admin struct {
 	// Wait bounds how long an action waits for a delivery attempt of the
 	// part to end (DefaultWait when zero).
 	Wait time.Duration
+	// Waiting, when set, is told once per part that the action waits
+	// for an attempt in progress (why: who holds the lease).
+	Waiting func(qid string, why error)
 
 	bodies *bus.Bodies
 }
@@ -112,6 +115,11 @@ func (a *Admin) leased(ctx context.Context, e *Entry, act action) (Result, error
 		}
 		if !errors.Is(err, bus.ErrLocked) {
 			return Result{}, err
+		}
+		if told := a.Waiting; told != nil {
+			a.Waiting = nil
+			told(e.QueueID, err)
+			defer func() { a.Waiting = told }()
 		}
 		if time.Now().After(deadline) {
 			return Result{}, fmt.Errorf("%w (%v); nothing done, try again", ErrBusy, err)
