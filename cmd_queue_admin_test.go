@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -143,12 +144,27 @@ func TestQueueHoldRelease(t *testing.T) {
 		t.Fatalf("release: exit %d, %q %s", code, out, stderr)
 	}
 	testutil.WaitFor(t, 20*time.Second, "the released message delivered", func() bool { return sink.Count() == 2 })
-	var types []string
-	for _, e := range eventsOf(t, n, small, "") {
-		types = append(types, e.Type)
+	// `events -id QID` shows the whole life, from received to delivered.
+	var o, e bytes.Buffer
+	testutil.WaitFor(t, 10*time.Second, "the delivered event", func() bool { return len(eventsOf(t, n, small, bus.EventDelivered)) == 1 })
+	if code := eventsCommand(append([]string{"-id", small}, data...), &o, &e); code != 0 {
+		t.Fatalf("events -id: exit %d, %s", code, e.String())
 	}
-	if got := strings.Join(types, " "); !strings.HasSuffix(got, "deferred adminheld adminreleased delivered") {
-		t.Errorf("events of %s: %s", small, got)
+	// In the order they happened (a stored received event may follow
+	// the routed one: it is emitted without waiting).
+	lines := strings.Split(strings.TrimSpace(o.String()), "\n")
+	sort.Strings(lines)
+	var types []string
+	for _, line := range lines {
+		if f := strings.Fields(line); len(f) > 3 {
+			types = append(types, f[2])
+		}
+	}
+	if got := strings.Join(types, " "); got != "received routed deferred adminheld adminreleased delivered" {
+		t.Errorf("events -id %s: %s\n%s", small, got, o.String())
+	}
+	if !strings.Contains(o.String(), "admin=") {
+		t.Errorf("events -id %s names no administrator:\n%s", small, o.String())
 	}
 }
 
@@ -343,4 +359,82 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// Mail that bounced in delivery (the remote answered 550) is kept on
+// MAIL_FAILED: `redrive` of the time range of the first bounce sends
+// exactly that one again; mail from the null sender that failed went to
+// Badmail, and `redrive -type badmail` (like `badmail requeue`) sends it
+// again, to the remote now accepting it.
+func TestRedriveDeliveryBounces(t *testing.T) {
+	var accept atomic.Bool
+	n, cfg, sink := queueNodeRcpt(t, t.TempDir(), func(to string) error {
+		switch {
+		case accept.Load():
+			return nil
+		case strings.HasPrefix(to, "bounce"):
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+		}
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "try later"}
+	})
+	data := []string{"-data", cfg.DataDir}
+	bouncedCount := func() int {
+		var k int
+		_ = bus.ReadEvents(t.Context(), n.JS, bus.EventFilter{Type: bus.EventBounced}, false, func(e bus.Event) error {
+			if e.Kept != "" {
+				k++
+			}
+			return nil
+		})
+		return k
+	}
+	start := time.Now().Add(-time.Second)
+	sendOne(t, n, "a@local.test", "bounce1@remote.test", "Subject: one\r\n\r\n1\r\n")
+	testutil.WaitFor(t, 20*time.Second, "the first bounce", func() bool { return bouncedCount() == 1 })
+	mid := time.Now()
+	sendOne(t, n, "a@local.test", "bounce2@other.test", "Subject: two\r\n\r\n2\r\n")
+	testutil.WaitFor(t, 20*time.Second, "the second bounce", func() bool { return bouncedCount() == 2 })
+	sendOne(t, n, "", "bounce3@remote.test", "Subject: three\r\n\r\n3\r\n")
+	badDir := cfg.BadmailDir()
+	testutil.WaitFor(t, 20*time.Second, "the null sender's mail in Badmail", func() bool {
+		m, _ := filepath.Glob(filepath.Join(badDir, "*.BDR"))
+		return len(m) == 1
+	})
+	accept.Store(true)
+	var o, e bytes.Buffer
+	if code := redriveCommand(append([]string{"-since", start.UTC().Format(time.RFC3339Nano), "-until", mid.UTC().Format(time.RFC3339Nano)}, data...), &o, &e); code != 0 || !strings.Contains(o.String(), "1 done") {
+		t.Fatalf("redrive: exit %d, %q %s", code, o.String(), e.String())
+	}
+	testutil.WaitFor(t, 20*time.Second, "the redriven mail delivered", func() bool { return sink.Count() == 1 })
+	if got := sink.Mails()[0].To; got[0] != "bounce1@remote.test" {
+		t.Fatalf("redrive sent %v, want bounce1@remote.test only", got)
+	}
+	o.Reset()
+	e.Reset()
+	if code := redriveCommand(append([]string{"-type", "badmail", "-since", start.UTC().Format(time.RFC3339Nano), "-until", "0s"}, data...), &o, &e); code != 0 || !strings.Contains(o.String(), "1 done") {
+		t.Fatalf("redrive -type badmail: exit %d, %q %s", code, o.String(), e.String())
+	}
+	testutil.WaitFor(t, 20*time.Second, "the Badmail message delivered", func() bool { return sink.Count() == 2 })
+	if got := sink.Mails()[1].To; got[0] != "bounce3@remote.test" {
+		t.Fatalf("redrive -type badmail sent %v", got)
+	}
+	if m, _ := filepath.Glob(filepath.Join(badDir, "*.BAD")); len(m) != 0 {
+		t.Errorf("Badmail still holds %v after its redrive", m)
+	}
+	testutil.WaitFor(t, 10*time.Second, "the queue empty", func() bool {
+		out, _, _ := runQueue(append([]string{"list"}, data...)...)
+		return out == "Mail queue is empty\n"
+	})
+	if sink.Count() != 2 {
+		t.Fatalf("the remote got %d messages, want 2", sink.Count())
+	}
+	if _, stderr, code := runRedrive("-since", "1h", data[0], data[1]); code != 2 || !strings.Contains(stderr, "-until") {
+		t.Errorf("redrive without -until: exit %d, %q", code, stderr)
+	}
+}
+
+func runRedrive(args ...string) (stdout, stderr string, code int) {
+	var o, e bytes.Buffer
+	code = redriveCommand(args, &o, &e)
+	return o.String(), e.String(), code
 }

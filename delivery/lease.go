@@ -23,6 +23,12 @@ const leaseRetryDelay = 3 * time.Second
 // dropped: the administrator's action won. ok false means m is settled.
 func (s *Service) takeLease(ctx context.Context, m jetstream.Msg, qid, tok string, log *slog.Logger) (l *bus.Lease, ok bool) {
 	l, err := bus.TakeLease(ctx, s.js, bus.LeaseKey(qid, tok), bus.LeaseHolder("delivery"))
+	// An administrator's action is over in milliseconds: wait a little
+	// for it rather than give the message back at once.
+	for i := 0; i < 10 && errors.Is(err, bus.ErrLocked) && ctx.Err() == nil; i++ {
+		time.Sleep(100 * time.Millisecond)
+		l, err = bus.TakeLease(ctx, s.js, bus.LeaseKey(qid, tok), bus.LeaseHolder("delivery"))
+	}
 	if err != nil {
 		if errors.Is(err, bus.ErrLocked) {
 			log.Info("message being changed by an administrator, attempt shortly", "lease", err)
