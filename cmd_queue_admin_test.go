@@ -438,3 +438,36 @@ func runRedrive(args ...string) (stdout, stderr string, code int) {
 	code = redriveCommand(args, &o, &e)
 	return o.String(), e.String(), code
 }
+
+// `badmail requeue` of mail from the null sender that a remote refused
+// delivers it once the remote accepts, and is a requeued event.
+func TestBadmailRequeueDelivers(t *testing.T) {
+	var accept atomic.Bool
+	n, cfg, sink := queueNodeRcpt(t, t.TempDir(), func(to string) error {
+		if accept.Load() {
+			return nil
+		}
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+	})
+	sendOne(t, n, "", "x@remote.test", "Subject: bad\r\n\r\nbad\r\n")
+	var name string
+	testutil.WaitFor(t, 20*time.Second, "the mail in Badmail", func() bool {
+		m, _ := filepath.Glob(filepath.Join(cfg.BadmailDir(), "*.BDR"))
+		if len(m) == 1 {
+			name = strings.TrimSuffix(filepath.Base(m[0]), ".BDR")
+		}
+		return name != ""
+	})
+	accept.Store(true)
+	var o, e bytes.Buffer
+	if code := badmailCommand([]string{"requeue", name, "-data", cfg.DataDir}, &o, &e); code != 0 {
+		t.Fatalf("badmail requeue: exit %d, %s %s", code, o.String(), e.String())
+	}
+	testutil.WaitFor(t, 20*time.Second, "the requeued mail delivered", func() bool { return sink.Count() == 1 })
+	if m := sink.Mails()[0]; m.To[0] != "x@remote.test" || !bytes.HasSuffix(m.Data, []byte("bad\r\n")) {
+		t.Fatalf("delivered %+v", m)
+	}
+	if evs := eventsOf(t, n, name, bus.EventRequeued); len(evs) != 1 || evs[0].Admin == "" || evs[0].NewQID == "" {
+		t.Fatalf("requeued events of %s: %+v", name, evs)
+	}
+}
