@@ -105,6 +105,7 @@ func (ss *session) screen() *reply {
 	}
 	ss.log.Warn("connection refused", "reason", r.reason, "rule", r.rule, "reply", r.reply.Code)
 	ss.site.m.Refused(r.reason)
+	ss.logConnect(r.reply, r.reason)
 	return r.reply
 }
 

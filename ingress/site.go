@@ -192,14 +192,20 @@ func (st *site) serve(l net.Listener) error {
 		if enh, why, reason := st.admit(ip, pol); why != "" {
 			st.m.Refused(reason)
 			st.svc.log.Warn("connection refused", "site", st.cfg.Name, "client", ip.String(), "reason", why)
+			start := time.Now()
 			select {
 			case st.refusing <- struct{}{}:
 				go func() {
 					defer func() { <-st.refusing }()
-					st.refuse(c, pol, enh, why)
+					code, n := 421, st.refuse(c, pol, enh, why)
+					if n == 0 {
+						code = 0 // the 421 could not be written
+					}
+					st.logRefused(c, ip.String(), code, int64(n), string(reason), start)
 				}()
 			default:
 				_ = c.Close()
+				st.logRefused(c, ip.String(), 0, 0, string(reason), start)
 			}
 			continue
 		}
@@ -227,16 +233,17 @@ const refuseTimeout = 5 * time.Second
 // refuse answers a connection over the limits (or to a paused site) with
 // 421 and closes it; on an implicit-TLS site the 421 goes inside TLS, as
 // every reply does.
-func (st *site) refuse(c net.Conn, pol *sitePolicy, enhanced, why string) {
+func (st *site) refuse(c net.Conn, pol *sitePolicy, enhanced, why string) (sent int) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(refuseTimeout))
 	if st.cfg.ImplicitTLS {
 		tc := tls.Server(c, st.tlsConfig)
 		if err := tc.Handshake(); err != nil {
-			return
+			return 0
 		}
 		defer tc.Close() // close_notify after the 421
 		c = tc
 	}
-	_, _ = io.WriteString(c, "421 "+enhanced+" "+pol.cfg.Hostname+" "+why+"\r\n")
+	sent, _ = io.WriteString(c, "421 "+enhanced+" "+pol.cfg.Hostname+" "+why+"\r\n")
+	return sent
 }
