@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,11 +48,29 @@ func LeaseHolder(what string) string {
 	return what + " on " + eventNode + " pid " + strconv.Itoa(os.Getpid())
 }
 
+// ErrRemoved is returned by TakeLease to the holder of the very message
+// an administrator removed (the lease's tombstone names its sequence).
+var ErrRemoved = errors.New("bus: message removed by an administrator")
+
+// tombstonePrefix starts the value a lease is left with after an
+// administrator removed the message at a sequence: "removed <seq> by …".
+const tombstonePrefix = "removed "
+
+// TombstoneTTL is how long a removal's tombstone stays: longer than a
+// worker may hold a pulled message before it takes the lease.
+const TombstoneTTL = 10 * time.Minute
+
 // TakeLease takes the lease of key at once, or fails with ErrLocked
-// (wrapped, with who holds it) when another holder has it. The lease is
-// refreshed in the background until Release.
-func TakeLease(ctx context.Context, js jetstream.JetStream, key, holder string) (*Lease, error) {
+// (wrapped, with who holds it) when another holder has it. seq is the
+// stream sequence of the message the taker holds (0: none): a lease left
+// as a tombstone of that sequence fails with ErrRemoved, one of another
+// sequence is free. The lease is refreshed in the background until
+// Release.
+func TakeLease(ctx context.Context, js jetstream.JetStream, key, holder string, seq uint64) (*Lease, error) {
 	rev, err := Lock(ctx, js, BucketSessions, key, []byte(holder), LeaseTTL)
+	if errors.Is(err, ErrLocked) {
+		rev, err = takeTombstone(ctx, js, key, holder, seq)
+	}
 	if err != nil {
 		if errors.Is(err, ErrLocked) {
 			return nil, fmt.Errorf("%w (held by %s)", err, LeaseOwner(ctx, js, key))
@@ -61,6 +80,28 @@ func TakeLease(ctx context.Context, js jetstream.JetStream, key, holder string) 
 	l := &Lease{js: js, key: key, val: []byte(holder), rev: rev, stop: make(chan struct{}), done: make(chan struct{})}
 	go l.refresh()
 	return l, nil
+}
+
+// takeTombstone takes key over when it holds a removal's tombstone of a
+// sequence other than seq.
+func takeTombstone(ctx context.Context, js jetstream.JetStream, key, holder string, seq uint64) (uint64, error) {
+	s, err := js.Stream(ctx, "KV_"+BucketSessions)
+	if err != nil {
+		return 0, fmt.Errorf("bus: lease %s: %w", key, err)
+	}
+	raw, err := s.GetLastMsgForSubject(ctx, "$KV."+BucketSessions+"."+key)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s", ErrLocked, key)
+	}
+	v := string(raw.Data)
+	if !strings.HasPrefix(v, tombstonePrefix) {
+		return 0, fmt.Errorf("%w: %s", ErrLocked, key)
+	}
+	num, _, _ := strings.Cut(strings.TrimPrefix(v, tombstonePrefix), " ")
+	if n, _ := strconv.ParseUint(num, 10, 64); n == seq && seq != 0 {
+		return 0, fmt.Errorf("%w (%s)", ErrRemoved, v)
+	}
+	return PutTTL(ctx, js, BucketSessions, key, []byte(holder), LeaseTTL, int64(raw.Sequence))
 }
 
 // LeaseOwner is who holds the lease of key ("" when nobody does).
@@ -95,6 +136,19 @@ func (l *Lease) refresh() {
 			cancel()
 		}
 	}
+}
+
+// Tombstone ends the lease of an administrator who removed the message
+// at seq: the key keeps saying so for TombstoneTTL, so that a worker that
+// pulled that message before the removal, and asks for the lease after
+// it, drops it instead of delivering it (TakeLease: ErrRemoved).
+func (l *Lease) Tombstone(ctx context.Context, seq uint64, by string) {
+	close(l.stop)
+	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	v := tombstonePrefix + strconv.FormatUint(seq, 10) + " by " + by
+	_, _ = PutTTL(ctx, l.js, BucketSessions, l.key, []byte(v), TombstoneTTL, int64(l.rev))
 }
 
 // Release ends the lease (best effort: it expires by itself otherwise).

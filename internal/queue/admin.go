@@ -108,7 +108,7 @@ func (a *Admin) leased(ctx context.Context, e *Entry, act action) (Result, error
 	deadline := time.Now().Add(wait)
 	var lease *bus.Lease
 	for {
-		l, err := bus.TakeLease(ctx, a.JS, key, bus.LeaseHolder("admin "+a.Who))
+		l, err := bus.TakeLease(ctx, a.JS, key, bus.LeaseHolder("admin "+a.Who), 0)
 		if err == nil {
 			lease = l
 			break
@@ -130,7 +130,16 @@ func (a *Admin) leased(ctx context.Context, e *Entry, act action) (Result, error
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	defer lease.Release(context.WithoutCancel(ctx))
+	// A removal leaves the lease as its tombstone: a worker that pulled
+	// the message before it drops it (bus.Lease.Tombstone).
+	removed := uint64(0)
+	defer func() {
+		if removed != 0 {
+			lease.Tombstone(context.WithoutCancel(ctx), removed, a.Who)
+		} else {
+			lease.Release(context.WithoutCancel(ctx))
+		}
+	}()
 	for range 5 {
 		cur, err := a.current(ctx, e)
 		if err != nil {
@@ -145,6 +154,9 @@ func (a *Admin) leased(ctx context.Context, e *Entry, act action) (Result, error
 		r, err := act.do(ctx, cur)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue // moved on meanwhile (a schedule fired): look again
+		}
+		if r.removed {
+			removed = cur.Seq
 		}
 		return r, err
 	}
@@ -258,7 +270,7 @@ func (a *Admin) Delete(ctx context.Context, sel Selection) ([]Result, error) {
 			return Result{}, err
 		}
 		a.releaseBody(ctx, e)
-		return Result{Done: "deleted"}, a.emit(ctx, e, bus.Event{Type: bus.EventDeleted})
+		return Result{Done: "deleted", removed: true}, a.emit(ctx, e, bus.Event{Type: bus.EventDeleted})
 	}})
 }
 
@@ -283,7 +295,7 @@ func (a *Admin) Hold(ctx context.Context, sel Selection) ([]Result, error) {
 		if err := a.remove(ctx, e); err != nil {
 			return Result{}, err
 		}
-		return Result{Done: "held"}, a.emit(ctx, e, bus.Event{Type: bus.EventAdminHeld})
+		return Result{Done: "held", removed: true}, a.emit(ctx, e, bus.Event{Type: bus.EventAdminHeld})
 	}})
 }
 
@@ -369,7 +381,7 @@ func (a *Admin) Requeue(ctx context.Context, sel Selection) ([]Result, error) {
 			return Result{}, err
 		}
 		a.releaseBody(ctx, e)
-		return Result{Done: "requeued as " + nq, NewQID: nq}, a.emit(ctx, e, bus.Event{Type: bus.EventRequeued, NewQID: nq})
+		return Result{Done: "requeued as " + nq, NewQID: nq, removed: true}, a.emit(ctx, e, bus.Event{Type: bus.EventRequeued, NewQID: nq})
 	}})
 }
 
@@ -460,6 +472,6 @@ func (a *Admin) Bounce(ctx context.Context, sel Selection, why string) ([]Result
 		if report != "" {
 			done = "bounced, report " + report
 		}
-		return Result{Done: done}, a.emit(ctx, e, bus.Event{Type: bus.EventBounced, ReportQID: report, Reason: why, Kept: kept, Attempt: e.Env.Attempt})
+		return Result{Done: done, removed: true}, a.emit(ctx, e, bus.Event{Type: bus.EventBounced, ReportQID: report, Reason: why, Kept: kept, Attempt: e.Env.Attempt})
 	}})
 }

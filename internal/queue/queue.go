@@ -179,4 +179,6 @@ type Result struct {
 	Err  error
 	// NewQID is the queue id of a requeued or redriven message.
 	NewQID string
+
+	removed bool // the part was taken off a subject delivery reads
 }
