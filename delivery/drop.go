@@ -50,7 +50,7 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 	if !ok {
 		return
 	}
-	defer lease.Release(context.WithoutCancel(ctx))
+	defer lease.ReleaseAsync()
 	dir := s.conf().DropDirFor(domain)
 	path := filepath.Join(dir, env.QueueID+".eml")
 	body, err := s.bodies.Open(ctx, env, m.Data())

@@ -314,7 +314,7 @@ func (s *Service) handleOut(ctx context.Context, m jetstream.Msg) {
 	if !ok {
 		return
 	}
-	defer lease.Release(context.WithoutCancel(ctx))
+	defer lease.ReleaseAsync()
 	if env.Body != envelope.BodyObject && env.BodySize == 0 {
 		env.BodySize = int64(len(m.Data()))
 	}

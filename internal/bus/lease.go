@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -33,13 +34,15 @@ func LeaseKey(qid, tok string) string { return LeaseKeyPrefix + qid + "." + tok 
 
 // Lease is a held lease; Release ends it.
 type Lease struct {
-	js   jetstream.JetStream
-	key  string
-	val  []byte
-	mu   sync.Mutex
-	rev  uint64
-	stop chan struct{}
-	done chan struct{}
+	js  jetstream.JetStream
+	key string
+	val []byte
+	mu  sync.Mutex // guards rev, ended and the refresh in flight
+	rev uint64
+	// timer refreshes the lease every LeaseTTL/3 (a timer rather than a
+	// goroutine: most leases last milliseconds).
+	timer *time.Timer
+	ended bool
 }
 
 // LeaseHolder names this process in a lease: what ("delivery", "admin
@@ -77,8 +80,10 @@ func TakeLease(ctx context.Context, js jetstream.JetStream, key, holder string, 
 		}
 		return nil, err
 	}
-	l := &Lease{js: js, key: key, val: []byte(holder), rev: rev, stop: make(chan struct{}), done: make(chan struct{})}
-	go l.refresh()
+	l := &Lease{js: js, key: key, val: []byte(holder), rev: rev}
+	l.mu.Lock()
+	l.timer = time.AfterFunc(LeaseTTL/3, l.refresh)
+	l.mu.Unlock()
 	return l, nil
 }
 
@@ -118,24 +123,23 @@ func LeaseOwner(ctx context.Context, js jetstream.JetStream, key string) string 
 }
 
 func (l *Lease) refresh() {
-	defer close(l.done)
-	t := time.NewTicker(LeaseTTL / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-l.stop:
-			return
-		case <-t.C:
-			ctx, cancel := context.WithTimeout(context.Background(), LeaseTTL/3)
-			l.mu.Lock()
-			rev, err := PutTTL(ctx, l.js, BucketSessions, l.key, l.val, LeaseTTL, int64(l.rev))
-			if err == nil {
-				l.rev = rev
-			}
-			l.mu.Unlock()
-			cancel()
-		}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ended {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), LeaseTTL/3)
+	defer cancel()
+	if rev, err := PutTTL(ctx, l.js, BucketSessions, l.key, l.val, LeaseTTL, int64(l.rev)); err == nil {
+		l.rev = rev
+	}
+	l.timer.Reset(LeaseTTL / 3)
+}
+
+// end stops the refreshes; the caller holds l.mu.
+func (l *Lease) end() {
+	l.ended = true
+	l.timer.Stop()
 }
 
 // Tombstone ends the lease of an administrator who removed the message
@@ -143,10 +147,9 @@ func (l *Lease) refresh() {
 // pulled that message before the removal, and asks for the lease after
 // it, drops it instead of delivering it (TakeLease: ErrRemoved).
 func (l *Lease) Tombstone(ctx context.Context, seq uint64, by string) {
-	close(l.stop)
-	<-l.done
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.end()
 	v := tombstonePrefix + strconv.FormatUint(seq, 10) + " by " + by
 	_, _ = PutTTL(ctx, l.js, BucketSessions, l.key, []byte(v), TombstoneTTL, int64(l.rev))
 }
@@ -156,9 +159,26 @@ func (l *Lease) Release(ctx context.Context) {
 	if l == nil {
 		return
 	}
-	close(l.stop)
-	<-l.done
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.end()
 	_ = Unlock(ctx, l.js, BucketSessions, l.key, l.rev)
+}
+
+// ReleaseAsync ends the lease without waiting for the server: the
+// overwrite goes out as a core NATS publish (no acknowledgement, as
+// Emit's), which the KV stream applies only if the lease is still at its
+// revision. Delivery ends every attempt's lease so; one lost expires by
+// itself within LeaseTTL.
+func (l *Lease) ReleaseAsync() {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.end()
+	m := nats.NewMsg("$KV." + BucketSessions + "." + l.key)
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(l.rev, 10))
+	m.Header.Set(jetstream.MsgTTLHeader, "1s")
+	_ = l.js.Conn().PublishMsg(m)
 }
