@@ -90,6 +90,15 @@ func liveConfigCommand(sub string, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "mailroot: %v\n", err)
 		return 1
 	}
+	if *cf.config == "" {
+		// The file the running processes apply the live keys over.
+		if b, ok, err := st.StoredBase(ctx); err != nil {
+			fmt.Fprintf(stderr, "mailroot: %v\n", err)
+			return 1
+		} else if ok {
+			st.Base = b
+		}
+	}
 	who := adminName(cfg.NATS.User)
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "mailroot: config %s: %v\n", sub, err)

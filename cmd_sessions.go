@@ -35,21 +35,11 @@ func sessionsCommand(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	cfg, err := cf.load()
-	if err != nil {
-		fmt.Fprintf(stderr, "mailroot: %v\n", err)
-		return 2
-	}
-	if err := useLocalServer(&cfg); err != nil {
-		fmt.Fprintf(stderr, "mailroot: sessions needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL, or `mailroot all` running on this machine: %v\n", err)
-		return 2
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	list, err := listSessions(ctx, cfg)
-	if err != nil {
-		fmt.Fprintf(stderr, "mailroot: %v\n", err)
-		return 1
+	_, list, code := loadSessions(ctx, cf, stderr)
+	if code != 0 {
+		return code
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -60,6 +50,27 @@ func sessionsCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	printSessions(stdout, list, time.Now())
 	return 0
+}
+
+// loadSessions reads the configuration the flags name and the sessions
+// of its server; a non-zero code (2: configuration, 1: server) is the
+// exit status, the error said on stderr.
+func loadSessions(ctx context.Context, cf commonFlags, stderr io.Writer) (config.Config, []bus.SessionInfo, int) {
+	cfg, err := cf.load()
+	if err != nil {
+		fmt.Fprintf(stderr, "mailroot: %v\n", err)
+		return cfg, nil, 2
+	}
+	if err := useLocalServer(&cfg); err != nil {
+		fmt.Fprintf(stderr, "mailroot: sessions needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL, or `mailroot all` running on this machine: %v\n", err)
+		return cfg, nil, 2
+	}
+	list, err := listSessions(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "mailroot: %v\n", err)
+		return cfg, nil, 1
+	}
+	return cfg, list, 0
 }
 
 // listSessions reads every live session from the bucket, oldest first.
@@ -139,21 +150,11 @@ func disconnectCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: mailroot sessions disconnect ID [-node NODE]")
 		return 2
 	}
-	cfg, err := cf.load()
-	if err != nil {
-		fmt.Fprintf(stderr, "mailroot: %v\n", err)
-		return 2
-	}
-	if err := useLocalServer(&cfg); err != nil {
-		fmt.Fprintf(stderr, "mailroot: sessions needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL, or `mailroot all` running on this machine: %v\n", err)
-		return 2
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	list, err := listSessions(ctx, cfg)
-	if err != nil {
-		fmt.Fprintf(stderr, "mailroot: %v\n", err)
-		return 1
+	cfg, list, code := loadSessions(ctx, cf, stderr)
+	if code != 0 {
+		return code
 	}
 	var found []bus.SessionInfo
 	for _, s := range list {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"path/filepath"
 	"strings"
 
@@ -53,14 +54,8 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 	defer lease.ReleaseAsync()
 	dir := s.conf().DropDirFor(domain)
 	path := filepath.Join(dir, env.QueueID+".eml")
-	body, err := s.bodies.Open(ctx, env, m.Data())
-	if err != nil {
-		if errors.Is(err, jetstream.ErrObjectNotFound) {
-			s.toBad(ctx, m, "drop: message body lost: "+err.Error())
-			return
-		}
-		log.Error("drop: open body failed", "err", err)
-		_ = m.NakWithDelay(s.DropRetryDelay)
+	body, ok := s.openLocal(ctx, m, env, log, "drop")
+	if !ok {
 		return
 	}
 	var r io.Reader = body
@@ -83,6 +78,24 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 		log.Info("dropped", "path", path, "rcpts", describe(env.Rcpts))
 	}
 	s.settle(ctx, m, log, outcome{env: env, tok: tok, target: bus.SubjDrop, data: m.Data(), local: true, errs: errs, file: path})
+}
+
+// openLocal opens the body of a message a local writer (part: drop,
+// quarantine) is to write. A body lost from the Object Store sends the
+// message to Badmail; any other failure gives it back for a retry after
+// DropRetryDelay. false: the message was disposed of.
+func (s *Service) openLocal(ctx context.Context, m jetstream.Msg, env *envelope.Envelope, log *slog.Logger, part string) (io.ReadCloser, bool) {
+	body, err := s.bodies.Open(ctx, env, m.Data())
+	if err != nil {
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			s.toBad(ctx, m, part+": message body lost: "+err.Error())
+			return nil, false
+		}
+		log.Error(part+": open body failed", "err", err)
+		_ = m.NakWithDelay(s.DropRetryDelay)
+		return nil, false
+	}
+	return body, true
 }
 
 // envelopeLines renders the IIS envelope lines: the sender ("<>" for the

@@ -39,7 +39,7 @@ func (s *Service) Apply(cfg config.Config) {
 		return
 	}
 	for _, d := range resumed {
-		go s.resume(ctx, d)
+		s.resumes.Go(func() { s.resume(ctx, d) })
 	}
 }
 

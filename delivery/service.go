@@ -95,6 +95,8 @@ type Service struct {
 	// a live configuration change starts (Apply: resume).
 	runMu  sync.Mutex
 	runCtx context.Context
+	// resumes are the resume goroutines Apply started; Run waits for them.
+	resumes sync.WaitGroup
 	// MTASTS finds the MTA-STS policies of destination domains
 	// (delivery.mta_sts; nil when off). Run gives it the mta-sts KV
 	// bucket; its Dial is the test seam of the policy fetch.
@@ -201,7 +203,7 @@ func (s *Service) Run(ctx context.Context) error {
 	s.runMu.Lock()
 	s.runCtx = ctx
 	s.runMu.Unlock()
-	cons, err := bus.Setup(ctx, s.js, *s.conf(), bus.ConsumerDelivery, bus.ConsumerDrop)
+	cons, err := bus.Setup(ctx, s.js, *s.conf(), bus.ConsumerDelivery, bus.ConsumerDrop, bus.ConsumerQuarantine)
 	if err == nil {
 		s.bodies, err = bus.OpenBodies(ctx, s.js)
 	}
@@ -242,6 +244,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}{
 		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerDelivery], Slots: s.conf().Delivery.Concurrency, Log: s.log, Grace: s.Grace, KeepAlive: keepAlive}, s.handleOut},
 		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerDrop], Slots: DropSlots, Log: s.log.With("part", "drop"), Grace: s.Grace, KeepAlive: keepAlive}, s.handleDrop},
+		{&bus.Worker{Room: s.Room, Consumer: cons[bus.ConsumerQuarantine], Slots: QuarantineSlots, Log: s.log.With("part", "quarantine"), Grace: s.Grace}, s.handleQuarantine},
 	}
 	errs := make([]error, len(workers))
 	var wg sync.WaitGroup
@@ -281,6 +284,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("delivery running", "slots", s.conf().Delivery.Concurrency, "smart_host", s.conf().Delivery.SmartHost, "dns", s.dns.Servers)
 	wg.Wait()
+	s.resumes.Wait()
 	s.stopTLSRPT()
 	return errors.Join(errs...)
 }

@@ -96,16 +96,19 @@ func (ss *session) screen() *reply {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), ss.lookupDeadline())
 	defer cancel()
+	t0 := time.Now()
 	r := ctl.check(ctx, ss)
 	if r == nil {
 		return nil
 	}
+	defer func() {
+		ss.site.logConnect(ss.raw, ss.ip, r.reply.Code, r.reason, len(r.reply.Error())+2, time.Since(t0))
+	}()
 	if r.reply.Code >= 500 {
 		ss.refused = true
 	}
 	ss.log.Warn("connection refused", "reason", r.reason, "rule", r.rule, "reply", r.reply.Code)
 	ss.site.m.Refused(r.reason)
-	ss.logConnect(r.reply, r.reason)
 	return r.reply
 }
 

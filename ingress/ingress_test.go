@@ -40,6 +40,7 @@ func startLogged(t testing.TB, edit func(*config.Config), natsOpts func(*server.
 	cfg.DataDir = t.TempDir()
 	cfg.LocalDomains = []string{"local.test"}
 	cfg.Ingress.Listen = []string{"127.0.0.1:0"}
+	cfg.Ingress.AuthChecks = false // on in checks_test.go, which has a DNS server for them
 	if edit != nil {
 		edit(&cfg)
 	}

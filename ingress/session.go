@@ -183,35 +183,51 @@ func (ss *session) Data(r io.Reader) *reply {
 		return ss.storeErr(qid, err)
 	}
 	var data []byte
+	var verdict checked // the inbound checks' (checks.go)
 	if small {
 		if what := ss.bareNewline(); what != "" {
 			return ss.refuseBare(qid, what)
 		}
 		data = buf.Bytes()
+		if ss.checksApply() {
+			if data, verdict = ss.checkInline(qid, len(received), data); verdict.reply != nil {
+				return verdict.reply
+			}
+		}
 		env.Body = envelope.BodyInline
 		env.BodySize = int64(len(data))
 	} else {
 		// Stream the rest straight into the Object Store; the body is
 		// never held in memory whole.
 		cr := &countingReader{r: io.MultiReader(bytes.NewReader(buf.Bytes()), r)}
-		size, err := s.bodies.Put(ctx, qid, cr)
+		name := ss.bodyName(qid)
+		size, err := s.bodies.Put(ctx, name, cr)
 		if cr.err != nil {
 			// The client's data failed (too large, connection lost): the
 			// Put aborted and purged its chunks.
-			_ = s.bodies.Delete(ctx, qid)
+			_ = s.bodies.Delete(ctx, name)
 			return rep(451, "4.3.0", "Error reading message data")
 		}
 		if err != nil {
 			return ss.storeErr(qid, err)
 		}
 		if what := ss.bareNewline(); what != "" {
-			_ = s.bodies.Delete(ctx, qid)
+			_ = s.bodies.Delete(ctx, name)
 			return ss.refuseBare(qid, what)
+		}
+		if name != qid {
+			if size, verdict, err = ss.checkStored(ctx, qid, received, buf.Bytes()[len(received):]); err != nil {
+				_ = s.bodies.Delete(ctx, qid)
+				return ss.storeErr(qid, err)
+			} else if verdict.reply != nil {
+				return verdict.reply
+			}
 		}
 		env.Body = envelope.BodyObject
 		env.BodySize = size
 	}
-	msg, err := env.Msg(bus.SubjIn, data)
+	env.Reason = verdict.quarantine
+	msg, err := env.Msg(verdict.subject(), data)
 	if err != nil {
 		s.log.Error("envelope rejected", "qid", qid, "err", err)
 		return rep(451, "4.3.0", "Temporary local problem, try again later")

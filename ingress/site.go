@@ -192,20 +192,17 @@ func (st *site) serve(l net.Listener) error {
 		if enh, why, reason := st.admit(ip, pol); why != "" {
 			st.m.Refused(reason)
 			st.svc.log.Warn("connection refused", "site", st.cfg.Name, "client", ip.String(), "reason", why)
-			start := time.Now()
 			select {
 			case st.refusing <- struct{}{}:
 				go func() {
 					defer func() { <-st.refusing }()
-					code, n := 421, st.refuse(c, pol, enh, why)
-					if n == 0 {
-						code = 0 // the 421 could not be written
-					}
-					st.logRefused(c, ip.String(), code, int64(n), string(reason), start)
+					t0 := time.Now()
+					n := st.refuse(c, pol, enh, why)
+					st.logConnect(c, ip, 421, reason, n, time.Since(t0))
 				}()
 			default:
 				_ = c.Close()
-				st.logRefused(c, ip.String(), 0, 0, string(reason), start)
+				st.logConnect(c, ip, 0, reason, 0, 0)
 			}
 			continue
 		}
@@ -233,7 +230,7 @@ const refuseTimeout = 5 * time.Second
 // refuse answers a connection over the limits (or to a paused site) with
 // 421 and closes it; on an implicit-TLS site the 421 goes inside TLS, as
 // every reply does.
-func (st *site) refuse(c net.Conn, pol *sitePolicy, enhanced, why string) (sent int) {
+func (st *site) refuse(c net.Conn, pol *sitePolicy, enhanced, why string) int {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(refuseTimeout))
 	if st.cfg.ImplicitTLS {
@@ -244,6 +241,6 @@ func (st *site) refuse(c net.Conn, pol *sitePolicy, enhanced, why string) (sent 
 		defer tc.Close() // close_notify after the 421
 		c = tc
 	}
-	sent, _ = io.WriteString(c, "421 "+enhanced+" "+pol.cfg.Hostname+" "+why+"\r\n")
-	return sent
+	n, _ := io.WriteString(c, "421 "+enhanced+" "+pol.cfg.Hostname+" "+why+"\r\n")
+	return n
 }

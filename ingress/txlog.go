@@ -2,7 +2,7 @@ package ingress
 
 import (
 	"net"
-	"strconv"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -42,7 +42,16 @@ func (t *txState) reply(code, n int) {
 // without its CRLF) started at start, when replied bytes of replies had
 // been buffered before it. It is deferred by handle.
 func (ss *session) logCommand(verb, arg string, n int, start time.Time, replied int64) {
-	tx := ss.txAddrs()
+	tx := &ss.tx
+	if !tx.addrsSet {
+		tx.addrsSet = true
+		if ss.ip.IsValid() {
+			tx.clientIP = ss.ip.String()
+		}
+		if a, ok := ss.raw.LocalAddr().(*net.TCPAddr); ok {
+			tx.serverIP, tx.serverPort = a.IP.String(), a.Port
+		}
+	}
 	e := w3c.Entry{
 		ClientIP: tx.clientIP, ServerIP: tx.serverIP, ServerPort: tx.serverPort,
 		Username: ss.helo, Method: verb, Query: arg, Status: tx.code,
@@ -59,6 +68,25 @@ func (ss *session) logCommand(verb, arg string, n int, start time.Time, replied 
 	}
 	tx.content, tx.qid = 0, ""
 	ss.site.txlog.Log(e)
+}
+
+// logConnect writes the line of a connection refused before any command:
+// method CONNECT, the reply's code as sc-status and the refusal's reason
+// (connection_limit, paused, connect_deny, dnsbl, ...) as cs-uri-query,
+// so that the log shows every connection the site turned away, not only
+// the sessions that sent commands.
+func (st *site) logConnect(c net.Conn, ip netip.Addr, status int, reason string, sent int, took time.Duration) {
+	if st.txlog == nil {
+		return
+	}
+	e := w3c.Entry{Method: "CONNECT", Query: reason, Status: status, BytesSent: int64(sent), TimeTaken: took, Version: "SMTP"}
+	if ip.IsValid() {
+		e.ClientIP = ip.String()
+	}
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		e.ServerIP, e.ServerPort = a.IP.String(), a.Port
+	}
+	st.txlog.Log(e)
 }
 
 // openTxLogs opens the transaction log of every site that has log_dir.
@@ -88,58 +116,4 @@ func (s *Service) closeTxLogs() {
 			st.txlog = nil
 		}
 	}
-}
-
-// Connections refused at connect have a line of their own, method
-// CONNECT, the reason as cs-uri-query and the refusal's code as sc-status:
-// over the connection limits (421, written before any session) or by
-// connection control (554, or 421 when DNS failed; the session's later
-// commands get their own 503 lines). A connection closed with no reply
-// at all (too many refusals at once) has status "-".
-
-// logConnect writes the CONNECT line of a session refused by connection
-// control with r (its greeting) for reason.
-func (ss *session) logConnect(r *reply, reason string) {
-	if ss.site.txlog == nil {
-		return
-	}
-	tx := ss.txAddrs()
-	sent := len(strconv.Itoa(r.Code)) + 1 + len(r.Text) + 2
-	if r.Enhanced != "" {
-		sent += len(r.Enhanced) + 1
-	}
-	ss.site.txlog.Log(w3c.Entry{
-		ClientIP: tx.clientIP, ServerIP: tx.serverIP, ServerPort: tx.serverPort,
-		Method: "CONNECT", Query: reason, Status: r.Code, BytesSent: int64(sent),
-		TimeTaken: time.Since(ss.since), Version: "SMTP",
-	})
-}
-
-// txAddrs is the session's txState with the connection's addresses set.
-func (ss *session) txAddrs() *txState {
-	tx := &ss.tx
-	if !tx.addrsSet {
-		tx.addrsSet = true
-		if ss.ip.IsValid() {
-			tx.clientIP = ss.ip.String()
-		}
-		if a, ok := ss.raw.LocalAddr().(*net.TCPAddr); ok {
-			tx.serverIP, tx.serverPort = a.IP.String(), a.Port
-		}
-	}
-	return tx
-}
-
-// logRefused writes the CONNECT line of a connection refused before it
-// had a session (st.refuse): sent is the bytes of the 421, 0 when none.
-func (st *site) logRefused(c net.Conn, ip string, code int, sent int64, reason string, start time.Time) {
-	if st.txlog == nil {
-		return
-	}
-	e := w3c.Entry{ClientIP: ip, Method: "CONNECT", Query: reason, Status: code,
-		BytesSent: sent, TimeTaken: time.Since(start), Version: "SMTP"}
-	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
-		e.ServerIP, e.ServerPort = a.IP.String(), a.Port
-	}
-	st.txlog.Log(e)
 }

@@ -47,11 +47,15 @@ const (
 	EventAdminReleased = "adminreleased" // released from an administrator's hold (queue release)
 	EventRequeued      = "requeued"      // routed again from scratch as NewQID (queue requeue)
 	EventRedriven      = "redriven"      // a bounced, expired or Badmail message sent again as NewQID (redrive)
+
+	// EventQuarantined: written to the Quarantine directory (the inbound
+	// checks quarantined it).
+	EventQuarantined = "quarantined"
 )
 
 // EventTypes lists every event type, in the order of a mail's life.
 var EventTypes = []string{EventReceived, EventPickedUp, EventRouted, EventHeld, EventReleased,
-	EventDelivered, EventDropped, EventDeferred, EventExpired, EventBounced, EventBadmail, EventConfig,
+	EventDelivered, EventDropped, EventQuarantined, EventDeferred, EventExpired, EventBounced, EventBadmail, EventConfig,
 	EventDeleted, EventAdminHeld, EventAdminReleased, EventRequeued, EventRedriven}
 
 // EventsRetention is how long events are kept when events.max_age is not
@@ -165,13 +169,13 @@ type Event struct {
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	// ReportQID is the queue id of the report sent to the sender.
 	ReportQID string `json:"report_qid,omitempty"`
-	// Reason says why (bounced, expired, badmail).
+	// Reason says why (bounced, expired, badmail, quarantined).
 	Reason string `json:"reason,omitempty"`
 	// Subject is the MAIL subject the event is about: the next subject of
 	// a released message, the subject a badmail message came from.
 	Subject string `json:"subject,omitempty"`
-	// File is the Pickup file taken (pickedup) or the Drop file written
-	// (dropped).
+	// File is the Pickup file taken (pickedup) or the Drop or Quarantine
+	// file written (dropped, quarantined).
 	File string `json:"file,omitempty"`
 
 	// Admin is who made an administrator's change (config): the OS user,

@@ -23,6 +23,9 @@ const (
 	ConsumerDelivery = "delivery"
 	ConsumerDrop     = "drop"
 	ConsumerBadmail  = "badmail"
+
+	// ConsumerQuarantine writes mail.quarantine to the Quarantine directory.
+	ConsumerQuarantine = "quarantine"
 )
 
 // MaxDeliver is the consumers' redelivery limit. Workers move a message to
@@ -78,6 +81,9 @@ var consumerConfigs = map[string]jetstream.ConsumerConfig{
 	// its messages to, so it retries for ever (MaxDeliver -1, docs/DESIGN.md
 	// §2) instead of letting them sit unseen at MaxDeliver.
 	ConsumerBadmail: {Durable: ConsumerBadmail, FilterSubject: SubjBad, AckWait: time.Minute, MaxAckPending: 200, MaxDeliver: -1},
+
+	// Quarantine writes a file and acks, as Drop does.
+	ConsumerQuarantine: {Durable: ConsumerQuarantine, FilterSubject: SubjQuarantine, AckWait: time.Minute, MaxAckPending: 200},
 }
 
 // EnsureStream creates or updates the MAIL stream and the mail-bodies and

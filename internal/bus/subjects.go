@@ -21,6 +21,9 @@ const (
 	SubjHoldPrefix  = "mail.hold."
 	SubjDrop        = "mail.drop"
 	SubjBad         = "mail.bad"
+	// SubjQuarantine is mail the inbound checks quarantined (DMARC,
+	// ingress/checks.go): written to <data_dir>/Quarantine by delivery.
+	SubjQuarantine = "mail.quarantine"
 )
 
 // Token turns a domain into a single subject token: the lower-case A-label

@@ -71,16 +71,42 @@ const (
 // StoreSyncer syncs dir, the store of the embedded server, by method
 // (SyncFiles or SyncFS); close releases it.
 func StoreSyncer(dir, method string) (s *Syncer, close func() error, err error) {
+	var syncFn, closeFn func() error
 	if method == SyncFiles {
 		fs := newFileSync(dir, MailStreams)
-		return NewSyncer(fs.sync), fs.close, nil
+		syncFn, closeFn = fs.sync, fs.close
+	} else {
+		f, err := os.Open(dir)
+		if err != nil {
+			return nil, nil, fmt.Errorf("bus: store syncer: %w", err)
+		}
+		syncFn, closeFn = func() error { return syncFS(f) }, f.Close
 	}
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, nil, fmt.Errorf("bus: store syncer: %w", err)
-	}
-	return NewSyncer(func() error { return syncFS(f) }), f.Close, nil
+	// A sync still running when the node stops (a late writer) finishes
+	// before the handles are closed; one asked after fails.
+	var mu sync.Mutex
+	closed := false
+	s = NewSyncer(func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if closed {
+			return errSyncerClosed
+		}
+		return syncFn()
+	})
+	return s, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if closed {
+			return nil
+		}
+		closed = true
+		return closeFn()
+	}, nil
 }
+
+// errSyncerClosed is the failure of a sync asked after the store closed.
+var errSyncerClosed = errors.New("the store is closed")
 
 func (s *Syncer) clock() time.Time {
 	if s.now != nil {

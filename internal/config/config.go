@@ -430,6 +430,13 @@ func Default() Config {
 			ConnectAllow:         []string{},
 			ConnectDeny:          []string{},
 			DNSBL:                []string{},
+
+			// Inbound authentication checks: verdicts recorded, no
+			// mail refused (see README).
+			AuthChecks:      true,
+			SPFFail:         ActionTag,
+			DMARCReject:     ActionTag,
+			DMARCQuarantine: ActionTag,
 		}},
 		Auth:    DefaultAuth(),
 		Metrics: Metrics{Listen: DefaultMetricsListen},

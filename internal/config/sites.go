@@ -159,6 +159,26 @@ type SiteKeys struct {
 	// LogFiles\SMTPSVC1\. A relative path is under data_dir; empty (the
 	// default) is off. Set in [ingress], every site logs.
 	LogDir string `toml:"log_dir"`
+
+	// Inbound authentication checks (internal/authcheck, README "Inbound
+	// authentication checks"), for mail from clients that are neither
+	// authenticated nor in relay_networks.
+	//
+	// AuthChecks runs SPF, DKIM and DMARC at the end of DATA and
+	// prepends Authentication-Results. On by default for mta sites only.
+	AuthChecks bool `toml:"auth_checks"`
+	// AuthServID is the authserv-id of the header (RFC 8601 §2.5);
+	// empty: the site's host name.
+	AuthServID string `toml:"authserv_id"`
+	// SPFFail is what an SPF fail of the MAIL FROM identity does: tag
+	// (the header only) or reject (550 5.7.23).
+	SPFFail string `toml:"spf_fail"`
+	// DMARCReject and DMARCQuarantine are what a DMARC fail does when the
+	// domain's policy (after pct=) is reject or quarantine: tag,
+	// quarantine (the mail goes to <data_dir>/Quarantine/) or reject
+	// (550 5.7.1 at the end of DATA).
+	DMARCReject     string `toml:"dmarc_reject"`
+	DMARCQuarantine string `toml:"dmarc_quarantine"`
 }
 
 // clone returns k with its own copy of every slice: the TOML decoder
@@ -243,6 +263,8 @@ func (c Config) SiteOf(kind string) Site {
 		// lists list: [ingress] dnsbl is for servers (a site's own key
 		// still sets it).
 		s.DNSBL = []string{}
+		// Nor the inbound checks: submission is authenticated.
+		s.AuthChecks = false
 	}
 	return s
 }
@@ -403,6 +425,9 @@ func (c *Config) validateSite(key string, s Site) error {
 	}
 	if err := checkLogDir(c.SiteLogDir(s)); err != nil {
 		return &KeyError{key + ".log_dir", err.Error()}
+	}
+	if err := validateAuthChecks(key, s); err != nil {
+		return err
 	}
 	switch s.Auth {
 	case AuthOff, AuthOptional, AuthRequired:

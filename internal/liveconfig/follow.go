@@ -89,6 +89,9 @@ func Follow(ctx context.Context, js jetstream.JetStream, running config.Config, 
 	if err != nil {
 		return nil, err
 	}
+	if err := st.PublishBase(ctx, base); err != nil {
+		return nil, err
+	}
 	if running.Source != "" {
 		if n, err := st.Seed(ctx, "configuration file"); err != nil {
 			return nil, err

@@ -45,6 +45,9 @@ func CheckKey(key string) error {
 	if key == "" || strings.HasPrefix(key, ".") || strings.HasSuffix(key, ".") || strings.Contains(key, "..") {
 		return fmt.Errorf("%q is not a configuration key (a dotted path such as ingress.relay_networks)", key)
 	}
+	if strings.HasPrefix(key, "_") {
+		return fmt.Errorf("%q is not a configuration key: keys beginning with _ are Mailroot's own", key)
+	}
 	for _, r := range key {
 		if r < 0x21 || r > 0x7e {
 			return fmt.Errorf("%q is not a configuration key: it holds a space or control character", key)

@@ -233,3 +233,46 @@ func FuzzParseValue(f *testing.F) {
 		}
 	})
 }
+
+// The base a running process publishes is what a tool without the file
+// validates against, and it is not a key: not listed, not in history.
+func TestPublishedBase(t *testing.T) {
+	n := testutil.StartNATS(t)
+	_, js := n.Connect(t)
+	ctx := t.Context()
+	setup(t, js)
+	running, err := Open(ctx, js, 1, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := running.PublishBase(ctx, base); err != nil {
+		t.Fatal(err)
+	}
+	tool, err := Open(ctx, js, 1, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Without the file, the site "mta" is unknown to the tool.
+	if _, err := tool.Set(ctx, "site.mta.banner", `"hello"`, false, "x", ""); err == nil {
+		t.Fatal("set against the defaults accepted a key of a site they lack")
+	}
+	b, ok, err := tool.StoredBase(ctx)
+	if err != nil || !ok || b != base {
+		t.Fatalf("stored base: %v %v %q", ok, err, b)
+	}
+	tool.Base = b
+	if _, err := tool.Set(ctx, "site.mta.banner", `"hello"`, false, "x", ""); err != nil {
+		t.Fatalf("set against the published base: %v", err)
+	}
+	_, entries, err := tool.Overrides(ctx)
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("entries %v %v", entries, err)
+	}
+	h, err := tool.History(ctx, "")
+	if err != nil || len(h) != 1 {
+		t.Fatalf("history %v %v", h, err)
+	}
+	if _, err := tool.Set(ctx, "_base", "x", false, "x", ""); err == nil {
+		t.Fatal("_base accepted as a key")
+	}
+}

@@ -100,6 +100,9 @@ func (s *Store) current(ctx context.Context) (map[string]Entry, error) {
 	}
 	out := map[string]Entry{}
 	for k := range lister.Keys() {
+		if k == baseKey {
+			continue
+		}
 		e, err := s.KV.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 			continue
@@ -211,7 +214,9 @@ func (s *Store) History(ctx context.Context, key string) ([]Entry, error) {
 			return nil, err
 		}
 		for k := range lister.Keys() {
-			keys = append(keys, k)
+			if k != baseKey {
+				keys = append(keys, k)
+			}
 		}
 	}
 	var out []Entry
@@ -357,7 +362,7 @@ func (s *Store) Watch(ctx context.Context, apply func(config.Config, map[string]
 				if !ok {
 					return
 				}
-				if u == nil {
+				if u == nil || u.Key() == baseKey {
 					continue
 				}
 				emit()
@@ -395,4 +400,33 @@ func (s *Store) Shadowed(ctx context.Context) ([]Entry, error) {
 		}
 	}
 	return out, nil
+}
+
+// baseKey holds the configuration file text the running processes apply
+// the live keys over (the last one started), outside the keys' namespace:
+// `mailroot config set` without -config validates against it, so that a
+// change is checked against the file in force, not the defaults.
+const baseKey = "_base"
+
+// PublishBase stores text as the running processes' base, if it differs.
+func (s *Store) PublishBase(ctx context.Context, text string) error {
+	if e, err := s.KV.Get(ctx, baseKey); err == nil && string(e.Value()) == text {
+		return nil
+	}
+	if _, err := s.KV.Put(ctx, baseKey, []byte(text)); err != nil {
+		return fmt.Errorf("liveconfig: store the base: %w", err)
+	}
+	return nil
+}
+
+// StoredBase is the base a running process published; false when none did.
+func (s *Store) StoredBase(ctx context.Context) (string, bool, error) {
+	e, err := s.KV.Get(ctx, baseKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("liveconfig: read the base: %w", err)
+	}
+	return string(e.Value()), true, nil
 }

@@ -47,6 +47,7 @@ type Metrics struct {
 	ingressBytes    *prometheus.CounterVec
 	ingressRefusals *prometheus.CounterVec
 	ingressAccept   *prometheus.HistogramVec
+	ingressAuth     *prometheus.CounterVec // authcheck.go
 
 	// Routed counts the parts the router published, by destination.
 	RoutedRemote, RoutedHold, RoutedDrop prometheus.Counter
@@ -92,6 +93,7 @@ func New() *Metrics {
 	m.ingressRefusals = f.counterVec("ingress", "refusals_total", "Connections and commands refused by policy, by site and reason: "+strings.Join(RefusalReasons, ", ")+".", "site", "reason")
 	m.ingressAccept = f.histogramVec("ingress", "accept_duration_seconds", "Time from the end of a message's data to its 250 (stored durably), by site.",
 		[]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}, "site")
+	m.ingressAuth = f.counterVec("ingress", "auth_results_total", "Verdicts of the inbound checks, by site, check (spf, dkim, dmarc) and result (pass, fail, softfail, neutral, none, temperror, permerror).", "site", "check", "result")
 
 	routed := f.counterVec("router", "messages_total", "Messages routed, by outcome: parts published for remote delivery, hold or the Drop directory; messages sent to Badmail or bounced.", "outcome")
 	m.RoutedRemote = routed.WithLabelValues("remote")
@@ -142,6 +144,7 @@ type Site struct {
 	AcceptDuration prometheus.Observer
 
 	refusals map[string]prometheus.Counter
+	auth     map[authKey]prometheus.Counter // authcheck.go
 }
 
 // Reasons a connection or command is refused by policy: the values of
@@ -179,13 +182,19 @@ const (
 	RefusedUnknownRcpt = "unknown_recipient"
 	// RefusedPaused: a connection to a paused site (421 4.3.2).
 	RefusedPaused = "paused"
+	// RefusedSPF: SPF fail of the MAIL FROM with spf_fail = "reject"
+	// (550 5.7.23 at the end of DATA).
+	RefusedSPF = "spf_fail"
+	// RefusedDMARC: DMARC fail where the site's action for the domain's
+	// policy is reject (550 5.7.1 at the end of DATA).
+	RefusedDMARC = "dmarc_reject"
 	// RefusedOther: any reason without a value of its own.
 	RefusedOther = "other"
 )
 
 // RefusalReasons are every reason label, each series present from start.
 var RefusalReasons = []string{RefusedConnectionLimit, RefusedRelay, RefusedAuthFailed, RefusedAuthRequired, RefusedBadCommands, RefusedNoRoom, RefusedTimeout,
-	RefusedConnectDeny, RefusedConnectAllow, RefusedDNSBL, RefusedDNSTempfail, RefusedUnknownRcpt, RefusedPaused, RefusedOther}
+	RefusedConnectDeny, RefusedConnectAllow, RefusedDNSBL, RefusedDNSTempfail, RefusedUnknownRcpt, RefusedPaused, RefusedSPF, RefusedDMARC, RefusedOther}
 
 // Refused counts one refusal for reason (one of RefusalReasons; anything
 // else counts as RefusedOther, so the label stays bounded).
@@ -212,6 +221,7 @@ func (m *Metrics) Site(name string) *Site {
 	for _, r := range RefusalReasons {
 		s.refusals[r] = m.ingressRefusals.WithLabelValues(name, r)
 	}
+	s.auth = m.authCounters(name)
 	return s
 }
 

@@ -18,6 +18,7 @@ func TestQueueState(t *testing.T) {
 		bus.SubjDeferPrefix + "example_com.Q1": "deferred",
 		bus.Hold("example_com"):                "held",
 		bus.SubjDrop:                           "drop",
+		bus.SubjQuarantine:                     "quarantine",
 		bus.SubjBad:                            "bad",
 		"mail.out.":                            "",
 		"mail.other":                           "",

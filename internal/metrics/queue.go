@@ -14,7 +14,7 @@ import (
 
 // QueueStates are the values of mailroot_queue_messages' state label, one
 // per kind of subject of the MAIL stream (docs/DESIGN.md §2).
-var QueueStates = []string{"incoming", "active", "deferred", "held", "drop", "bad"}
+var QueueStates = []string{"incoming", "active", "deferred", "held", "drop", "quarantine", "bad"}
 
 // QueueState is the state of a message on subject of the MAIL stream, or
 // "" for a subject that is none of Mailroot's.
@@ -32,6 +32,8 @@ func QueueState(subject string) string {
 		return "drop"
 	case subject == bus.SubjBad:
 		return "bad"
+	case subject == bus.SubjQuarantine:
+		return "quarantine"
 	}
 	return ""
 }
@@ -47,7 +49,7 @@ const QueueCacheFor = 5 * time.Second
 func (m *Metrics) WatchQueue(js jetstream.JetStream) {
 	m.registerOnce("queue", func() prometheus.Collector {
 		return &queueCollector{js: js, desc: prometheus.NewDesc(Namespace+"_queue_messages",
-			"Messages in the MAIL stream now, by state: incoming (mail.in, not routed yet), active (mail.out.*), deferred (retry schedules), held (for ETRN/ATRN), drop (for the Drop directory), bad (for Badmail).",
+			"Messages in the MAIL stream now, by state: incoming (mail.in, not routed yet), active (mail.out.*), deferred (retry schedules), held (for ETRN/ATRN), drop (for the Drop directory), quarantine (for the Quarantine directory), bad (for Badmail).",
 			[]string{"state"}, nil)}
 	})
 }
