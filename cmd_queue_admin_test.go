@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/dsn"
 	"github.com/mailroot/mailroot/internal/testutil"
 	"github.com/mailroot/mailroot/node"
@@ -469,5 +470,51 @@ func TestBadmailRequeueDelivers(t *testing.T) {
 	}
 	if evs := eventsOf(t, n, name, bus.EventRequeued); len(evs) != 1 || evs[0].Admin == "" || evs[0].NewQID == "" {
 		t.Fatalf("requeued events of %s: %+v", name, evs)
+	}
+}
+
+// `redrive -type expired` sends again the mail whose queue lifetime ran
+// out in the range: not a hard bounce in the same range, nor mail that
+// expired after it.
+func TestRedriveExpired(t *testing.T) {
+	var accept atomic.Bool
+	n, cfg, sink := queueNodeWith(t, t.TempDir(), func(to string) error {
+		switch {
+		case accept.Load():
+			return nil
+		case strings.HasPrefix(to, "bounce"):
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+		}
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "try later"}
+	}, func(c *config.Config) {
+		c.Delivery.Expire = config.Duration(time.Millisecond) // expired at the first attempt
+		c.Delivery.DelayNotice = 0
+	})
+	data := []string{"-data", cfg.DataDir}
+	count := func(typ string) int {
+		var k int
+		_ = bus.ReadEvents(t.Context(), n.JS, bus.EventFilter{Type: typ}, false, func(bus.Event) error { k++; return nil })
+		return k
+	}
+	start := time.Now().Add(-time.Second)
+	sendOne(t, n, "a@local.test", "bounce@remote.test", "Subject: hard\r\n\r\nhard\r\n")
+	testutil.WaitFor(t, 20*time.Second, "the hard bounce", func() bool { return count(bus.EventBounced) == 1 })
+	sendOne(t, n, "a@local.test", "b@remote.test", "Subject: one\r\n\r\n1\r\n")
+	testutil.WaitFor(t, 20*time.Second, "the first expiry", func() bool { return count(bus.EventExpired) == 1 && count(bus.EventBounced) == 2 })
+	mid := time.Now()
+	sendOne(t, n, "a@local.test", "d@other.test", "Subject: two\r\n\r\n2\r\n")
+	testutil.WaitFor(t, 20*time.Second, "the second expiry", func() bool { return count(bus.EventExpired) == 2 && count(bus.EventBounced) == 3 })
+	accept.Store(true)
+	out, stderr, code := runRedrive(append([]string{"-type", "expired", "-since", start.UTC().Format(time.RFC3339Nano), "-until", mid.UTC().Format(time.RFC3339Nano)}, data...)...)
+	if code != 0 || !strings.Contains(out, "1 done") {
+		t.Fatalf("redrive -type expired: exit %d, %q %s", code, out, stderr)
+	}
+	testutil.WaitFor(t, 20*time.Second, "the expired mail delivered", func() bool { return sink.Count() == 1 })
+	testutil.WaitFor(t, 10*time.Second, "the queue empty", func() bool {
+		out, _, _ := runQueue(append([]string{"list"}, data...)...)
+		return out == "Mail queue is empty\n"
+	})
+	if got := sink.Mails(); len(got) != 1 || got[0].To[0] != "b@remote.test" {
+		t.Fatalf("redrive -type expired sent %+v, want b@remote.test only", got)
 	}
 }

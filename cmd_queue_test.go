@@ -38,6 +38,12 @@ func queueNode(t *testing.T, dir string, accept *atomic.Bool) (*node.Node, confi
 // queueNodeRcpt is queueNode with the sink's answer to each RCPT.
 func queueNodeRcpt(t *testing.T, dir string, rcpt func(to string) error) (*node.Node, config.Config, *testutil.Sink) {
 	t.Helper()
+	return queueNodeWith(t, dir, rcpt, nil)
+}
+
+// queueNodeWith is queueNodeRcpt with a change to the configuration.
+func queueNodeWith(t *testing.T, dir string, rcpt func(to string) error, edit func(*config.Config)) (*node.Node, config.Config, *testutil.Sink) {
+	t.Helper()
 	t.Setenv("MAILROOT_CONFIG", "")
 	t.Setenv("MAILROOT_NATS_URL", "")
 	t.Setenv("MAILROOT_DATA_DIR", "")
@@ -58,6 +64,9 @@ func queueNodeRcpt(t *testing.T, dir string, rcpt func(to string) error) (*node.
 	cfg.Delivery.DNSServer = dns.Addr
 	cfg.Delivery.Retry = []config.Duration{config.Duration(time.Hour)}
 	cfg.Delivery.ConnectTimeout = config.Duration(2 * time.Second)
+	if edit != nil {
+		edit(&cfg)
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
