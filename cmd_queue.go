@@ -376,31 +376,21 @@ func useLocalServer(cfg *config.Config) error {
 	return nil
 }
 
-// entries reads every message in the stream, in stream order. It stops at
+// entries reads every message in the stream, in stream order (queue.Scan,
+// shared with the admin actions). It stops at
 // the last sequence the stream had when it started: mail arriving
 // meanwhile is for the next listing, and the loop is bounded.
 func (q *queueReader) entries(ctx context.Context) ([]*queueEntry, error) {
 	if q.stream == nil {
 		return nil, nil
 	}
-	info, err := q.stream.Info(ctx)
+	all, err := queue.Scan(ctx, q.js)
 	if err != nil {
-		return nil, fmt.Errorf("stream %s: %w", bus.StreamMail, err)
+		return nil, err
 	}
-	var out []*queueEntry
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; {
-		m, err := q.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(bus.SubjAll))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read %s at %d: %w", bus.StreamMail, seq, err)
-		}
-		if m.Sequence > info.State.LastSeq {
-			break
-		}
-		out = append(out, newQueueEntry(m))
-		seq = m.Sequence + 1
+	out := make([]*queueEntry, 0, len(all))
+	for _, e := range all {
+		out = append(out, newQueueEntry(&jetstream.RawStreamMsg{Subject: e.Subject, Sequence: e.Seq, Header: e.Header, Data: e.Data, Time: e.Time}))
 	}
 	return out, nil
 }

@@ -369,15 +369,7 @@ func (l *lockedBuffer) String() string {
 // again, to the remote now accepting it.
 func TestRedriveDeliveryBounces(t *testing.T) {
 	var accept atomic.Bool
-	n, cfg, sink := queueNodeRcpt(t, t.TempDir(), func(to string) error {
-		switch {
-		case accept.Load():
-			return nil
-		case strings.HasPrefix(to, "bounce"):
-			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
-		}
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "try later"}
-	})
+	n, cfg, sink := queueNodeRcpt(t, t.TempDir(), bounceOr451(&accept))
 	data := []string{"-data", cfg.DataDir}
 	bouncedCount := func() int {
 		var k int
@@ -478,15 +470,7 @@ func TestBadmailRequeueDelivers(t *testing.T) {
 // expired after it.
 func TestRedriveExpired(t *testing.T) {
 	var accept atomic.Bool
-	n, cfg, sink := queueNodeWith(t, t.TempDir(), func(to string) error {
-		switch {
-		case accept.Load():
-			return nil
-		case strings.HasPrefix(to, "bounce"):
-			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
-		}
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "try later"}
-	}, func(c *config.Config) {
+	n, cfg, sink := queueNodeWith(t, t.TempDir(), bounceOr451(&accept), func(c *config.Config) {
 		c.Delivery.Expire = config.Duration(time.Millisecond) // expired at the first attempt
 		c.Delivery.DelayNotice = 0
 	})
@@ -516,5 +500,19 @@ func TestRedriveExpired(t *testing.T) {
 	})
 	if got := sink.Mails(); len(got) != 1 || got[0].To[0] != "b@remote.test" {
 		t.Fatalf("redrive -type expired sent %+v, want b@remote.test only", got)
+	}
+}
+
+// bounceOr451 answers RCPT as a remote that accepts once accept is set,
+// and until then refuses bounce* for good (550) and the rest for now (451).
+func bounceOr451(accept *atomic.Bool) func(string) error {
+	return func(to string) error {
+		switch {
+		case accept.Load():
+			return nil
+		case strings.HasPrefix(to, "bounce"):
+			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
+		}
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "try later"}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -55,6 +56,8 @@ type Entry struct {
 	Header nats.Header
 	Data   []byte
 	Env    *envelope.Envelope
+	// Time is when the stream stored it.
+	Time time.Time
 }
 
 // Origin is where an admin-held part goes back to on release: out, hold or
@@ -74,7 +77,7 @@ func AdminHeld(subj string) bool { return strings.HasPrefix(subj, SubjAdminHoldP
 
 // entryOf describes one stored message.
 func entryOf(m *jetstream.RawStreamMsg) *Entry {
-	e := &Entry{Subject: m.Subject, Seq: m.Sequence, Header: m.Header, Data: m.Data, QueueID: m.Header.Get(envelope.HdrQueueID)}
+	e := &Entry{Subject: m.Subject, Seq: m.Sequence, Header: m.Header, Data: m.Data, Time: m.Time, QueueID: m.Header.Get(envelope.HdrQueueID)}
 	if env, err := envelope.Decode(m.Header); err == nil {
 		e.Env = env
 	}
