@@ -29,8 +29,11 @@ const FailedRetention = 7 * 24 * time.Hour
 // reported without a copy (the bounced event has no "kept").
 const FailedMaxMsg = 1<<20 - 64<<10
 
-// EnsureFailed creates or updates the MAIL_FAILED stream.
-func EnsureFailed(ctx context.Context, js jetstream.JetStream, replicas int) error {
+// EnsureFailed creates or updates the MAIL_FAILED stream. Under a store
+// limit (storeLimit > 0) it keeps at most the events' share of it
+// (EventsMaxBytes), the oldest copies going first: copies are kept while
+// intake is refused, and must not eat the reserve of queued mail.
+func EnsureFailed(ctx context.Context, js jetstream.JetStream, replicas int, storeLimit int64) error {
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        StreamFailed,
 		Description: "Mailroot failed mail: the originals of bounced messages, for mailroot redrive",
@@ -39,6 +42,7 @@ func EnsureFailed(ctx context.Context, js jetstream.JetStream, replicas int) err
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
 		MaxAge:      FailedRetention,
+		MaxBytes:    EventsMaxBytes(storeLimit),
 		Discard:     jetstream.DiscardOld,
 		Duplicates:  10 * time.Minute,
 		AllowDirect: true,

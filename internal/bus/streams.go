@@ -101,7 +101,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, l Layout) error {
 	if err := EnsureEvents(ctx, js, l.Replicas, l.EventsMaxAge, l.StoreLimit); err != nil {
 		return err
 	}
-	if err := EnsureFailed(ctx, js, l.Replicas); err != nil {
+	if err := EnsureFailed(ctx, js, l.Replicas, l.StoreLimit); err != nil {
 		return err
 	}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{

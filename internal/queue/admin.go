@@ -444,8 +444,12 @@ func (a *Admin) Bounce(ctx context.Context, sel Selection, why string) ([]Result
 		if err != nil {
 			return Result{}, err
 		}
-		if err := bus.EnsureFailed(ctx, a.JS, 0); err != nil {
-			return Result{}, err
+		// Every actor creates MAIL_FAILED at start (bus.EnsureStream);
+		// an older deployment's server may not have it yet.
+		if _, err := a.JS.Stream(ctx, bus.StreamFailed); errors.Is(err, jetstream.ErrStreamNotFound) {
+			if err := bus.EnsureFailed(ctx, a.JS, 0, 0); err != nil {
+				return Result{}, err
+			}
 		}
 		now := time.Now()
 		var st []dsn.Status
