@@ -84,6 +84,12 @@ func listSessions(ctx context.Context, cfg config.Config) ([]bus.SessionInfo, er
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
+	return readSessions(ctx, js)
+}
+
+// readSessions reads every live session from the bucket, oldest first
+// (the admin console's sessions page too).
+func readSessions(ctx context.Context, js jetstream.JetStream) ([]bus.SessionInfo, error) {
 	kv, err := js.KeyValue(ctx, bus.BucketSessions)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, nil // no ingress has run yet

@@ -21,8 +21,8 @@ import (
 )
 
 const userUsage = `usage:
-  mailroot user add NAME [-from ADDR,@DOMAIN,...] [-atrn DOMAIN,...] [-password-stdin]
-  mailroot user passwd NAME [-password-stdin]
+  mailroot user add NAME [-from ADDR,@DOMAIN,...] [-atrn DOMAIN,...] [-admin] [-password-stdin]
+  mailroot user passwd NAME [-admin=true|false] [-password-stdin]
   mailroot user del NAME
   mailroot user list
 common flags: -config FILE, -data DIR (the users file is auth.users_file, default <data_dir>/users)
@@ -41,6 +41,7 @@ func userCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cf := addCommonFlags(fs)
 	from := fs.String("from", "", "addresses and @domains the user may send as (comma-separated)")
 	atrn := fs.String("atrn", "", "domains the user may dequeue with ATRN (comma-separated)")
+	admin := fs.Bool("admin", false, "the user may log in to the admin console (mailroot admin)")
 	pwStdin := fs.Bool("password-stdin", false, "read the password from the first line of standard input")
 	// Flags may come before or after the name.
 	var names []string
@@ -91,9 +92,9 @@ func userCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 2
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tFROM\tATRN")
+		fmt.Fprintln(tw, "NAME\tFROM\tATRN\tADMIN")
 		for _, u := range list {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", u.Name, dash(strings.Join(u.From, ",")), dash(strings.Join(u.ATRN, ",")))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", u.Name, dash(strings.Join(u.From, ",")), dash(strings.Join(u.ATRN, ",")), map[bool]string{true: "yes", false: "-"}[u.Admin])
 		}
 		_ = tw.Flush()
 		return 0
@@ -122,7 +123,7 @@ func userCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 1
 		}
 		if sub == "add" {
-			list = append(list, users.User{Name: name, Hash: hash, From: splitComma(*from), ATRN: splitComma(*atrn)})
+			list = append(list, users.User{Name: name, Hash: hash, From: splitComma(*from), ATRN: splitComma(*atrn), Admin: *admin})
 		} else {
 			list[i].Hash = hash
 			if *from != "" {
@@ -131,6 +132,11 @@ func userCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			if *atrn != "" {
 				list[i].ATRN = splitComma(*atrn)
 			}
+			fs.Visit(func(f *flag.Flag) {
+				if f.Name == "admin" {
+					list[i].Admin = *admin
+				}
+			})
 		}
 	case "del":
 		name, ok := needName()

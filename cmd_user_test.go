@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -43,8 +44,29 @@ func TestUserCommand(t *testing.T) {
 	if !list[0].Check("pw-two") || list[0].Check("pw-one") || len(list[0].From) != 1 {
 		t.Error("passwd did not change only the password")
 	}
-	if code, out := run("", "list"); code != 0 || !strings.Contains(out, "alice@example.test  @example.test  dialup.test") {
+	if code, out := run("", "list"); code != 0 || !strings.Contains(out, "alice@example.test  @example.test  dialup.test  -") {
 		t.Errorf("list: %q", out)
+	}
+	// -admin on passwd marks the user; passwd without it keeps the mark.
+	for _, args := range [][]string{{"passwd", "alice@example.test", "-admin"}, {"passwd", "alice@example.test"}} {
+		if code, out := run("pw-two\n", args...); code != 0 {
+			t.Fatalf("%v: %s", args, out)
+		}
+		if list, _ = users.Load(path); !list[0].Admin {
+			t.Fatalf("after %v: not an admin: %+v", args, list[0])
+		}
+	}
+	if code, out := run("pw\n", "add", "root", "-admin"); code != 0 {
+		t.Fatalf("add -admin: %s", out)
+	}
+	if code, out := run("", "list"); code != 0 || !slices.ContainsFunc(strings.Split(out, "\n"), func(l string) bool {
+		f := strings.Fields(l)
+		return len(f) == 4 && f[0] == "root" && f[3] == "yes"
+	}) {
+		t.Errorf("list does not show root as an admin: %q", out)
+	}
+	if code, _ := run("", "del", "root"); code != 0 {
+		t.Error("del root")
 	}
 	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
 		t.Errorf("users file mode %v", fi.Mode())

@@ -68,6 +68,9 @@ var commands = []command{
 	{"version", "the mailroot build: module version, VCS commit, Go and nats-server versions (also -version)", func(args []string) int {
 		return versionCommand(args, os.Stdout, os.Stderr)
 	}},
+	{"admin", "the web admin console: admin [-listen HOST:PORT] (mailroot all serves it on admin.listen, 127.0.0.1:8025)", func(args []string) int {
+		return adminCommand(args, os.Stdout, os.Stderr)
+	}},
 	{"config", "config show [-n]: the effective configuration as TOML (-n: what differs from the defaults); config check: validate a file; config get|set|unset|history|rollback|export: the live configuration (mta-config)", func(args []string) int {
 		return configCommand(args, os.Stdout, os.Stderr)
 	}},
@@ -202,6 +205,12 @@ func runActors(cmd string, cfg config.Config, log *slog.Logger) int {
 	}
 	stopHeartbeat := startHeartbeat(cmd, n.Conn, log) // for `mailroot healthcheck`
 	defer stopHeartbeat()
+	if cmd == "all" && cfg.Admin.Listen != "" {
+		// The console is not mail: if it cannot start, mail still flows.
+		if _, _, err := startAdmin(ctx, cfg, n.Conn, log); err != nil {
+			log.Error("admin console not started", "svc", "admin", "err", err)
+		}
+	}
 	status := 0
 	select {
 	case <-ctx.Done():

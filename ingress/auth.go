@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
-	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -109,7 +108,7 @@ func (ss *session) auth(mech string) (sasl.Server, *reply) {
 	if !ss.authOffered() {
 		return nil, rep(530, "5.7.0", "Must issue a STARTTLS command first")
 	}
-	if ss.s.limiter.banned(ss.ip) {
+	if ss.s.limiter.Banned(ss.ip) {
 		ss.s.log.Warn("AUTH refused: client banned after failed logins", "site", ss.sp.cfg.Name, "client", ss.ip.String())
 		ss.site.m.Refused(metrics.RefusedAuthFailed)
 		return nil, rep(421, "4.7.0", ss.sp.cfg.Hostname+" Too many failed authentications, try again later")
@@ -145,7 +144,7 @@ func (ss *session) login(mech, identity, username, password string) error {
 		s.sessions.update(ss.id, func(i *sessionInfo) { i.User = u.Name })
 		return nil
 	}
-	delay, banned := s.limiter.fail(ss.ip)
+	delay, banned := s.limiter.Fail(ss.ip)
 	ss.site.m.Refused(metrics.RefusedAuthFailed)
 	log.Warn("authentication failed", "known_user", ok, "banned", banned)
 	if delay > 0 {
@@ -183,68 +182,6 @@ func (l *loginServer) Next(response []byte) ([]byte, bool, error) {
 		return nil, true, l.auth(l.username, string(response))
 	}
 	return nil, true, errors.New("ingress: unexpected LOGIN response")
-}
-
-// authLimiter counts failed AUTH attempts per client address.
-type authLimiter struct {
-	cfg config.Auth
-	now func() time.Time
-
-	mu sync.Mutex
-	m  map[netip.Addr]*failures
-}
-
-type failures struct {
-	times       []time.Time
-	bannedUntil time.Time
-}
-
-func newAuthLimiter(cfg config.Auth) *authLimiter {
-	return &authLimiter{cfg: cfg, now: time.Now, m: map[netip.Addr]*failures{}}
-}
-
-func (l *authLimiter) banned(ip netip.Addr) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	f := l.m[ip]
-	return f != nil && l.now().Before(f.bannedUntil)
-}
-
-// fail records a failure and returns the back-off delay and whether ip is
-// now banned.
-func (l *authLimiter) fail(ip netip.Addr) (time.Duration, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	if len(l.m) > 10000 {
-		l.prune(now)
-	}
-	f := l.m[ip]
-	if f == nil {
-		f = &failures{}
-		l.m[ip] = f
-	}
-	keep := f.times[:0]
-	for _, t := range f.times {
-		if now.Sub(t) < l.cfg.FailWindow.D() {
-			keep = append(keep, t)
-		}
-	}
-	f.times = append(keep, now)
-	n := len(f.times)
-	if n >= l.cfg.FailLimit {
-		f.bannedUntil = now.Add(l.cfg.Ban.D())
-		f.times = nil
-	}
-	return min(time.Duration(n)*l.cfg.FailDelay.D(), 10*time.Second), n >= l.cfg.FailLimit
-}
-
-func (l *authLimiter) prune(now time.Time) {
-	for ip, f := range l.m {
-		if now.After(f.bannedUntil) && (len(f.times) == 0 || now.Sub(f.times[len(f.times)-1]) > l.cfg.FailWindow.D()) {
-			delete(l.m, ip)
-		}
-	}
 }
 
 // authCache remembers successful password checks for a few minutes, so

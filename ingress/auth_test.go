@@ -109,7 +109,7 @@ func TestAuthRateLimit(t *testing.T) {
 	if err := authPlain(c2, "alice@local.test", testPassword); enhanced(err) != "421 4.7.0" {
 		t.Errorf("banned address: %v, want 421 4.7.0", err)
 	}
-	if !f.svc.limiter.banned(netip.MustParseAddr("127.0.0.1")) || f.svc.limiter.banned(netip.MustParseAddr("192.0.2.7")) {
+	if !f.svc.limiter.Banned(netip.MustParseAddr("127.0.0.1")) || f.svc.limiter.Banned(netip.MustParseAddr("192.0.2.7")) {
 		t.Error("ban is not per address")
 	}
 }

@@ -55,7 +55,7 @@ type Service struct {
 
 	sites    []*site
 	users    *users.Store
-	limiter  *authLimiter
+	limiter  *users.Limiter
 	authOK   *authCache
 	sessions *registry
 	ready    chan struct{}
@@ -140,7 +140,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 	}
 	s := &Service{
 		cfgs: config.NewLive(cfg), log: log, js: js, users: store,
-		limiter:  newAuthLimiter(cfg.Auth),
+		limiter:  users.NewLimiter(cfg.Auth),
 		authOK:   newAuthCache(),
 		sessions: newRegistry(js, cfg, log),
 		ready:    make(chan struct{}),

@@ -38,6 +38,7 @@ const (
 	EventDropped   = "dropped"   // written to a Drop directory
 	EventBadmail   = "badmail"   // moved to mail.bad
 	EventConfig    = "config"    // a live configuration key changed (mailroot config set, the admin console)
+	EventAdmin     = "admin"     // an administrator's action in the admin console (disconnect, ETRN release): Admin and Reason
 
 	// An administrator's queue actions (internal/queue, `mailroot queue`,
 	// `mailroot redrive`); Admin says who. `queue bounce` emits bounced,
@@ -55,7 +56,7 @@ const (
 
 // EventTypes lists every event type, in the order of a mail's life.
 var EventTypes = []string{EventReceived, EventPickedUp, EventRouted, EventHeld, EventReleased,
-	EventDelivered, EventDropped, EventQuarantined, EventDeferred, EventExpired, EventBounced, EventBadmail, EventConfig,
+	EventDelivered, EventDropped, EventQuarantined, EventDeferred, EventExpired, EventBounced, EventBadmail, EventConfig, EventAdmin,
 	EventDeleted, EventAdminHeld, EventAdminReleased, EventRequeued, EventRedriven}
 
 // EventsRetention is how long events are kept when events.max_age is not
@@ -178,8 +179,8 @@ type Event struct {
 	// file written (dropped, quarantined).
 	File string `json:"file,omitempty"`
 
-	// Admin is who made an administrator's change (config): the OS user,
-	// the NATS user or the console's login.
+	// Admin is who made an administrator's change (config) or action
+	// (admin): the OS user, the NATS user or the console's login.
 	Admin string `json:"admin,omitempty"`
 	// Key, Value and Revision are a config event's key, its new TOML
 	// value ("" when unset) and the revision it was stored as; Reason is

@@ -113,6 +113,8 @@ type Config struct {
 	Metrics Metrics `toml:"metrics"`
 	// DNS is the resolver of every actor (internal/resolver).
 	DNS DNS `toml:"dns"`
+	// Admin is the web admin console (internal/admin).
+	Admin Admin `toml:"admin"`
 
 	// SiteBlocks are the raw [[site]] blocks; Load resolves them into Sites.
 	SiteBlocks []toml.Primitive `toml:"site"`
@@ -440,6 +442,7 @@ func Default() Config {
 		}},
 		Auth:    DefaultAuth(),
 		Metrics: Metrics{Listen: DefaultMetricsListen},
+		Admin:   Admin{Listen: DefaultAdminListen},
 		DNS:     DNS{Timeout: Duration(5 * time.Second), Attempts: 2},
 		Router:  Router{MaxHopCount: 15},
 		Delivery: Delivery{
@@ -755,6 +758,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.checkMetricsListen(); err != nil {
+		return err
+	}
+	if err := c.checkAdmin(); err != nil {
 		return err
 	}
 	for i, d := range c.DKIM {

@@ -137,6 +137,9 @@ func TestAddressesValidated(t *testing.T) {
 		{"[metrics]\nlisten = \"127.0.0.1:2525\"\n", "metrics.listen", `takes the port of the listen address of site "default"`},
 		{"[metrics]\nlisten = \":2525\"\n", "metrics.listen", `takes the port of the listen address of site "default"`},
 		{"[nats]\nlisten = \"127.0.0.1:4222\"\n[metrics]\nlisten = \"127.0.0.1:4222\"\n", "metrics.listen", "takes the port of nats.listen"},
+		{"[admin]\nlisten = \"8025\"\n", "admin.listen", "is not host:port"},
+		{"[admin]\nlisten = \"0.0.0.0:8025\"\n", "admin.listen", "outside loopback: the console needs TLS"},
+		{"[admin]\nlisten = \"[::]:8025\"\ntls_cert = \"c.pem\"\n", "admin.tls_cert", "go together"},
 	}
 	for _, tt := range bad {
 		_, err := Load(write(t, tt.file))

@@ -38,7 +38,7 @@ import (
 // read at start.
 var restart = []string{"hostname", "data_dir", "log_format", "nats.", "metrics.", "dns.",
 	"ingress.listen", "events.", "auth.users_file", "pickup.dir",
-	"delivery.tls_rpt", "delivery.tls_rpt_contact", "delivery.tls_rpt_org"}
+	"delivery.tls_rpt", "delivery.tls_rpt_contact", "delivery.tls_rpt_org", "admin."}
 
 // CheckKey says why key cannot be set live, or nil.
 func CheckKey(key string) error {

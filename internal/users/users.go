@@ -8,11 +8,13 @@
 //	# comment
 //	name:$2a$10$…                                  (bcrypt hash)
 //	name:$2a$10$…:from=me@example.test,@example.test:atrn=dialup.example
+//	name:$2a$10$…:admin                            (may log in to the admin console)
 //
 // from= lists the addresses and @domains the user may use in MAIL FROM when
 // a site has sender_login_match on (the name itself counts when it is an
 // address); atrn= lists the domains whose held mail the user may dequeue
-// with ATRN.
+// with ATRN; admin marks a user who may log in to the admin console
+// (internal/admin).
 package users
 
 import (
@@ -53,6 +55,8 @@ type User struct {
 	From []string
 	// ATRN are the domains the user may dequeue with ATRN.
 	ATRN []string
+	// Admin: the user may log in to the admin console.
+	Admin bool
 }
 
 // ValidName reports whether name can be a user name: 1 to 255 printable
@@ -95,6 +99,11 @@ func Parse(r io.Reader) ([]User, error) {
 			k, v, _ := strings.Cut(f, "=")
 			list := splitList(v)
 			switch k {
+			case "admin":
+				if v != "" {
+					return nil, fmt.Errorf("%w: line %d: admin takes no value", ErrSyntax, n)
+				}
+				u.Admin = true
 			case "from":
 				for _, a := range list {
 					if !validFrom(a) {
@@ -150,7 +159,7 @@ func Format(list []User) []byte {
 	sorted := append([]User(nil), list...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
 	var b bytes.Buffer
-	b.WriteString("# Mailroot SMTP AUTH users (mailroot user add|passwd|del|list): name:bcrypt-hash[:from=addr,@domain][:atrn=domain,…]\n")
+	b.WriteString("# Mailroot SMTP AUTH users (mailroot user add|passwd|del|list): name:bcrypt-hash[:from=addr,@domain][:atrn=domain,…][:admin]\n")
 	for _, u := range sorted {
 		b.WriteString(u.Name + ":" + u.Hash)
 		if len(u.From) > 0 {
@@ -158,6 +167,9 @@ func Format(list []User) []byte {
 		}
 		if len(u.ATRN) > 0 {
 			b.WriteString(":atrn=" + strings.Join(u.ATRN, ","))
+		}
+		if u.Admin {
+			b.WriteString(":admin")
 		}
 		b.WriteByte('\n')
 	}

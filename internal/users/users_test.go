@@ -25,7 +25,7 @@ func TestRoundTripAndRules(t *testing.T) {
 	h := testHash(t, "secret")
 	list := []User{
 		{Name: "zed@example.test", Hash: h},
-		{Name: "branch", Hash: h, From: []string{"boss@branch.test", "@Branch2.TEST"}, ATRN: []string{"branch.test"}},
+		{Name: "branch", Hash: h, From: []string{"boss@branch.test", "@Branch2.TEST"}, ATRN: []string{"branch.test"}, Admin: true},
 	}
 	path := filepath.Join(t.TempDir(), "sub", "users")
 	if err := Save(path, list); err != nil {
@@ -40,6 +40,12 @@ func TestRoundTripAndRules(t *testing.T) {
 		t.Fatalf("loaded %+v %v", got, err)
 	}
 	b := got[0]
+	if !b.Admin || got[1].Admin {
+		t.Errorf("admin flag not kept: %+v", got)
+	}
+	if _, err := Parse(strings.NewReader("x:" + h + ":admin=yes\n")); !errors.Is(err, ErrSyntax) {
+		t.Errorf("admin=yes: %v, want a syntax error", err)
+	}
 	if !b.Check("secret") || b.Check("Secret") || b.Check("") {
 		t.Error("password check wrong")
 	}
@@ -111,6 +117,7 @@ func FuzzParse(f *testing.F) {
 	h := "$2a$04$abcdefghijklmnopqrstuuJ2e1k0Q0xC9mS3cV8x8mZqz1nX0w5Cm"
 	f.Add("alice:" + h + "\n")
 	f.Add("b:" + h + ":from=a@b.c,@d.e:atrn=x.y\n# c\n")
+	f.Add("root:" + h + ":admin\n")
 	f.Add(":::\n\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		list, err := Parse(strings.NewReader(in))
