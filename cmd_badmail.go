@@ -27,6 +27,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/badfile"
+	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/submit"
 )
 
@@ -142,20 +143,24 @@ func badmailCommand(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		var js jetstream.JetStream
-		if sub == "requeue" {
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			nc, err := toolConnect(ctx, cfg, "mailroot badmail")
-			if err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		// requeue needs the server; delete works on the files alone, and
+		// records its events when the server is there.
+		if nc, err := toolConnect(ctx, cfg, "mailroot badmail"); err != nil {
+			if sub == "requeue" {
 				fmt.Fprintf(stderr, "mailroot: %v\n", err)
 				return 1
 			}
+			fmt.Fprintf(stderr, "mailroot: warning: the deletion is not recorded in the event log: %v\n", err)
+		} else {
 			defer nc.Close()
 			if js, err = jetstream.New(nc); err != nil {
 				fmt.Fprintf(stderr, "mailroot: jetstream: %v\n", err)
 				return 1
 			}
 		}
+		who := adminName(cfg.NATS.User)
 		for _, e := range list {
 			if sub == "requeue" {
 				qid, err := requeueBad(js, dir, e)
@@ -164,6 +169,7 @@ func badmailCommand(args []string, stdout, stderr io.Writer) int {
 					return 1
 				}
 				fmt.Fprintf(stdout, "%s: requeued as %s\n", e.Name, qid)
+				badmailEvent(ctx, js, stderr, bus.Event{Type: bus.EventRequeued, NewQID: qid}, e, who)
 			}
 			for _, ext := range []string{badfile.ExtBAD, badfile.ExtBDR} {
 				if err := os.Remove(filepath.Join(dir, e.Name+ext)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -173,6 +179,7 @@ func badmailCommand(args []string, stdout, stderr io.Writer) int {
 			}
 			if sub == "delete" {
 				fmt.Fprintf(stdout, "%s: deleted\n", e.Name)
+				badmailEvent(ctx, js, stderr, bus.Event{Type: bus.EventDeleted}, e, who)
 			}
 		}
 		return 0
@@ -278,4 +285,18 @@ func angle(v string) string {
 		}
 	}
 	return strings.TrimSpace(v)
+}
+
+// badmailEvent records an administrator's action on Badmail entry e
+// (stored before the command exits; a failure is a warning: the action
+// is done).
+func badmailEvent(ctx context.Context, js jetstream.JetStream, stderr io.Writer, ev bus.Event, e *badEntry, who string) {
+	if js == nil {
+		return
+	}
+	ev.QueueID, ev.Admin, ev.Subject, ev.Sender, ev.Rcpts = e.Name, who, "Badmail/"+e.Name, e.Sender, e.Recipients
+	ev.Time, ev.Domain, ev.Reason = time.Now().UTC(), bus.DomainOf(e.Recipients), e.Reason
+	if err := bus.EmitSync(ctx, js, ev); err != nil {
+		fmt.Fprintf(stderr, "mailroot: warning: %s: event not recorded: %v\n", e.Name, err)
+	}
 }

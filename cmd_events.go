@@ -85,8 +85,10 @@ func eventsCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mailroot: %v\n", err)
 		return 2
 	}
-	if cfg.NATS.URL == "" {
-		fmt.Fprintln(stderr, "mailroot: events needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL (for `mailroot all`, expose its embedded server with nats.listen)")
+	// With no NATS URL, a local `mailroot all` is used (as by `mailroot
+	// queue`).
+	if err := useLocalServer(&cfg); err != nil {
+		fmt.Fprintf(stderr, "mailroot: events needs a NATS server: -nats URL, nats.url or MAILROOT_NATS_URL, or `mailroot all` running on this machine: %v\n", err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -211,5 +213,8 @@ func formatEvent(e bus.Event) string {
 	kv("reason", e.Reason)
 	kv("subject", e.Subject)
 	kv("file", e.File)
+	kv("admin", e.Admin)
+	kv("new_qid", e.NewQID)
+	kv("kept", e.Kept)
 	return b.String()
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
+	"github.com/mailroot/mailroot/internal/queue"
 )
 
 // Queue states, from the subject a message is on.
@@ -67,6 +68,12 @@ func queueUsage(w io.Writer) {
        mailroot queue show ID
        mailroot queue cat ID
        mailroot queue flush ID... | -domain D | -all
+       mailroot queue delete ID... | -domain D        (postsuper -d)
+       mailroot queue hold ID... | -domain D          (postsuper -h)
+       mailroot queue release ID... | -domain D       (postsuper -H)
+       mailroot queue requeue ID... | -domain D | -all (postsuper -r)
+       mailroot queue bounce ID... [-reason TEXT]
+(delete, hold, release, requeue and bounce wait -wait 2m for a delivery in progress)
 (each also takes -config FILE, -data DIR, -nats URL)
 `)
 }
@@ -83,6 +90,8 @@ func queueCommand(args []string, stdout, stderr io.Writer) int {
 		return queueOne(args[0], args[1:], stdout, stderr)
 	case "flush":
 		return queueFlush(args[1:], stdout, stderr)
+	case "delete", "hold", "release", "requeue", "bounce":
+		return queueAdmin(args[0], args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		queueUsage(stdout)
 		return 0
@@ -367,31 +376,21 @@ func useLocalServer(cfg *config.Config) error {
 	return nil
 }
 
-// entries reads every message in the stream, in stream order. It stops at
+// entries reads every message in the stream, in stream order (queue.Scan,
+// shared with the admin actions). It stops at
 // the last sequence the stream had when it started: mail arriving
 // meanwhile is for the next listing, and the loop is bounded.
 func (q *queueReader) entries(ctx context.Context) ([]*queueEntry, error) {
 	if q.stream == nil {
 		return nil, nil
 	}
-	info, err := q.stream.Info(ctx)
+	all, err := queue.Scan(ctx, q.js)
 	if err != nil {
-		return nil, fmt.Errorf("stream %s: %w", bus.StreamMail, err)
+		return nil, err
 	}
-	var out []*queueEntry
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; {
-		m, err := q.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(bus.SubjAll))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read %s at %d: %w", bus.StreamMail, seq, err)
-		}
-		if m.Sequence > info.State.LastSeq {
-			break
-		}
-		out = append(out, newQueueEntry(m))
-		seq = m.Sequence + 1
+	out := make([]*queueEntry, 0, len(all))
+	for _, e := range all {
+		out = append(out, newQueueEntry(&jetstream.RawStreamMsg{Subject: e.Subject, Sequence: e.Seq, Header: e.Header, Data: e.Data, Time: e.Time}))
 	}
 	return out, nil
 }
@@ -449,7 +448,7 @@ func subjectState(subj string) string {
 	switch {
 	case strings.HasPrefix(subj, bus.SubjDeferPrefix):
 		return stateDeferred
-	case strings.HasPrefix(subj, bus.SubjHoldPrefix):
+	case strings.HasPrefix(subj, bus.SubjHoldPrefix), queue.AdminHeld(subj):
 		return stateHeld
 	case subj == bus.SubjBad:
 		return stateBad
@@ -529,6 +528,8 @@ func (q *queueReader) show(ctx context.Context, w io.Writer, e *queueEntry, part
 		switch {
 		case e.NextAttempt != nil:
 			when("next attempt", e.NextAttempt)
+		case queue.AdminHeld(e.Subject):
+			line("next attempt", "on hold by an administrator: mailroot queue release "+e.ID)
 		case e.State == stateHeld:
 			line("next attempt", "on ETRN/ATRN for the domain")
 		case e.State == stateActive:

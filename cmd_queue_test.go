@@ -27,16 +27,28 @@ import (
 // set (when not nil).
 func queueNode(t *testing.T, dir string, accept *atomic.Bool) (*node.Node, config.Config, *testutil.Sink) {
 	t.Helper()
-	t.Setenv("MAILROOT_CONFIG", "")
-	t.Setenv("MAILROOT_NATS_URL", "")
-	t.Setenv("MAILROOT_DATA_DIR", "")
-	sink := testutil.StartSink(t)
-	sink.RcptFunc = func(string) error {
+	return queueNodeRcpt(t, dir, func(string) error {
 		if accept != nil && accept.Load() {
 			return nil
 		}
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "try later"}
-	}
+	})
+}
+
+// queueNodeRcpt is queueNode with the sink's answer to each RCPT.
+func queueNodeRcpt(t *testing.T, dir string, rcpt func(to string) error) (*node.Node, config.Config, *testutil.Sink) {
+	t.Helper()
+	return queueNodeWith(t, dir, rcpt, nil)
+}
+
+// queueNodeWith is queueNodeRcpt with a change to the configuration.
+func queueNodeWith(t *testing.T, dir string, rcpt func(to string) error, edit func(*config.Config)) (*node.Node, config.Config, *testutil.Sink) {
+	t.Helper()
+	t.Setenv("MAILROOT_CONFIG", "")
+	t.Setenv("MAILROOT_NATS_URL", "")
+	t.Setenv("MAILROOT_DATA_DIR", "")
+	sink := testutil.StartSink(t)
+	sink.RcptFunc = rcpt
 	dns := testutil.StartDNS(t,
 		"remote.test. MX 10 mx.remote.test.",
 		"other.test. MX 10 mx.remote.test.",
@@ -52,6 +64,9 @@ func queueNode(t *testing.T, dir string, accept *atomic.Bool) (*node.Node, confi
 	cfg.Delivery.DNSServer = dns.Addr
 	cfg.Delivery.Retry = []config.Duration{config.Duration(time.Hour)}
 	cfg.Delivery.ConnectTimeout = config.Duration(2 * time.Second)
+	if edit != nil {
+		edit(&cfg)
+	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

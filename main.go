@@ -49,8 +49,11 @@ var commands = []command{
 	{"events", "the mail log: events [-since 1h] [-until T] [-type T] [-domain D] [-id QID] [-follow] [-json]", func(args []string) int {
 		return eventsCommand(args, os.Stdout, os.Stderr)
 	}},
-	{"queue", "the mail queue: queue list [-domain D] [-sender S] [-older 1h] [-state S] [-json] | show ID | cat ID | flush ID…|-domain D|-all", func(args []string) int {
+	{"queue", "the mail queue: queue list [-domain D] [-sender S] [-older 1h] [-state S] [-json] | show ID | cat ID | flush ID…|-domain D|-all | delete|hold|release|requeue ID…|-domain D | bounce ID…", func(args []string) int {
 		return queueCommand(args, os.Stdout, os.Stderr)
+	}},
+	{"redrive", "send again the mail that bounced (or expired, or went to Badmail) in a time range: redrive -since T -until T [-domain D] [-type bounced|expired|badmail]", func(args []string) int {
+		return redriveCommand(args, os.Stdout, os.Stderr)
 	}},
 	{"mailq", "list the mail queue as Postfix's mailq does (also as a `mailq` symlink and `sendmail -bp`)", func(args []string) int {
 		return mailqCommand(args, os.Stdout, os.Stderr)

@@ -214,7 +214,7 @@ func TestHelpListsEveryCommand(t *testing.T) {
 			names = append(names, strings.Fields(line)[0])
 		}
 	}
-	want := []string{"all", "ingress", "router", "delivery", "badmail", "pickupwatcher", "nats", "sendmail", "user", "sessions", "events", "queue", "mailq", "badmail", "dkim", "healthcheck", "version", "admin", "config"}
+	want := []string{"all", "ingress", "router", "delivery", "badmail", "pickupwatcher", "nats", "sendmail", "user", "sessions", "events", "queue", "redrive", "mailq", "badmail", "dkim", "healthcheck", "version", "admin", "config"}
 	if strings.Join(names, " ") != strings.Join(want, " ") {
 		t.Errorf("help lists %v, want %v", names, want)
 	}

@@ -47,6 +47,11 @@ func (s *Service) handleDrop(ctx context.Context, m jetstream.Msg) {
 		_ = m.DoubleAck(ctx)
 		return
 	}
+	lease, ok := s.takeLease(ctx, m, env.QueueID, tok, log)
+	if !ok {
+		return
+	}
+	defer lease.ReleaseAsync()
 	dir := s.conf().DropDirFor(domain)
 	path := filepath.Join(dir, env.QueueID+".eml")
 	body, ok := s.openLocal(ctx, m, env, log, "drop")

@@ -213,6 +213,9 @@ func (s *Service) Run(ctx context.Context) error {
 	if err == nil {
 		s.stream, err = s.js.Stream(ctx, bus.StreamMail)
 	}
+	if err == nil {
+		_, err = bus.EnsureSessions(ctx, s.js, s.conf().NATS.Replicas) // message leases
+	}
 	if err == nil && s.MTASTS != nil {
 		s.MTASTS.KV, err = mtasts.EnsureBucket(ctx, s.js, s.conf().NATS.Replicas)
 		s.MTASTS.Now = func() time.Time { return s.Now() }
@@ -317,6 +320,11 @@ func (s *Service) handleOut(ctx context.Context, m jetstream.Msg) {
 		s.park(ctx, m, env, tok, log)
 		return
 	}
+	lease, ok := s.takeLease(ctx, m, env.QueueID, tok, log)
+	if !ok {
+		return
+	}
+	defer lease.ReleaseAsync()
 	if env.Body != envelope.BodyObject && env.BodySize == 0 {
 		env.BodySize = int64(len(m.Data()))
 	}

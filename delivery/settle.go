@@ -188,11 +188,24 @@ func (s *Service) settle(ctx context.Context, m jetstream.Msg, log *slog.Logger,
 				}
 				log.Warn("delivery failed permanently", "rcpts", describe(f.rcpts), "remote", remoteOf(f.err), "attempt", attempt, "reason", f.err.Error())
 			}
+			// The original of what failed is kept for a while, for
+			// `mailroot redrive` (bus.StreamFailed).
+			var failed []envelope.Rcpt
+			for _, f := range perm {
+				failed = append(failed, f.rcpts...)
+			}
+			kept, err := bus.KeepFailed(ctx, s.Room, s.bodies, env, o.data, failed, o.tok, "a", uint64(attempt))
+			if err != nil {
+				fail("keep failed copy", err)
+				return
+			}
 			report, ok := notify(dsn.Failure, envelope.FailureDSNID(env.QueueID, o.tok, attempt), st, time.Time{})
 			if !ok {
 				return
 			}
-			events = append(events, bounced(env, perm, attempt, report))
+			ev := bounced(env, perm, attempt, report)
+			ev.Kept = kept
+			events = append(events, ev)
 		}
 	}
 

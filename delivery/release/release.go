@@ -61,6 +61,10 @@ func (s *Service) Run(ctx context.Context) error {
 	if nc == nil {
 		return errors.New("release: no NATS connection")
 	}
+	// The message leases live there (move).
+	if _, err := bus.EnsureSessions(ctx, s.js, s.cfg.NATS.Replicas); err != nil {
+		return fmt.Errorf("release: %w", err)
+	}
 	sub, err := nc.QueueSubscribe(bus.SubjCtlRelease, bus.QueueRelease, func(m *nats.Msg) { s.handle(ctx, m) })
 	if err != nil {
 		return fmt.Errorf("release: subscribe %s: %w", bus.SubjCtlRelease, err)
@@ -174,6 +178,20 @@ func (s *Service) move(ctx context.Context, tok string, m jetstream.Msg) error {
 		out.Header[k] = append([]string(nil), vs...)
 	}
 	qid := out.Header.Get(envelope.HdrQueueID)
+	// The part's lease (docs/DESIGN.md §4 "Queue administration"): an
+	// administrator deleting, holding or bouncing it meanwhile wins.
+	lease, err := bus.TakeLease(ctx, s.js, bus.LeaseKey(qid, tok), bus.LeaseHolder("release"), md.Sequence.Stream)
+	switch {
+	case errors.Is(err, bus.ErrRemoved), errors.Is(err, bus.ErrLocked):
+		s.log.Info("held message being changed by an administrator: not released", "qid", qid, "lease", err)
+		if errors.Is(err, bus.ErrRemoved) {
+			return m.Term()
+		}
+		return m.NakWithDelay(5 * time.Second)
+	case err != nil:
+		return fmt.Errorf("release: lease %s: %w", qid, err)
+	}
+	defer lease.ReleaseAsync()
 	id := envelope.ReleaseID(qid, tok, md.Sequence.Stream)
 	if _, err := s.room.Forward(ctx, out, id); err != nil {
 		return fmt.Errorf("release: publish %s: %w", out.Subject, err)

@@ -40,6 +40,15 @@ const (
 	EventConfig    = "config"    // a live configuration key changed (mailroot config set, the admin console)
 	EventAdmin     = "admin"     // an administrator's action in the admin console (disconnect, ETRN release): Admin and Reason
 
+	// An administrator's queue actions (internal/queue, `mailroot queue`,
+	// `mailroot redrive`); Admin says who. `queue bounce` emits bounced,
+	// with Admin set.
+	EventDeleted       = "deleted"       // removed from the queue for good (queue delete)
+	EventAdminHeld     = "adminheld"     // put on hold by an administrator (queue hold)
+	EventAdminReleased = "adminreleased" // released from an administrator's hold (queue release)
+	EventRequeued      = "requeued"      // routed again from scratch as NewQID (queue requeue)
+	EventRedriven      = "redriven"      // a bounced, expired or Badmail message sent again as NewQID (redrive)
+
 	// EventQuarantined: written to the Quarantine directory (the inbound
 	// checks quarantined it).
 	EventQuarantined = "quarantined"
@@ -47,7 +56,8 @@ const (
 
 // EventTypes lists every event type, in the order of a mail's life.
 var EventTypes = []string{EventReceived, EventPickedUp, EventRouted, EventHeld, EventReleased,
-	EventDelivered, EventDropped, EventQuarantined, EventDeferred, EventExpired, EventBounced, EventBadmail, EventConfig, EventAdmin}
+	EventDelivered, EventDropped, EventQuarantined, EventDeferred, EventExpired, EventBounced, EventBadmail, EventConfig, EventAdmin,
+	EventDeleted, EventAdminHeld, EventAdminReleased, EventRequeued, EventRedriven}
 
 // EventsRetention is how long events are kept when events.max_age is not
 // set.
@@ -178,6 +188,13 @@ type Event struct {
 	Key      string `json:"key,omitempty"`
 	Value    string `json:"value,omitempty"`
 	Revision uint64 `json:"revision,omitempty"`
+
+	// NewQID is the queue id a requeued or redriven message goes on as.
+	NewQID string `json:"new_qid,omitempty"`
+	// Kept is the MAIL_FAILED subject holding the original of a bounced
+	// message (empty when it was too large to keep): what redrive sends
+	// again.
+	Kept string `json:"kept,omitempty"`
 }
 
 // RoutedPart is one destination of a routed message.
@@ -243,6 +260,12 @@ func EventMsgID(e Event) string {
 	if e.ReportQID != "" {
 		b.WriteByte('.')
 		b.WriteString(e.ReportQID)
+	}
+	if e.Admin != "" {
+		// An administrator may act on one message several times (hold,
+		// release, hold): each action is an event of its own.
+		b.WriteString(".adm")
+		b.WriteString(strconv.FormatInt(e.Time.UnixNano(), 36))
 	}
 	return sanitize(b.String())
 }

@@ -101,6 +101,9 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, l Layout) error {
 	if err := EnsureEvents(ctx, js, l.Replicas, l.EventsMaxAge, l.StoreLimit); err != nil {
 		return err
 	}
+	if err := EnsureFailed(ctx, js, l.Replicas, l.StoreLimit); err != nil {
+		return err
+	}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket:      BucketBodies,
 		Description: "bodies of queued mail larger than 64 KiB, by queue id",

@@ -95,3 +95,29 @@ func BadmailDSNID(qid string, seq uint64) string {
 func PoisonID(seq uint64, qid string) string {
 	return "bad." + strconv.FormatUint(seq, 10) + "." + qid
 }
+
+// Ids of the administrator's queue actions (internal/queue). seq is the
+// stream sequence of the message acted on, so that a command repeated
+// after a crash publishes the same successor, and acting again later on
+// the message's next copy does not collide.
+
+// AdminHoldID is the copy moved to mail.adminhold: "<qid>.<tok>.ah<seq>".
+func AdminHoldID(qid, tok string, seq uint64) string { return attemptID(qid, tok, "ah", seq) }
+
+// AdminReleaseID is the copy released from mail.adminhold: "<qid>.<tok>.ar<seq>".
+func AdminReleaseID(qid, tok string, seq uint64) string { return attemptID(qid, tok, "ar", seq) }
+
+// AdminBounceDSNID is the report of `queue bounce`: "<qid>.<tok>.ab<seq>".
+func AdminBounceDSNID(qid, tok string, seq uint64) string { return attemptID(qid, tok, "ab", seq) }
+
+// RequeueQueueID is the queue id a requeued or redriven message gets: a
+// new message, derived from what it was made from (key: the stream and
+// sequence of the copy), so that a repeated command makes the same one.
+func RequeueQueueID(qid, tok, key string) string {
+	return QueueIDFor("requeue." + RouteID(qid, tok) + "." + key)
+}
+
+// FailedID is the copy kept in MAIL_FAILED of a message that bounced at
+// attempt (delivery) or by `queue bounce` (kind "x", n its sequence):
+// "<qid>.<tok>.failed<kind><n>".
+func FailedID(qid, tok, kind string, n uint64) string { return attemptID(qid, tok, "failed"+kind, n) }
