@@ -17,7 +17,7 @@ import (
 // the configuration) is made durable by the server's own periodic sync
 // (nats.sync_interval); a tombstone or an ack lost in a crash means a
 // duplicate at worst (docs/DESIGN.md, "Durable writes").
-var MailStreams = []string{StreamMail, "OBJ_" + BucketBodies, "KV_" + BucketRefs}
+var MailStreams = []string{StreamMail, "OBJ_" + BucketBodies, "KV_" + BucketRefs, StreamFailed}
 
 // fileSync is the group commit's sync by files (Postfix's way): it
 // fdatasyncs the message block files of MailStreams that changed since it
