@@ -16,7 +16,9 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -24,7 +26,10 @@ import (
 	"github.com/mailroot/mailroot/internal/admin"
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/liveconfig"
+	"github.com/mailroot/mailroot/internal/notify"
+	"github.com/mailroot/mailroot/internal/queue"
 	"github.com/mailroot/mailroot/internal/users"
 )
 
@@ -119,6 +124,9 @@ func startAdmin(ctx context.Context, cfg config.Config, nc *nats.Conn, log *slog
 		JS: js, Config: st, Users: us, Limiter: users.NewLimiter(cfg.Auth), TLS: cert != "", Log: log,
 		Sessions: func(ctx context.Context) ([]bus.SessionInfo, error) { return readSessions(ctx, js) },
 		Queue:    func(ctx context.Context) ([]admin.QueueItem, error) { return adminQueue(ctx, nc, js) },
+		Act: func(ctx context.Context, action, id, who string) (string, error) {
+			return adminAct(ctx, cfg, nc, js, action, id, who)
+		},
 	})
 	if err != nil {
 		return "", nil, err
@@ -155,4 +163,64 @@ func adminQueue(ctx context.Context, nc *nats.Conn, js jetstream.JetStream) ([]a
 		out = append(out, it)
 	}
 	return out, nil
+}
+
+// adminAct is a queue action of the console: the same code as `mailroot
+// queue flush|delete|hold|release|bounce ID` (internal/queue, and
+// bus.FireDeferred for a flush), done as the console's admin.
+func adminAct(ctx context.Context, cfg config.Config, nc *nats.Conn, js jetstream.JetStream, action, id, who string) (string, error) {
+	a := &queue.Admin{JS: js, Room: &bus.Room{JS: js, Sync: bus.RemoteSync(ctx, nc)}, Who: who, Wait: 20 * time.Second}
+	sel := queue.Selection{IDs: []string{id}}
+	var res []queue.Result
+	var err error
+	switch action {
+	case "flush":
+		entries, err := queue.Scan(ctx, js)
+		if err != nil {
+			return "", err
+		}
+		for _, e := range entries {
+			if e.QueueID != id || !strings.HasPrefix(e.Subject, bus.SubjDeferPrefix) {
+				continue
+			}
+			_, fired, err := bus.FireDeferred(ctx, a.Room, e.Tok, e.Subject, func(qid string, seq uint64) string {
+				return envelope.FlushID(qid, e.Tok, seq)
+			})
+			if err != nil {
+				return "", err
+			}
+			if fired {
+				return "to " + bus.Out(e.Tok) + " now", nil
+			}
+			return "already on its way (its retry fired meanwhile)", nil
+		}
+		return "", fmt.Errorf("no deferred message %s", id)
+	case "delete":
+		res, err = a.Delete(ctx, sel)
+	case "hold":
+		res, err = a.Hold(ctx, sel)
+	case "release":
+		res, err = a.Release(ctx, sel)
+	case "bounce":
+		n := notify.NewNotifier(cfg, js, nil)
+		n.Room = a.Room
+		a.Notify = n
+		res, err = a.Bounce(ctx, sel, "returned by the administrator")
+	default:
+		return "", fmt.Errorf("unknown action %q", action)
+	}
+	if err != nil {
+		return "", err
+	}
+	var done []string
+	for _, r := range res {
+		if r.Err != nil {
+			return "", r.Err
+		}
+		done = append(done, r.Done)
+	}
+	if len(done) == 0 {
+		return "", fmt.Errorf("no such message: %s", id)
+	}
+	return strings.Join(done, "; "), nil
 }

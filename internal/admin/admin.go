@@ -79,6 +79,10 @@ type Options struct {
 	Sessions func(context.Context) ([]bus.SessionInfo, error)
 	// Queue lists the MAIL stream's messages.
 	Queue func(context.Context) ([]QueueItem, error)
+	// Act runs a queue action (flush, delete, hold, release, bounce) on
+	// the message id as who, and says what happened; nil: the queue page
+	// is read-only.
+	Act func(ctx context.Context, action, id, who string) (string, error)
 	// TLS: the console is served over TLS (cookies are Secure).
 	TLS bool
 	// Log receives a line per action and per failed login.
@@ -142,6 +146,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /history", s.authed(s.historyPage))
 	mux.HandleFunc("POST /history/rollback", s.authed(s.rollback))
 	mux.HandleFunc("GET /queue", s.authed(s.queuePage))
+	mux.HandleFunc("POST /queue/act", s.authed(s.queueAct))
 	return securityHeaders(mux)
 }
 

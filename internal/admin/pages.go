@@ -377,5 +377,27 @@ func (s *Server) queuePage(w http.ResponseWriter, r *http.Request, l *login) {
 		s.fail(w, l, "read the queue", err)
 		return
 	}
-	s.render(w, http.StatusOK, "queue", l, map[string]any{"Queue": q})
+	s.render(w, http.StatusOK, "queue", l, map[string]any{"Queue": q, "Actions": s.opt.Act != nil, "Msg": r.URL.Query().Get("msg")})
+}
+
+// queueActions are the buttons of a queue row.
+var queueActions = map[string]bool{"flush": true, "delete": true, "hold": true, "release": true, "bounce": true}
+
+// queueAct runs one queue action from the queue page, as the logged-in
+// admin (the action's event names them, internal/queue).
+func (s *Server) queueAct(w http.ResponseWriter, r *http.Request, l *login) {
+	action, id := r.PostFormValue("action"), r.PostFormValue("id")
+	if !queueActions[action] || id == "" || s.opt.Act == nil {
+		http.Error(w, "400 bad request: an action (flush, delete, hold, release, bounce) and a message id are required", http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	done, err := s.opt.Act(ctx, action, id, l.user+" (admin console)")
+	msg := fmt.Sprintf("%s %s: %s", action, id, done)
+	if err != nil {
+		msg = fmt.Sprintf("%s %s failed: %v", action, id, err)
+	}
+	s.opt.Log.Info("admin console: queue action", "admin", l.user, "action", action, "qid", id, "result", msg)
+	redirectMsg(w, r, "/queue", msg)
 }
