@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -127,6 +128,24 @@ func startAdmin(ctx context.Context, cfg config.Config, nc *nats.Conn, log *slog
 		Act: func(ctx context.Context, action, id, who string) (string, error) {
 			return adminAct(ctx, cfg, nc, js, action, id, who)
 		},
+		Badmail: func(context.Context) ([]admin.BadItem, error) {
+			list, err := listBadmail(cfg.BadmailDir())
+			out := make([]admin.BadItem, 0, len(list))
+			for _, e := range list {
+				out = append(out, admin.BadItem{Name: e.Name, Reason: e.Reason, Sender: e.Sender, Recipients: e.Recipients, Size: e.Size, Time: e.Time})
+			}
+			return out, err
+		},
+		BadAct: func(ctx context.Context, action, name, who string) (string, error) {
+			if name != filepath.Base(name) || strings.HasPrefix(name, ".") {
+				return "", fmt.Errorf("%q is not a Badmail entry", name)
+			}
+			e, err := readBadEntry(cfg.BadmailDir(), name)
+			if err != nil {
+				return "", err
+			}
+			return badAction(ctx, js, cfg.BadmailDir(), e, action, who, io.Discard)
+		},
 	})
 	if err != nil {
 		return "", nil, err
@@ -190,6 +209,13 @@ func adminAct(ctx context.Context, cfg config.Config, nc *nats.Conn, js jetstrea
 				return "", err
 			}
 			if fired {
+				ev := bus.Event{Type: bus.EventAdmin, Admin: who, QueueID: id, Reason: "flushed: to " + bus.Out(e.Tok) + " now"}
+				if e.Env != nil {
+					ev.Domain = envelope.NormalizeDomain(e.Env.Domain)
+				}
+				if err := bus.EmitSync(ctx, js, ev); err != nil {
+					return "to " + bus.Out(e.Tok) + " now (its event was not recorded: " + err.Error() + ")", nil
+				}
 				return "to " + bus.Out(e.Tok) + " now", nil
 			}
 			return "already on its way (its retry fired meanwhile)", nil

@@ -307,6 +307,24 @@ type = "remote"
 		}
 		return false
 	})
+
+	// Badmail: null-sender mail to a domain that does not exist lands
+	// there; the page shows it with its reason, and Delete removes it.
+	if err := submitFrom(smtpAddr, "127.0.0.1", "", "x@nowhere.test", "Subject: lost\r\n\r\nnobody home\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 30*time.Second, "the Badmail page lists the entry", func() bool {
+		reload("/badmail")
+		return strings.Contains(text("main"), "x@nowhere.test")
+	})
+	shot("badmail")
+	step("badmail delete", chromedp.Click(chromedp.CSS(`#badmail button[value=delete]`)), chromedp.WaitVisible(chromedp.CSS("#msg")))
+	if s := text("#msg"); !strings.Contains(s, "deleted") {
+		t.Errorf("badmail delete: %q", s)
+	}
+	if list, err := listBadmail(cfg.BadmailDir()); err != nil || len(list) != 0 {
+		t.Errorf("Badmail after the delete: %v %v", list, err)
+	}
 	reload("/")
 	shot("dashboard") // again, with the hour's deliveries
 	// On a phone's screen the page fits its width: nothing wider than
@@ -331,7 +349,7 @@ type = "remote"
 	}); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"admin disconnected session", "config hold on", "admin ETRN release of remote.test", "config rollback to revision"}
+	want := []string{"admin disconnected session", "config hold on", "admin ETRN release of remote.test", "config rollback to revision", "admin flushed", "deleted "}
 	if len(actions) != len(want) {
 		t.Fatalf("admin events %q, want %q", actions, want)
 	}

@@ -162,31 +162,40 @@ func badmailCommand(args []string, stdout, stderr io.Writer) int {
 		}
 		who := adminName(cfg.NATS.User)
 		for _, e := range list {
-			if sub == "requeue" {
-				qid, err := requeueBad(js, dir, e)
-				if err != nil {
-					fmt.Fprintf(stderr, "mailroot: requeue %s: %v\n", e.Name, err)
-					return 1
-				}
-				fmt.Fprintf(stdout, "%s: requeued as %s\n", e.Name, qid)
-				badmailEvent(ctx, js, stderr, bus.Event{Type: bus.EventRequeued, NewQID: qid}, e, who)
+			done, err := badAction(ctx, js, dir, e, sub, who, stderr)
+			if err != nil {
+				fmt.Fprintf(stderr, "mailroot: %s %s: %v\n", sub, e.Name, err)
+				return 1
 			}
-			for _, ext := range []string{badfile.ExtBAD, badfile.ExtBDR} {
-				if err := os.Remove(filepath.Join(dir, e.Name+ext)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-					fmt.Fprintf(stderr, "mailroot: %v\n", err)
-					return 1
-				}
-			}
-			if sub == "delete" {
-				fmt.Fprintf(stdout, "%s: deleted\n", e.Name)
-				badmailEvent(ctx, js, stderr, bus.Event{Type: bus.EventDeleted}, e, who)
-			}
+			fmt.Fprintf(stdout, "%s: %s\n", e.Name, done)
 		}
 		return 0
 	default:
 		fmt.Fprintf(stderr, "mailroot badmail: unknown subcommand %q\n%s", sub, badmailUsage)
 		return 2
 	}
+}
+
+// badAction requeues or deletes one Badmail entry as who, removes its
+// files and records the event (warnings on stderr), and says what it did:
+// the one piece of code of `mailroot badmail requeue|delete` and of the
+// admin console's Badmail page.
+func badAction(ctx context.Context, js jetstream.JetStream, dir string, e *badEntry, action, who string, stderr io.Writer) (string, error) {
+	done, ev := "deleted", bus.Event{Type: bus.EventDeleted}
+	if action == "requeue" {
+		qid, err := requeueBad(js, dir, e)
+		if err != nil {
+			return "", err
+		}
+		done, ev = "requeued as "+qid, bus.Event{Type: bus.EventRequeued, NewQID: qid}
+	}
+	for _, ext := range []string{badfile.ExtBAD, badfile.ExtBDR} {
+		if err := os.Remove(filepath.Join(dir, e.Name+ext)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+	}
+	badmailEvent(ctx, js, stderr, ev, e, who)
+	return done, nil
 }
 
 // requeueBad submits the entry's message again to the sender and

@@ -52,6 +52,14 @@ var staticFS embed.FS
 
 // QueueItem is one queued message as the queue page shows it (the fields
 // of `mailroot queue list`).
+// BadItem is one Badmail entry of the Badmail page.
+type BadItem struct {
+	Name, Reason, Sender string
+	Recipients           []string
+	Size                 int64
+	Time                 time.Time
+}
+
 type QueueItem struct {
 	ID          string
 	State       string
@@ -83,6 +91,10 @@ type Options struct {
 	// the message id as who, and says what happened; nil: the queue page
 	// is read-only.
 	Act func(ctx context.Context, action, id, who string) (string, error)
+	// Badmail lists the Badmail directory of this machine; BadAct
+	// requeues or deletes an entry as who (nil: no Badmail page).
+	Badmail func(context.Context) ([]BadItem, error)
+	BadAct  func(ctx context.Context, action, name, who string) (string, error)
 	// TLS: the console is served over TLS (cookies are Secure).
 	TLS bool
 	// Log receives a line per action and per failed login.
@@ -119,7 +131,7 @@ func New(opt Options) (*Server, error) {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{opt: opt, log: opt.Log.With("svc", "admin"), now: time.Now, logins: map[string]*login{}, pages: map[string]*template.Template{}}
-	for _, p := range []string{"login", "dashboard", "sessions", "domains", "history", "queue"} {
+	for _, p := range []string{"login", "dashboard", "sessions", "domains", "history", "queue", "badmail"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, fmt.Errorf("admin: template %s: %w", p, err)
@@ -147,6 +159,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /history/rollback", s.authed(s.rollback))
 	mux.HandleFunc("GET /queue", s.authed(s.queuePage))
 	mux.HandleFunc("POST /queue/act", s.authed(s.queueAct))
+	mux.HandleFunc("GET /badmail", s.authed(s.badmailPage))
+	mux.HandleFunc("POST /badmail/act", s.authed(s.badmailAct))
 	return securityHeaders(mux)
 }
 

@@ -401,3 +401,36 @@ func (s *Server) queueAct(w http.ResponseWriter, r *http.Request, l *login) {
 	s.opt.Log.Info("admin console: queue action", "admin", l.user, "action", action, "qid", id, "result", msg)
 	redirectMsg(w, r, "/queue", msg)
 }
+
+// badmailPage lists Badmail with the reason of each entry.
+func (s *Server) badmailPage(w http.ResponseWriter, r *http.Request, l *login) {
+	var list []BadItem
+	if s.opt.Badmail != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+		defer cancel()
+		var err error
+		if list, err = s.opt.Badmail(ctx); err != nil {
+			s.fail(w, l, "read Badmail", err)
+			return
+		}
+	}
+	s.render(w, http.StatusOK, "badmail", l, map[string]any{"Bad": list, "Actions": s.opt.BadAct != nil, "Msg": r.URL.Query().Get("msg")})
+}
+
+// badmailAct requeues or deletes one Badmail entry as the admin.
+func (s *Server) badmailAct(w http.ResponseWriter, r *http.Request, l *login) {
+	action, name := r.PostFormValue("action"), r.PostFormValue("name")
+	if action != "requeue" && action != "delete" || name == "" || s.opt.BadAct == nil {
+		http.Error(w, "400 bad request: an action (requeue, delete) and a Badmail entry are required", http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	done, err := s.opt.BadAct(ctx, action, name, l.user+" (admin console)")
+	msg := fmt.Sprintf("%s: %s", name, done)
+	if err != nil {
+		msg = fmt.Sprintf("%s %s failed: %v", action, name, err)
+	}
+	s.opt.Log.Info("admin console: badmail action", "admin", l.user, "action", action, "name", name, "result", msg)
+	redirectMsg(w, r, "/badmail", msg)
+}
