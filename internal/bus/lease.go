@@ -51,6 +51,10 @@ func LeaseHolder(what string) string {
 	return what + " on " + eventNode + " pid " + strconv.Itoa(os.Getpid())
 }
 
+// deliveryHolder starts the holder of a delivery worker's lease
+// (LeaseHolder("delivery")).
+const deliveryHolder = "delivery on "
+
 // ErrRemoved is returned by TakeLease to the holder of the very message
 // an administrator removed (the lease's tombstone names its sequence).
 var ErrRemoved = errors.New("bus: message removed by an administrator")
@@ -99,6 +103,14 @@ func takeTombstone(ctx context.Context, js jetstream.JetStream, key, holder stri
 		return 0, fmt.Errorf("%w: %s", ErrLocked, key)
 	}
 	v := string(raw.Data)
+	if strings.HasPrefix(v, deliveryHolder) && strings.HasPrefix(holder, deliveryHolder) && seq != 0 {
+		// A delivery worker holds the message now (the server hands a
+		// message to one worker at a time): the worker whose lease this
+		// is gave it up or died with it (a crash, its ack deadline
+		// passed). Waiting for the lease to age out would spend the
+		// message's deliveries on naks and park it in Badmail.
+		return PutTTL(ctx, js, BucketSessions, key, []byte(holder), LeaseTTL, int64(raw.Sequence))
+	}
 	if !strings.HasPrefix(v, tombstonePrefix) {
 		return 0, fmt.Errorf("%w: %s", ErrLocked, key)
 	}

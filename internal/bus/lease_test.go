@@ -44,3 +44,26 @@ func TestLease(t *testing.T) {
 	}
 	c.Release(ctx)
 }
+
+// The lease of a delivery worker that died with the message is taken
+// over by the worker the message is redelivered to; an administrator
+// still waits for it.
+func TestLeaseOfADeadDeliveryWorker(t *testing.T) {
+	_, js := testutil.StartNATS(t).Connect(t)
+	ctx := t.Context()
+	if _, err := bus.EnsureSessions(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	key := bus.LeaseKey("Q2", "example_com")
+	if _, err := bus.TakeLease(ctx, js, key, bus.LeaseHolder("delivery"), 7); err != nil {
+		t.Fatal(err)
+	} // never released: its worker died
+	if _, err := bus.TakeLease(ctx, js, key, bus.LeaseHolder("admin alice"), 0); !errors.Is(err, bus.ErrLocked) {
+		t.Fatalf("admin: %v, want ErrLocked", err)
+	}
+	l, err := bus.TakeLease(ctx, js, key, bus.LeaseHolder("delivery"), 7)
+	if err != nil {
+		t.Fatalf("the redelivered message's worker: %v", err)
+	}
+	l.Release(ctx)
+}
