@@ -60,11 +60,19 @@ func FailedSubject(tok, qid, kind string, n uint64) string {
 
 // KeepFailed stores a copy of env, with rcpts (those that failed) and the
 // message body (read from data or the Object Store), on MAIL_FAILED. It
-// returns the copy's subject, or "" when the message is too large to keep.
+// returns the copy's subject, or "" when the message is too large to keep
+// or the store has no room for new mail.
 // The copy is durable when it returns (Room.Forward), before the caller
 // acks the original.
 func KeepFailed(ctx context.Context, room *Room, bodies *Bodies, env *envelope.Envelope, data []byte, rcpts []envelope.Rcpt, tok, kind string, n uint64) (string, error) {
 	if env.BodySize > FailedMaxMsg || int64(len(data)) > FailedMaxMsg {
+		return "", nil
+	}
+	if room.Check(ctx, max(env.BodySize, int64(len(data)))) != nil {
+		// Only with room for new mail: the copy is a convenience, and
+		// must not take the reserve the bounce's own report needs
+		// (a full store's mail expires and bounces). The bounced event
+		// then names no copy.
 		return "", nil
 	}
 	body := data
