@@ -221,19 +221,11 @@ func adminAct(ctx context.Context, cfg config.Config, nc *nats.Conn, js jetstrea
 			return "already on its way (its retry fired meanwhile)", nil
 		}
 		return "", fmt.Errorf("no deferred message %s", id)
-	case "delete":
-		res, err = a.Delete(ctx, sel)
-	case "hold":
-		res, err = a.Hold(ctx, sel)
-	case "release":
-		res, err = a.Release(ctx, sel)
-	case "bounce":
+	default:
 		n := notify.NewNotifier(cfg, js, nil)
 		n.Room = a.Room
 		a.Notify = n
-		res, err = a.Bounce(ctx, sel, "returned by the administrator")
-	default:
-		return "", fmt.Errorf("unknown action %q", action)
+		res, err = a.Do(ctx, action, sel, "returned by the administrator")
 	}
 	if err != nil {
 		return "", err

@@ -85,19 +85,7 @@ func queueAdmin(sub string, args []string, stdout, stderr io.Writer) int {
 	n.Room = a.Room
 	a.Notify = n
 	sel := queue.Selection{IDs: ids, Domain: *domain, All: all}
-	var res []queue.Result
-	switch sub {
-	case "delete":
-		res, err = a.Delete(ctx, sel)
-	case "hold":
-		res, err = a.Hold(ctx, sel)
-	case "release":
-		res, err = a.Release(ctx, sel)
-	case "requeue":
-		res, err = a.Requeue(ctx, sel)
-	case "bounce":
-		res, err = a.Bounce(ctx, sel, reason)
-	}
+	res, err := a.Do(ctx, sub, sel, reason)
 	if err != nil {
 		fmt.Fprintf(stderr, "mailroot: queue %s: %v\n", sub, err)
 		return 1

@@ -479,3 +479,22 @@ func (a *Admin) Bounce(ctx context.Context, sel Selection, why string) ([]Result
 		return Result{Done: done, removed: true}, a.emit(ctx, e, bus.Event{Type: bus.EventBounced, ReportQID: report, Reason: why, Kept: kept, Attempt: e.Env.Attempt})
 	}})
 }
+
+// Do runs the action named action (delete, hold, release, requeue,
+// bounce, as `mailroot queue` names them) on sel: the one dispatch of the
+// CLI and the admin console. reason is a bounce's.
+func (a *Admin) Do(ctx context.Context, action string, sel Selection, reason string) ([]Result, error) {
+	switch action {
+	case "delete":
+		return a.Delete(ctx, sel)
+	case "hold":
+		return a.Hold(ctx, sel)
+	case "release":
+		return a.Release(ctx, sel)
+	case "requeue":
+		return a.Requeue(ctx, sel)
+	case "bounce":
+		return a.Bounce(ctx, sel, reason)
+	}
+	return nil, fmt.Errorf("unknown queue action %q", action)
+}
