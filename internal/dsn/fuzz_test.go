@@ -62,6 +62,12 @@ func fits(r Report) bool {
 		if !short(rc.OriginalRecipient, rc.FinalRecipient, rc.Action, rc.Status, rc.RemoteMTA, rc.DiagnosticCode) {
 			return false
 		}
+		// An address whose xtext form is longer than a field is cut on
+		// purpose (formatAddress), so it cannot come back whole: 180
+		// control bytes are already 900 characters as \x{1} escapes.
+		if !isAtext(rc.FinalRecipient) && len("utf-8; "+EncodeUTF8Addr(rc.FinalRecipient)) > maxField {
+			return false
+		}
 	}
 	return true
 }
