@@ -385,7 +385,7 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 	if l := cfg.Metrics.Listen; l != "" {
 		// Metrics never stop mail: a port in use (actors of one host left
 		// on the default) is said, and the process runs without them.
-		if srv, err := metrics.Listen(l, m, log); err != nil {
+		if srv, err := metrics.Listen(l, m, log, cfg.Metrics.Pprof); err != nil {
 			log.Warn("metrics listener failed, this process serves no metrics: give each process its own metrics.listen", "metrics_listen", l, "err", err)
 		} else {
 			n.metricsSrv = srv

@@ -40,6 +40,7 @@ func main() {
 	from := flag.String("from", "", "envelope sender (default: the user, or load@bench.test)")
 	to := flag.String("to", "rcpt@remote.test", "recipient")
 	latency := flag.Bool("latency", false, `record each message's time from the end-of-DATA "." to the 250 and print p50/p99`)
+	tenths := flag.Bool("tenths", false, "with -latency, also print p50/p99 of each tenth of the run, in the order the replies came (a warm-up shows in the first)")
 	flag.Parse()
 	if *from == "" {
 		*from = "load@bench.test"
@@ -86,6 +87,9 @@ func main() {
 	}
 	fmt.Println()
 	if lat != nil {
+		if *tenths {
+			lat.printTenths()
+		}
 		lat.print()
 	}
 	if sent.Load() < int64(*n) {
@@ -111,15 +115,36 @@ func (l *latencies) print() {
 		fmt.Println("latency end-of-DATA to 250: no messages")
 		return
 	}
-	slices.Sort(l.d)
-	rank := func(p float64) time.Duration {
-		i := int(p*float64(len(l.d))+0.999999) - 1
-		return l.d[max(0, min(i, len(l.d)-1))]
-	}
-	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	p50, p99, top := ranks(l.d)
 	fmt.Printf("latency end-of-DATA to 250 over %d msgs: p50 %.3f ms, p99 %.3f ms, max %.3f ms\n",
-		len(l.d), ms(rank(0.50)), ms(rank(0.99)), ms(l.d[len(l.d)-1]))
+		len(l.d), ms(p50), ms(p99), ms(top))
 }
+
+// printTenths writes p50/p99/max of each tenth of the replies, in the
+// order they came.
+func (l *latencies) printTenths() {
+	n := len(l.d)
+	for i := range 10 {
+		part := slices.Clone(l.d[i*n/10 : (i+1)*n/10])
+		if len(part) == 0 {
+			continue
+		}
+		p50, p99, top := ranks(part)
+		fmt.Printf("tenth %d: %d msgs, p50 %.3f ms, p99 %.3f ms, max %.3f ms\n", i+1, len(part), ms(p50), ms(p99), ms(top))
+	}
+}
+
+// ranks sorts d and returns its nearest-rank p50 and p99 and its maximum.
+func ranks(d []time.Duration) (p50, p99, top time.Duration) {
+	slices.Sort(d)
+	rank := func(p float64) time.Duration {
+		i := int(p*float64(len(d))+0.999999) - 1
+		return d[max(0, min(i, len(d)-1))]
+	}
+	return rank(0.50), rank(0.99), d[len(d)-1]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // session sends messages until the shared budget is used up or the
 // per-session count is reached. With lat set it records each message's

@@ -412,6 +412,10 @@ type Metrics struct {
 	// process, `mailroot all` and each actor, takes the same default:
 	// actors on one host need one each.
 	Listen string `toml:"listen"`
+	// Pprof also serves Go's profiler on /debug/pprof/ of that listener
+	// (off by default: a profile shows the process's internals and a CPU
+	// profile costs while it runs).
+	Pprof bool `toml:"pprof"`
 }
 
 // DefaultMetricsListen is metrics.listen by default: loopback only, as

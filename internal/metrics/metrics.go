@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	httppprof "net/http/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -296,9 +297,10 @@ type Server struct {
 	done chan struct{}
 }
 
-// Listen binds addr and serves m on /metrics. Scrapes have deadlines: a
-// stuck client must not hold a goroutine for ever.
-func Listen(addr string, m *Metrics, log *slog.Logger) (*Server, error) {
+// Listen binds addr and serves m on /metrics, and with pprof Go's
+// profiler on /debug/pprof/. Scrapes have deadlines: a stuck client must
+// not hold a goroutine for ever.
+func Listen(addr string, m *Metrics, log *slog.Logger, pprof bool) (*Server, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
@@ -312,10 +314,17 @@ func Listen(addr string, m *Metrics, log *slog.Logger) (*Server, error) {
 		Timeout:           20 * time.Second,
 		EnableOpenMetrics: true,
 	}))
+	if pprof {
+		mux.HandleFunc("/debug/pprof/", httppprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", httppprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
+	}
 	s := &Server{l: l, done: make(chan struct{}), srv: &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
-		WriteTimeout:      30 * time.Second,
+		WriteTimeout:      70 * time.Second, // a 60 s profile
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}}

@@ -3,6 +3,7 @@ package metrics
 import (
 	"io"
 	"log/slog"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -93,7 +94,7 @@ func TestMetricsLint(t *testing.T) {
 func TestListen(t *testing.T) {
 	m := New()
 	m.Badmail.Inc()
-	s, err := Listen("127.0.0.1:0", m, discard())
+	s, err := Listen("127.0.0.1:0", m, discard(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,9 +109,34 @@ mailroot_badmail_messages_total 1
 `), "mailroot_badmail_messages_total"); err != nil {
 		t.Error(err)
 	}
-	if _, err := Listen(s.Addr(), m, discard()); err == nil {
+	if _, err := Listen(s.Addr(), m, discard(), false); err == nil {
 		t.Error("a second listener on the same address: no error")
 	}
+	if code := httpStatus(t, "http://"+s.Addr()+"/debug/pprof/"); code != http.StatusNotFound {
+		t.Errorf("/debug/pprof/ without metrics.pprof: %d, want 404", code)
+	}
+}
+
+// With metrics.pprof the same listener serves Go's profiler.
+func TestListenPprof(t *testing.T) {
+	s, err := Listen("127.0.0.1:0", New(), discard(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if code := httpStatus(t, "http://"+s.Addr()+"/debug/pprof/heap?debug=1"); code != http.StatusOK {
+		t.Errorf("/debug/pprof/heap with metrics.pprof: %d, want 200", code)
+	}
+}
+
+func httpStatus(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
