@@ -327,17 +327,23 @@ type = "remote"
 	}
 	reload("/")
 	shot("dashboard") // again, with the hour's deliveries
-	// On a phone's screen the page fits its width: nothing wider than
+	for _, p := range []string{"users", "sites"} {
+		reload("/" + p)
+		shot(p)
+	}
+	// On a phone's screen the pages fit its width: nothing wider than
 	// the viewport but the tables' own scrolling boxes.
 	step("phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2)))
-	reload("/domains")
-	sctx, scancel := context.WithTimeout(bctx, 10*time.Second)
-	wide, err := chromedp.Run(sctx, chromedp.Evaluate[bool]("document.documentElement.scrollWidth > window.innerWidth"))
-	scancel()
-	if err != nil || wide {
-		t.Errorf("domains page on a 390 px screen: wider than the screen %v (%v)", wide, err)
+	for _, p := range []string{"domains", "users", "sites"} {
+		reload("/" + p)
+		sctx, scancel := context.WithTimeout(bctx, 10*time.Second)
+		wide, err := chromedp.Run(sctx, chromedp.Evaluate[bool]("document.documentElement.scrollWidth > window.innerWidth"))
+		scancel()
+		if err != nil || wide {
+			t.Errorf("%s page on a 390 px screen: wider than the screen %v (%v)", p, wide, err)
+		}
+		shot(p + "-phone")
 	}
-	shot("domains-phone")
 
 	// Every action is an event naming the admin.
 	var actions []string
