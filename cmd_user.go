@@ -28,7 +28,7 @@ const userUsage = `usage:
   mailroot user list
 common flags: -config FILE, -data DIR (the users file is auth.users_file, default <data_dir>/users)
 The password is asked twice on a terminal; with -password-stdin (or when stdin is not a
-terminal) it is the first line of standard input.
+terminal) it is the first line of standard input; it has at least 8 characters.
 `
 
 func userCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
