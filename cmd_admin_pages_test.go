@@ -27,6 +27,42 @@ import (
 	"github.com/mailroot/mailroot/node"
 )
 
+// startAdminNode writes conf to cfgPath and starts a node of it, with a
+// users file holding the admin root (password pw), and the admin console
+// on it (startAdmin). It returns the node's context (ended at cleanup),
+// the configuration, the node and the console's URL.
+func startAdminNode(t *testing.T, cfgPath, conf, pw string) (context.Context, config.Config, *node.Node, string) {
+	t.Helper()
+	if err := os.WriteFile(cfgPath, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := users.HashWithCost(pw, bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := users.Save(cfg.UsersPath(), []users.User{{Name: "root", Hash: h, Admin: true}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	log := testutil.Logger(t)
+	n, err := node.StartEmbedded(ctx, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Stop)
+	<-n.Ingress.Ready()
+	addr, _, err := startAdmin(ctx, cfg, n.Conn, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, cfg, n, "http://" + addr
+}
+
 // The console's users and sites pages against a running node, over
 // HTTP: a user added on the users page logs in with SMTP AUTH on the
 // running ingress, and after a password change on the page only the new
@@ -55,35 +91,8 @@ name = "sub"
 kind = "submission"
 listen = ["127.0.0.1:0"]
 `, filepath.Join(dir, "data"))
-	if err := os.WriteFile(cfgPath, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := users.HashWithCost("root-secret", bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := users.Save(cfg.UsersPath(), []users.User{{Name: "root", Hash: h, Admin: true}}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	log := testutil.Logger(t)
-	n, err := node.StartEmbedded(ctx, cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Stop)
-	<-n.Ingress.Ready()
+	_, _, n, base := startAdminNode(t, cfgPath, conf, "root-secret")
 	inbound, sub := n.Ingress.SiteAddrs("inbound")[0], n.Ingress.SiteAddrs("sub")[0]
-	addr, _, err := startAdmin(ctx, cfg, n.Conn, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := "http://" + addr
 
 	jar, _ := cookiejar.New(nil)
 	c := &http.Client{Jar: jar, Timeout: 30 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}

@@ -17,14 +17,10 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/emersion/go-smtp"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailroot/mailroot/internal/bus"
-	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/liveconfig"
 	"github.com/mailroot/mailroot/internal/testutil"
-	"github.com/mailroot/mailroot/internal/users"
-	"github.com/mailroot/mailroot/node"
 )
 
 // chromiumPath finds a Chromium to drive; the test skips without one,
@@ -97,35 +93,8 @@ listen = "127.0.0.1:0"
 name = "remote.test"
 type = "remote"
 `, filepath.Join(dir, "data"), sink.Port, dns.Addr)
-	if err := os.WriteFile(cfgPath, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := users.HashWithCost("s3cret", bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := users.Save(cfg.UsersPath(), []users.User{{Name: "root", Hash: h, Admin: true}}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	log := testutil.Logger(t)
-	n, err := node.StartEmbedded(ctx, cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Stop)
-	<-n.Ingress.Ready()
+	ctx, cfg, n, base := startAdminNode(t, cfgPath, conf, "s3cret")
 	smtpAddr := n.Ingress.Addrs()[0]
-	addr, _, err := startAdmin(ctx, cfg, n.Conn, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := "http://" + addr
 
 	// One message deferred by the remote, for the queue page.
 	if err := submitFrom(smtpAddr, "127.0.0.1", "a@local.test", "d@other.test", "Subject: later\r\n\r\nlater\r\n"); err != nil {

@@ -58,15 +58,25 @@ func (s *Server) editUsers(ctx context.Context, l *login, change users.Change, w
 	return s.recorded(ctx, l, "", what, done), nil
 }
 
+// nameAndHash are the form's user name and the hash of its new
+// password, checked (refused says what was not done).
+func nameAndHash(r *http.Request, refused string) (string, string, error) {
+	name, err := userName(r)
+	if err != nil {
+		return "", "", err
+	}
+	hash, err := users.NewHash(r.PostFormValue("password"))
+	if err != nil {
+		return "", "", fmt.Errorf(refused+": %w", name, err)
+	}
+	return name, hash, nil
+}
+
 func (s *Server) userAdd(w http.ResponseWriter, r *http.Request, l *login) {
 	s.action(w, r, l, "/users", func(ctx context.Context) (string, error) {
-		name, err := userName(r)
+		name, hash, err := nameAndHash(r, "user %s not added")
 		if err != nil {
 			return "", err
-		}
-		hash, err := users.NewHash(r.PostFormValue("password"))
-		if err != nil {
-			return "", fmt.Errorf("user %s not added: %w", name, err)
 		}
 		u := users.User{Name: name, Hash: hash, Admin: r.PostFormValue("admin") == "on",
 			From: users.SplitList(r.PostFormValue("from")), ATRN: users.SplitList(r.PostFormValue("atrn"))}
@@ -77,13 +87,9 @@ func (s *Server) userAdd(w http.ResponseWriter, r *http.Request, l *login) {
 
 func (s *Server) userPasswd(w http.ResponseWriter, r *http.Request, l *login) {
 	s.action(w, r, l, "/users", func(ctx context.Context) (string, error) {
-		name, err := userName(r)
+		name, hash, err := nameAndHash(r, "the password of %s not changed")
 		if err != nil {
 			return "", err
-		}
-		hash, err := users.NewHash(r.PostFormValue("password"))
-		if err != nil {
-			return "", fmt.Errorf("the password of %s not changed: %w", name, err)
 		}
 		return s.editUsers(ctx, l, users.Update(name, func(u *users.User) error { u.Hash = hash; return nil }),
 			"changed the password of "+name, "The password of "+name+" changed.")
