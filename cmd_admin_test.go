@@ -17,14 +17,10 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/emersion/go-smtp"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailroot/mailroot/internal/bus"
-	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/liveconfig"
 	"github.com/mailroot/mailroot/internal/testutil"
-	"github.com/mailroot/mailroot/internal/users"
-	"github.com/mailroot/mailroot/node"
 )
 
 // chromiumPath finds a Chromium to drive; the test skips without one,
@@ -97,35 +93,8 @@ listen = "127.0.0.1:0"
 name = "remote.test"
 type = "remote"
 `, filepath.Join(dir, "data"), sink.Port, dns.Addr)
-	if err := os.WriteFile(cfgPath, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := users.HashWithCost("s3cret", bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := users.Save(cfg.UsersPath(), []users.User{{Name: "root", Hash: h, Admin: true}}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	log := testutil.Logger(t)
-	n, err := node.StartEmbedded(ctx, cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Stop)
-	<-n.Ingress.Ready()
+	ctx, cfg, n, base := startAdminNode(t, cfgPath, conf, "s3cret")
 	smtpAddr := n.Ingress.Addrs()[0]
-	addr, _, err := startAdmin(ctx, cfg, n.Conn, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	base := "http://" + addr
 
 	// One message deferred by the remote, for the queue page.
 	if err := submitFrom(smtpAddr, "127.0.0.1", "a@local.test", "d@other.test", "Subject: later\r\n\r\nlater\r\n"); err != nil {
@@ -327,17 +296,23 @@ type = "remote"
 	}
 	reload("/")
 	shot("dashboard") // again, with the hour's deliveries
-	// On a phone's screen the page fits its width: nothing wider than
+	for _, p := range []string{"users", "sites"} {
+		reload("/" + p)
+		shot(p)
+	}
+	// On a phone's screen the pages fit its width: nothing wider than
 	// the viewport but the tables' own scrolling boxes.
 	step("phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateScale(2)))
-	reload("/domains")
-	sctx, scancel := context.WithTimeout(bctx, 10*time.Second)
-	wide, err := chromedp.Run(sctx, chromedp.Evaluate[bool]("document.documentElement.scrollWidth > window.innerWidth"))
-	scancel()
-	if err != nil || wide {
-		t.Errorf("domains page on a 390 px screen: wider than the screen %v (%v)", wide, err)
+	for _, p := range []string{"domains", "users", "sites"} {
+		reload("/" + p)
+		sctx, scancel := context.WithTimeout(bctx, 10*time.Second)
+		wide, err := chromedp.Run(sctx, chromedp.Evaluate[bool]("document.documentElement.scrollWidth > window.innerWidth"))
+		scancel()
+		if err != nil || wide {
+			t.Errorf("%s page on a 390 px screen: wider than the screen %v (%v)", p, wide, err)
+		}
+		shot(p + "-phone")
 	}
-	shot("domains-phone")
 
 	// Every action is an event naming the admin.
 	var actions []string

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -27,7 +28,7 @@ const userUsage = `usage:
   mailroot user list
 common flags: -config FILE, -data DIR (the users file is auth.users_file, default <data_dir>/users)
 The password is asked twice on a terminal; with -password-stdin (or when stdin is not a
-terminal) it is the first line of standard input.
+terminal) it is the first line of standard input; it has at least 8 characters.
 `
 
 func userCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -66,13 +67,8 @@ func userCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mailroot: %v\n", err)
 		return 1
 	}
-	find := func(name string) int {
-		for i, u := range list {
-			if u.Name == name {
-				return i
-			}
-		}
-		return -1
+	exists := func(name string) bool {
+		return slices.ContainsFunc(list, func(u users.User) bool { return u.Name == name })
 	}
 	needName := func() (string, bool) {
 		if len(names) != 1 {
@@ -85,6 +81,7 @@ func userCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		return names[0], true
 	}
+	var change users.Change
 	switch sub {
 	case "list":
 		if len(names) != 0 {
@@ -103,12 +100,13 @@ func userCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if !ok {
 			return 2
 		}
-		i := find(name)
-		if sub == "add" && i >= 0 {
+		// Told before the password is asked; Edit checks again under
+		// the file's lock.
+		if sub == "add" && exists(name) {
 			fmt.Fprintf(stderr, "mailroot: user %s exists (use `mailroot user passwd %s`)\n", name, name)
 			return 1
 		}
-		if sub == "passwd" && i < 0 {
+		if sub == "passwd" && !exists(name) {
 			fmt.Fprintf(stderr, "mailroot: no user %s in %s\n", name, path)
 			return 1
 		}
@@ -117,49 +115,45 @@ func userCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "mailroot: %v\n", err)
 			return 1
 		}
-		hash, err := users.Hash(pw)
+		hash, err := users.NewHash(pw)
 		if err != nil {
 			fmt.Fprintf(stderr, "mailroot: %v\n", err)
 			return 1
 		}
 		if sub == "add" {
-			list = append(list, users.User{Name: name, Hash: hash, From: splitComma(*from), ATRN: splitComma(*atrn), Admin: *admin})
-		} else {
-			list[i].Hash = hash
+			change = users.Add(users.User{Name: name, Hash: hash, From: users.SplitList(*from), ATRN: users.SplitList(*atrn), Admin: *admin})
+			break
+		}
+		change = users.Update(name, func(u *users.User) error {
+			u.Hash = hash
 			if *from != "" {
-				list[i].From = splitComma(*from)
+				u.From = users.SplitList(*from)
 			}
 			if *atrn != "" {
-				list[i].ATRN = splitComma(*atrn)
+				u.ATRN = users.SplitList(*atrn)
 			}
 			fs.Visit(func(f *flag.Flag) {
 				if f.Name == "admin" {
-					list[i].Admin = *admin
+					u.Admin = *admin
 				}
 			})
-		}
+			return nil
+		})
 	case "del":
 		name, ok := needName()
 		if !ok {
 			return 2
 		}
-		i := find(name)
-		if i < 0 {
-			fmt.Fprintf(stderr, "mailroot: no user %s in %s\n", name, path)
-			return 1
-		}
-		list = append(list[:i], list[i+1:]...)
+		change = users.Delete(name)
 	default:
 		fmt.Fprintf(stderr, "mailroot: unknown user command %q\n", sub)
 		fmt.Fprint(stderr, userUsage)
 		return 2
 	}
-	// Check the result parses before replacing the file.
-	if _, err := users.Parse(strings.NewReader(string(users.Format(list)))); err != nil {
-		fmt.Fprintf(stderr, "mailroot: %v\n", err)
-		return 1
-	}
-	if err := users.Save(path, list); err != nil {
+	if err := users.Edit(path, change); err != nil {
+		if errors.Is(err, users.ErrNoUser) {
+			err = fmt.Errorf("no user %s in %s", names[0], path)
+		}
 		fmt.Fprintf(stderr, "mailroot: %v\n", err)
 		return 1
 	}
@@ -172,16 +166,6 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func splitComma(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // readPassword asks twice without echo on a terminal, else reads one line.

@@ -12,7 +12,11 @@
 //     ETRN release button (request bus.SubjCtlRelease);
 //   - history: every revision of the live configuration with its value
 //     before and after, and a rollback button;
-//   - queue: a read-only list of the queued messages.
+//   - queue: the queued messages with the queue actions;
+//   - users: the users file's accounts, added, changed and deleted with
+//     users.Store.Edit (the code of `mailroot user`);
+//   - sites: the SMTP sites with pause/resume and their live settings
+//     (site.NAME.KEY, liveconfig.Store.Set).
 //
 // Logins are users-file accounts marked admin (users.User.Admin),
 // checked with bcrypt; failed logins are limited per client address by
@@ -131,7 +135,7 @@ func New(opt Options) (*Server, error) {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{opt: opt, log: opt.Log.With("svc", "admin"), now: time.Now, logins: map[string]*login{}, pages: map[string]*template.Template{}}
-	for _, p := range []string{"login", "dashboard", "sessions", "domains", "history", "queue", "badmail"} {
+	for _, p := range []string{"login", "dashboard", "sessions", "domains", "history", "queue", "badmail", "users", "sites"} {
 		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html")
 		if err != nil {
 			return nil, fmt.Errorf("admin: template %s: %w", p, err)
@@ -161,6 +165,14 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /queue/act", s.authed(s.queueAct))
 	mux.HandleFunc("GET /badmail", s.authed(s.badmailPage))
 	mux.HandleFunc("POST /badmail/act", s.authed(s.badmailAct))
+	mux.HandleFunc("GET /users", s.authed(s.usersPage))
+	mux.HandleFunc("POST /users/add", s.authed(s.userAdd))
+	mux.HandleFunc("POST /users/passwd", s.authed(s.userPasswd))
+	mux.HandleFunc("POST /users/edit", s.authed(s.userEdit))
+	mux.HandleFunc("POST /users/delete", s.authed(s.userDelete))
+	mux.HandleFunc("GET /sites", s.authed(s.sitesPage))
+	mux.HandleFunc("POST /sites/pause", s.authed(s.sitePause))
+	mux.HandleFunc("POST /sites/set", s.authed(s.siteSet))
 	return securityHeaders(mux)
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -134,30 +135,23 @@ func (s *Server) sessionsPage(w http.ResponseWriter, r *http.Request, l *login) 
 }
 
 func (s *Server) disconnect(w http.ResponseWriter, r *http.Request, l *login) {
-	node, id := r.PostFormValue("node"), r.PostFormValue("id")
-	if node == "" || id == "" || strings.ContainsAny(node, " .*>\t\r\n") {
-		http.Error(w, "400 bad request: node and id are required (node: one subject token)", http.StatusBadRequest)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-	defer cancel()
-	req := nats.NewMsg(bus.SubjCtlDisconnectPrefix + node)
-	req.Data = []byte(id)
-	req.Header.Set(HdrAdmin, who(l))
-	msg := ""
-	reply, err := s.opt.JS.Conn().RequestMsgWithContext(ctx, req)
-	switch {
-	case err != nil:
-		msg = fmt.Sprintf("Disconnect %s on %s failed: %v", id, node, err)
-	case string(reply.Data) != "closed":
-		msg = fmt.Sprintf("Disconnect %s on %s: %s", id, node, reply.Data)
-	default:
-		msg = fmt.Sprintf("Session %s on %s closed.", id, node)
-		if err := s.record(ctx, l, "", fmt.Sprintf("disconnected session %s on %s", id, node)); err != nil {
-			msg += " (Its event was not recorded: " + err.Error() + ")"
+	s.action(w, r, l, "/sessions", func(ctx context.Context) (string, error) {
+		node, id := r.PostFormValue("node"), r.PostFormValue("id")
+		if node == "" || id == "" || strings.ContainsAny(node, " .*>\t\r\n") {
+			return "", badInput("node and id are required (node: one subject token)")
 		}
-	}
-	redirectMsg(w, r, "/sessions", msg)
+		req := nats.NewMsg(bus.SubjCtlDisconnectPrefix + node)
+		req.Data = []byte(id)
+		req.Header.Set(HdrAdmin, who(l))
+		reply, err := s.opt.JS.Conn().RequestMsgWithContext(ctx, req)
+		switch {
+		case err != nil:
+			return "", fmt.Errorf("Disconnect %s on %s failed: %w", id, node, err)
+		case string(reply.Data) != "closed":
+			return fmt.Sprintf("Disconnect %s on %s: %s", id, node, reply.Data), nil
+		}
+		return s.recorded(ctx, l, "", fmt.Sprintf("disconnected session %s on %s", id, node), fmt.Sprintf("Session %s on %s closed.", id, node)), nil
+	})
 }
 
 // Domains.
@@ -237,73 +231,61 @@ func DomainValue(d config.Domain) (string, error) {
 // domainSet turns hold or paused on or off for a domain: the whole
 // block as it is now with the one field changed, stored as domain.NAME.
 func (s *Server) domainSet(w http.ResponseWriter, r *http.Request, l *login) {
-	name, field, on := r.PostFormValue("domain"), r.PostFormValue("field"), r.PostFormValue("on") == "true"
-	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-	defer cancel()
-	cfg, _, err := s.opt.Config.Effective(ctx)
-	if err != nil {
-		s.fail(w, l, "read the configuration", err)
-		return
-	}
-	i := slices.IndexFunc(cfg.Domains, func(d config.Domain) bool { return d.Name == envelope.NormalizeDomain(name) })
-	if i < 0 || cfg.Domains[i].Type != config.DomainRemote {
-		http.Error(w, fmt.Sprintf("400 bad request: %q is not a remote domain of the configuration", name), http.StatusBadRequest)
-		return
-	}
-	d := cfg.Domains[i]
-	switch field {
-	case "hold":
-		d.Hold = on
-	case "paused":
-		d.Paused = on
-	default:
-		http.Error(w, fmt.Sprintf("400 bad request: field %q is not hold or paused", field), http.StatusBadRequest)
-		return
-	}
-	value, err := DomainValue(d)
-	if err != nil {
-		s.fail(w, l, "render the domain", err)
-		return
-	}
-	state := map[bool]string{true: "on", false: "off"}[on]
-	rev, err := s.opt.Config.Set(ctx, "domain."+d.Name, value, false, who(l), field+" "+state)
-	msg := fmt.Sprintf("%s: %s %s (revision %d).", d.Name, field, state, rev)
-	if err != nil {
-		msg = fmt.Sprintf("%s: %s %s refused: %v", d.Name, field, state, err)
-	}
-	s.log.Info("admin action", "admin", l.user, "action", "set domain."+d.Name, "value", value, "revision", rev, "err", err)
-	redirectMsg(w, r, "/domains", msg)
+	s.action(w, r, l, "/domains", func(ctx context.Context) (string, error) {
+		name, field, on := r.PostFormValue("domain"), r.PostFormValue("field"), r.PostFormValue("on") == "true"
+		cfg, _, err := s.opt.Config.Effective(ctx)
+		if err != nil {
+			return "", fmt.Errorf("read the configuration: %w", err)
+		}
+		i := slices.IndexFunc(cfg.Domains, func(d config.Domain) bool { return d.Name == envelope.NormalizeDomain(name) })
+		if i < 0 || cfg.Domains[i].Type != config.DomainRemote {
+			return "", badInput(fmt.Sprintf("%q is not a remote domain of the configuration", name))
+		}
+		d := cfg.Domains[i]
+		switch field {
+		case "hold":
+			d.Hold = on
+		case "paused":
+			d.Paused = on
+		default:
+			return "", badInput(fmt.Sprintf("field %q is not hold or paused", field))
+		}
+		value, err := DomainValue(d)
+		if err != nil {
+			return "", err
+		}
+		state := map[bool]string{true: "on", false: "off"}[on]
+		rev, err := s.opt.Config.Set(ctx, "domain."+d.Name, value, false, who(l), field+" "+state)
+		if err != nil {
+			return "", fmt.Errorf("%s: %s %s refused: %w", d.Name, field, state, err)
+		}
+		return fmt.Sprintf("%s: %s %s (revision %d).", d.Name, field, state, rev), nil
+	})
 }
 
 // release asks the release workers to deliver a domain's held mail now
 // (an ETRN from the console).
 func (s *Server) release(w http.ResponseWriter, r *http.Request, l *login) {
-	name := envelope.NormalizeDomain(r.PostFormValue("domain"))
-	if name == "" {
-		http.Error(w, "400 bad request: domain is required", http.StatusBadRequest)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-	defer cancel()
-	req, _ := json.Marshal(bus.ReleaseRequest{Domains: []string{name}, Client: "admin console: " + l.user})
-	var rep bus.ReleaseReply
-	m, err := s.opt.JS.Conn().RequestWithContext(ctx, bus.SubjCtlRelease, req)
-	if err == nil {
-		err = json.Unmarshal(m.Data, &rep)
-	}
-	if err == nil && rep.Error != "" {
-		err = fmt.Errorf("%s", rep.Error)
-	}
-	var msg string
-	if err != nil {
-		msg = fmt.Sprintf("ETRN release of %s failed: %v", name, err)
-	} else {
-		msg = fmt.Sprintf("ETRN release of %s started: %d pending.", name, rep.Pending)
-		if err := s.record(ctx, l, name, fmt.Sprintf("ETRN release of %s (%d pending)", name, rep.Pending)); err != nil {
-			msg += " (Its event was not recorded: " + err.Error() + ")"
+	s.action(w, r, l, "/domains", func(ctx context.Context) (string, error) {
+		name := envelope.NormalizeDomain(r.PostFormValue("domain"))
+		if name == "" {
+			return "", badInput("domain is required")
 		}
-	}
-	redirectMsg(w, r, "/domains", msg)
+		req, _ := json.Marshal(bus.ReleaseRequest{Domains: []string{name}, Client: "admin console: " + l.user})
+		var rep bus.ReleaseReply
+		m, err := s.opt.JS.Conn().RequestWithContext(ctx, bus.SubjCtlRelease, req)
+		if err == nil {
+			err = json.Unmarshal(m.Data, &rep)
+		}
+		if err == nil && rep.Error != "" {
+			err = errors.New(rep.Error)
+		}
+		if err != nil {
+			return "", fmt.Errorf("ETRN release of %s failed: %w", name, err)
+		}
+		return s.recorded(ctx, l, name, fmt.Sprintf("ETRN release of %s (%d pending)", name, rep.Pending),
+			fmt.Sprintf("ETRN release of %s started: %d pending.", name, rep.Pending)), nil
+	})
 }
 
 // History.
@@ -350,21 +332,18 @@ func Revisions(h []liveconfig.Entry) []Revision {
 }
 
 func (s *Server) rollback(w http.ResponseWriter, r *http.Request, l *login) {
-	key := r.PostFormValue("key")
-	rev, err := strconv.ParseUint(r.PostFormValue("revision"), 10, 64)
-	if key == "" || err != nil {
-		http.Error(w, "400 bad request: key and a numeric revision are required", http.StatusBadRequest)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-	defer cancel()
-	nrev, err := s.opt.Config.Rollback(ctx, key, rev, who(l), "")
-	msg := fmt.Sprintf("%s rolled back to revision %d (revision %d).", key, rev, nrev)
-	if err != nil {
-		msg = fmt.Sprintf("Rollback of %s to revision %d refused: %v", key, rev, err)
-	}
-	s.log.Info("admin action", "admin", l.user, "action", "rollback "+key, "to", rev, "revision", nrev, "err", err)
-	redirectMsg(w, r, "/history", msg)
+	s.action(w, r, l, "/history", func(ctx context.Context) (string, error) {
+		key := r.PostFormValue("key")
+		rev, err := strconv.ParseUint(r.PostFormValue("revision"), 10, 64)
+		if key == "" || err != nil {
+			return "", badInput("key and a numeric revision are required")
+		}
+		nrev, err := s.opt.Config.Rollback(ctx, key, rev, who(l), "")
+		if err != nil {
+			return "", fmt.Errorf("Rollback of %s to revision %d refused: %w", key, rev, err)
+		}
+		return fmt.Sprintf("%s rolled back to revision %d (revision %d).", key, rev, nrev), nil
+	})
 }
 
 // Queue.
@@ -386,20 +365,17 @@ var queueActions = map[string]bool{"flush": true, "delete": true, "hold": true, 
 // queueAct runs one queue action from the queue page, as the logged-in
 // admin (the action's event names them, internal/queue).
 func (s *Server) queueAct(w http.ResponseWriter, r *http.Request, l *login) {
-	action, id := r.PostFormValue("action"), r.PostFormValue("id")
-	if !queueActions[action] || id == "" || s.opt.Act == nil {
-		http.Error(w, "400 bad request: an action (flush, delete, hold, release, bounce) and a message id are required", http.StatusBadRequest)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-	defer cancel()
-	done, err := s.opt.Act(ctx, action, id, l.user+" (admin console)")
-	msg := fmt.Sprintf("%s %s: %s", action, id, done)
-	if err != nil {
-		msg = fmt.Sprintf("%s %s failed: %v", action, id, err)
-	}
-	s.opt.Log.Info("admin console: queue action", "admin", l.user, "action", action, "qid", id, "result", msg)
-	redirectMsg(w, r, "/queue", msg)
+	s.action(w, r, l, "/queue", func(ctx context.Context) (string, error) {
+		action, id := r.PostFormValue("action"), r.PostFormValue("id")
+		if !queueActions[action] || id == "" || s.opt.Act == nil {
+			return "", badInput("an action (flush, delete, hold, release, bounce) and a message id are required")
+		}
+		done, err := s.opt.Act(ctx, action, id, who(l))
+		if err != nil {
+			return "", fmt.Errorf("%s %s failed: %w", action, id, err)
+		}
+		return fmt.Sprintf("%s %s: %s", action, id, done), nil
+	})
 }
 
 // badmailPage lists Badmail with the reason of each entry.
@@ -419,18 +395,15 @@ func (s *Server) badmailPage(w http.ResponseWriter, r *http.Request, l *login) {
 
 // badmailAct requeues or deletes one Badmail entry as the admin.
 func (s *Server) badmailAct(w http.ResponseWriter, r *http.Request, l *login) {
-	action, name := r.PostFormValue("action"), r.PostFormValue("name")
-	if action != "requeue" && action != "delete" || name == "" || s.opt.BadAct == nil {
-		http.Error(w, "400 bad request: an action (requeue, delete) and a Badmail entry are required", http.StatusBadRequest)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-	defer cancel()
-	done, err := s.opt.BadAct(ctx, action, name, l.user+" (admin console)")
-	msg := fmt.Sprintf("%s: %s", name, done)
-	if err != nil {
-		msg = fmt.Sprintf("%s %s failed: %v", action, name, err)
-	}
-	s.opt.Log.Info("admin console: badmail action", "admin", l.user, "action", action, "name", name, "result", msg)
-	redirectMsg(w, r, "/badmail", msg)
+	s.action(w, r, l, "/badmail", func(ctx context.Context) (string, error) {
+		action, name := r.PostFormValue("action"), r.PostFormValue("name")
+		if action != "requeue" && action != "delete" || name == "" || s.opt.BadAct == nil {
+			return "", badInput("an action (requeue, delete) and a Badmail entry are required")
+		}
+		done, err := s.opt.BadAct(ctx, action, name, who(l))
+		if err != nil {
+			return "", fmt.Errorf("%s %s failed: %w", action, name, err)
+		}
+		return fmt.Sprintf("%s: %s", name, done), nil
+	})
 }

@@ -1,7 +1,8 @@
 // Package users reads and writes Mailroot's SMTP AUTH users file and checks
 // passwords against its bcrypt hashes. Ingress authenticates AUTH PLAIN and
 // LOGIN against it (RFC 4954) and reloads it when it changes; `mailroot user
-// add|passwd|del|list` edits it.
+// add|passwd|del|list` and the admin console edit it, with Edit (a lock, then
+// an atomic write).
 //
 // The file has one user per line, htpasswd style, with optional fields:
 //
@@ -89,15 +90,8 @@ func Parse(r io.Reader) ([]User, error) {
 			return nil, fmt.Errorf("%w: line %d: want name:hash", ErrSyntax, n)
 		}
 		u := User{Name: fields[0], Hash: fields[1]}
-		if !ValidName(u.Name) {
-			return nil, fmt.Errorf("%w: line %d: bad user name", ErrSyntax, n)
-		}
-		if _, err := bcrypt.Cost([]byte(u.Hash)); err != nil {
-			return nil, fmt.Errorf("%w: line %d: %s: not a bcrypt hash", ErrSyntax, n, u.Name)
-		}
 		for _, f := range fields[2:] {
 			k, v, _ := strings.Cut(f, "=")
-			list := splitList(v)
 			switch k {
 			case "admin":
 				if v != "" {
@@ -105,22 +99,15 @@ func Parse(r io.Reader) ([]User, error) {
 				}
 				u.Admin = true
 			case "from":
-				for _, a := range list {
-					if !validFrom(a) {
-						return nil, fmt.Errorf("%w: line %d: from=%q is not an address or @domain", ErrSyntax, n, a)
-					}
-				}
-				u.From = append(u.From, list...)
+				u.From = append(u.From, SplitList(v)...)
 			case "atrn":
-				for _, d := range list {
-					if envelope.NormalizeDomain(d) == "" || strings.ContainsAny(d, "@ ") {
-						return nil, fmt.Errorf("%w: line %d: atrn=%q is not a domain", ErrSyntax, n, d)
-					}
-				}
-				u.ATRN = append(u.ATRN, list...)
+				u.ATRN = append(u.ATRN, SplitList(v)...)
 			default:
 				return nil, fmt.Errorf("%w: line %d: unknown field %q", ErrSyntax, n, k)
 			}
+		}
+		if err := u.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: line %d: %v", ErrSyntax, n, err)
 		}
 		if seen[u.Name] {
 			return nil, fmt.Errorf("%w: line %d: %s is listed twice", ErrSyntax, n, u.Name)
@@ -134,7 +121,9 @@ func Parse(r io.Reader) ([]User, error) {
 	return out, nil
 }
 
-func splitList(v string) []string {
+// SplitList splits a comma-separated list, trimming spaces and dropping
+// empty entries (the from= and atrn= lists).
+func SplitList(v string) []string {
 	var out []string
 	for _, p := range strings.Split(v, ",") {
 		if p = strings.TrimSpace(p); p != "" {
