@@ -131,8 +131,12 @@ func New(opt Options) (*Server, error) {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{opt: opt, log: opt.Log.With("svc", "admin"), now: time.Now, logins: map[string]*login{}, pages: map[string]*template.Template{}}
-	for _, p := range []string{"login", "dashboard", "sessions", "domains", "history", "queue", "badmail"} {
-		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html")
+	for _, p := range []string{"login", "dashboard", "sessions", "domains", "history", "queue", "message", "badmail"} {
+		files := []string{"templates/layout.html"}
+		for _, part := range pageParts[p] { // its own content last: it is the page's
+			files = append(files, "templates/"+part+".html")
+		}
+		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, append(files, "templates/"+p+".html")...)
 		if err != nil {
 			return nil, fmt.Errorf("admin: template %s: %w", p, err)
 		}
@@ -158,6 +162,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /history", s.authed(s.historyPage))
 	mux.HandleFunc("POST /history/rollback", s.authed(s.rollback))
 	mux.HandleFunc("GET /queue", s.authed(s.queuePage))
+	mux.HandleFunc("GET /queue/{id}", s.authed(s.messagePage))
 	mux.HandleFunc("POST /queue/act", s.authed(s.queueAct))
 	mux.HandleFunc("GET /badmail", s.authed(s.badmailPage))
 	mux.HandleFunc("POST /badmail/act", s.authed(s.badmailAct))

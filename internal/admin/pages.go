@@ -369,17 +369,6 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request, l *login) {
 
 // Queue.
 
-func (s *Server) queuePage(w http.ResponseWriter, r *http.Request, l *login) {
-	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-	defer cancel()
-	q, err := s.opt.Queue(ctx)
-	if err != nil {
-		s.fail(w, l, "read the queue", err)
-		return
-	}
-	s.render(w, http.StatusOK, "queue", l, map[string]any{"Queue": q, "Actions": s.opt.Act != nil, "Msg": r.URL.Query().Get("msg")})
-}
-
 // queueActions are the buttons of a queue row.
 var queueActions = map[string]bool{"flush": true, "delete": true, "hold": true, "release": true, "bounce": true}
 
@@ -399,7 +388,7 @@ func (s *Server) queueAct(w http.ResponseWriter, r *http.Request, l *login) {
 		msg = fmt.Sprintf("%s %s failed: %v", action, id, err)
 	}
 	s.opt.Log.Info("admin console: queue action", "admin", l.user, "action", action, "qid", id, "result", msg)
-	redirectMsg(w, r, "/queue", msg)
+	redirectMsg(w, r, actedFrom(r, action, id), msg)
 }
 
 // badmailPage lists Badmail with the reason of each entry.
