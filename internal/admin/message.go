@@ -53,7 +53,7 @@ func (f QueueFilter) Match(it QueueItem) bool {
 	if f.State != "" && it.State != f.State {
 		return false
 	}
-	if f.Domain != "" && !slices.Contains((&queue.Item{Domain: it.Domain, Recipients: it.Recipients}).Domains(), f.Domain) {
+	if f.Domain != "" && !slices.Contains(itemDomains(it), f.Domain) {
 		return false
 	}
 	if f.Text != "" {
@@ -271,4 +271,9 @@ func QueueItemOf(e *queue.Item) QueueItem {
 		it.NextAttempt = *e.NextAttempt
 	}
 	return it
+}
+
+// itemDomains are the destination domains of a row (queue.Item.Domains).
+func itemDomains(it QueueItem) []string {
+	return (&queue.Item{Domain: it.Domain, Recipients: it.Recipients}).Domains()
 }

@@ -83,43 +83,6 @@ func (s *Server) fail(w http.ResponseWriter, l *login, what string, err error) {
 	http.Error(w, fmt.Sprintf("%s: %v", what, err), http.StatusBadGateway)
 }
 
-// Dashboard.
-
-// StateCount is one queue state and its number of messages.
-type StateCount struct {
-	State string
-	Count int
-}
-
-func (s *Server) dashboard(w http.ResponseWriter, r *http.Request, l *login) {
-	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-	defer cancel()
-	q, err := s.opt.Queue(ctx)
-	if err != nil {
-		s.fail(w, l, "read the queue", err)
-		return
-	}
-	counts := map[string]int{}
-	for _, m := range q {
-		counts[m.State]++
-	}
-	var states []StateCount
-	for _, st := range []string{"active", "deferred", "held", "bad"} {
-		states = append(states, StateCount{st, counts[st]})
-		delete(counts, st)
-	}
-	for st, n := range counts { // a state this page does not know yet
-		states = append(states, StateCount{st, n})
-	}
-	now := s.now()
-	ch, err := HourChart(ctx, s.opt.JS, now)
-	if err != nil {
-		s.fail(w, l, "read the events", err)
-		return
-	}
-	s.render(w, http.StatusOK, "dashboard", l, map[string]any{"States": states, "Total": len(q), "Chart": ch, "Now": now})
-}
-
 // Sessions.
 
 func (s *Server) sessionsPage(w http.ResponseWriter, r *http.Request, l *login) {
