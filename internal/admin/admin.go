@@ -3,16 +3,19 @@
 // (html/template, embedded with embed.FS, one CSS file, no JavaScript)
 // over the same code the command-line tools use:
 //
-//   - dashboard: the queue by state (the MAIL stream) and the mail of the
-//     last hour per 5 minutes (MAIL_EVENTS) as an SVG bar chart;
+//   - dashboard: SVG charts of the queue by state and its top destination
+//     domains (the MAIL stream), and of the last hour (MAIL_EVENTS): mail
+//     in and out per minute, delivery outcomes;
 //   - sessions: the SMTP sessions of every ingress (KV mta-sessions),
 //     with a disconnect button (request bus.SubjCtlDisconnectPrefix+node);
 //   - domains: the effective configuration's domains, hold and pause
 //     switches (the live key domain.NAME, liveconfig.Store.Set) and an
 //     ETRN release button (request bus.SubjCtlRelease);
-//   - history: every revision of the live configuration with its value
-//     before and after, and a rollback button;
-//   - queue: a read-only list of the queued messages.
+//   - history: every revision of the live configuration as a line diff
+//     of its value, and a rollback button;
+//   - queue: the queued messages, filtered by the GET query, with the
+//     queue actions (Act); a page per message (/queue/{id}): envelope,
+//     headers, history and the same actions.
 //
 // Logins are users-file accounts marked admin (users.User.Admin),
 // checked with bcrypt; failed logins are limited per client address by

@@ -64,9 +64,8 @@ func DomainCounts(q []QueueItem, top int) (list []Count, rest int) {
 func (s *Server) dashboard(w http.ResponseWriter, r *http.Request, l *login) {
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	q, err := s.opt.Queue(ctx)
-	if err != nil {
-		s.fail(w, l, "read the queue", err)
+	q, ok := s.readQueue(ctx, w, l)
+	if !ok {
 		return
 	}
 	states := QueueStates(q)

@@ -70,9 +70,8 @@ func (s *Server) queuePage(w http.ResponseWriter, r *http.Request, l *login) {
 	f, ferr := ParseQueueFilter(r.URL.Query())
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	q, err := s.opt.Queue(ctx)
-	if err != nil {
-		s.fail(w, l, "read the queue", err)
+	q, ok := s.readQueue(ctx, w, l)
+	if !ok {
 		return
 	}
 	status, shown := http.StatusOK, q
@@ -276,4 +275,15 @@ func QueueItemOf(e *queue.Item) QueueItem {
 // itemDomains are the destination domains of a row (queue.Item.Domains).
 func itemDomains(it QueueItem) []string {
 	return (&queue.Item{Domain: it.Domain, Recipients: it.Recipients}).Domains()
+}
+
+// readQueue lists the queue for a page; when it cannot, it answers the
+// request with the error (ok false).
+func (s *Server) readQueue(ctx context.Context, w http.ResponseWriter, l *login) (q []QueueItem, ok bool) {
+	q, err := s.opt.Queue(ctx)
+	if err != nil {
+		s.fail(w, l, "read the queue", err)
+		return nil, false
+	}
+	return q, true
 }
