@@ -174,12 +174,7 @@ func adminQueue(ctx context.Context, nc *nats.Conn, js jetstream.JetStream) ([]a
 	}
 	out := make([]admin.QueueItem, 0, len(list))
 	for _, e := range list {
-		it := admin.QueueItem{ID: e.ID, State: e.State, Sender: e.Sender, Recipients: e.Recipients, Domain: e.Domain,
-			Size: e.Size, Arrival: e.Arrival, Attempt: e.Attempt, LastError: e.LastError}
-		if e.NextAttempt != nil {
-			it.NextAttempt = *e.NextAttempt
-		}
-		out = append(out, it)
+		out = append(out, admin.QueueItemOf(e))
 	}
 	return out, nil
 }

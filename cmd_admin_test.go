@@ -261,6 +261,21 @@ type = "remote"
 		t.Errorf("queue page: %q", s)
 	}
 	shot("queue")
+	// A filtered view is a link; its row links to the message's page:
+	// envelope, headers, history, the same buttons.
+	reload("/queue?state=deferred&q=other.test")
+	step("message page", chromedp.Click(chromedp.CSS(`#queue td a`)), chromedp.WaitVisible(chromedp.CSS("#headers")))
+	if s := text("#headers"); !strings.Contains(s, "Subject: later") || strings.Contains(text("main"), "\nlater\n") {
+		t.Errorf("message headers: %q", s)
+	}
+	if s := text("#events"); !strings.Contains(s, "received") || !strings.Contains(s, "deferred") {
+		t.Errorf("message history: %q", s)
+	}
+	if s := text("#rcpts"); !strings.Contains(s, "d@other.test") || !strings.Contains(s, "queued: deferred") {
+		t.Errorf("message recipients: %q", s)
+	}
+	shot("message")
+	reload("/queue")
 	// The remote is fixed: Flush on the queue page delivers it at once
 	// (its next retry is an hour away).
 	fixed.Store(true)
@@ -312,6 +327,17 @@ type = "remote"
 			t.Errorf("%s page on a 390 px screen: wider than the screen %v (%v)", p, wide, err)
 		}
 		shot(p + "-phone")
+	}
+	for _, p := range []string{"/", "/queue", "/history"} {
+		name := map[string]string{"/": "dashboard", "/queue": "queue", "/history": "history"}[p]
+		reload(p)
+		sctx, scancel := context.WithTimeout(bctx, 10*time.Second)
+		wide, err := chromedp.Run(sctx, chromedp.Evaluate[bool]("document.documentElement.scrollWidth > window.innerWidth"))
+		scancel()
+		if err != nil || wide {
+			t.Errorf("%s page on a 390 px screen: wider than the screen %v (%v)", name, wide, err)
+		}
+		shot(name + "-phone")
 	}
 
 	// Every action is an event naming the admin.

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -157,64 +156,11 @@ func parseWhen(s string, now time.Time) (time.Time, error) {
 }
 
 // formatEvent is one event on one line: time, type, queue id, domain,
-// then the type's fields as key=value, values with spaces quoted.
+// then the type's fields (bus.Event.Details).
 func formatEvent(e bus.Event) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s %-9s %s %s", e.Time.Local().Format("2006-01-02 15:04:05.000"), e.Type, dash(e.QueueID), dash(e.Domain))
-	kv := func(k, v string) {
-		if v == "" {
-			return
-		}
-		if strings.ContainsAny(v, " \"=") {
-			v = strconv.Quote(v)
-		}
-		b.WriteString(" " + k + "=" + v)
+	line := fmt.Sprintf("%s %-9s %s %s", e.Time.Local().Format("2006-01-02 15:04:05.000"), e.Type, dash(e.QueueID), dash(e.Domain))
+	if d := e.Details(); d != "" {
+		line += " " + d
 	}
-	num := func(k string, n int64) {
-		if n != 0 {
-			kv(k, strconv.FormatInt(n, 10))
-		}
-	}
-	if e.Type == bus.EventReceived || e.Type == bus.EventPickedUp || e.Sender != "" && e.Type == bus.EventBounced {
-		kv("from", "<"+e.Sender+">")
-	}
-	kv("to", e.Rcpt)
-	if len(e.Rcpts) > 0 && e.Type != bus.EventReceived && e.Type != bus.EventPickedUp {
-		kv("to", strings.Join(e.Rcpts, ","))
-	}
-	num("rcpts", int64(e.RcptCount))
-	num("size", e.Size)
-	kv("site", e.Site)
-	client := e.ClientIP
-	if e.ClientName != "" {
-		client = e.ClientName + "[" + e.ClientIP + "]"
-	}
-	kv("client", client)
-	kv("helo", e.Helo)
-	kv("user", e.AuthUser)
-	for _, p := range e.Parts {
-		kv("part", fmt.Sprintf("%s:%d->%s", p.Domain, len(p.Rcpts), p.Subject))
-	}
-	mx := e.MX
-	if e.MXIP != "" {
-		mx += "[" + e.MXIP + "]"
-	}
-	kv("mx", mx)
-	kv("tls", e.TLS)
-	kv("reply", e.Reply)
-	if e.DurationMS > 0 {
-		kv("took", (time.Duration(e.DurationMS) * time.Millisecond).String())
-	}
-	num("attempt", int64(e.Attempt))
-	if !e.NextAttempt.IsZero() {
-		kv("next", e.NextAttempt.Local().Format("2006-01-02 15:04:05"))
-	}
-	kv("report", e.ReportQID)
-	kv("reason", e.Reason)
-	kv("subject", e.Subject)
-	kv("file", e.File)
-	kv("admin", e.Admin)
-	kv("new_qid", e.NewQID)
-	kv("kept", e.Kept)
-	return b.String()
+	return line
 }

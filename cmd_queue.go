@@ -7,8 +7,6 @@ package main
 // actors' mail away from them.
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -29,39 +28,16 @@ import (
 	"github.com/mailroot/mailroot/internal/queue"
 )
 
-// Queue states, from the subject a message is on.
+// Queue states (internal/queue.State).
 const (
-	stateActive   = "active"   // mail.in, mail.out.*, mail.drop: being routed or delivered
-	stateDeferred = "deferred" // mail.defer.*: a retry schedule waiting for its time
-	stateHeld     = "held"     // mail.hold.*: waiting for ETRN/ATRN
-	stateBad      = "bad"      // mail.bad: on its way to Badmail/
+	stateActive   = queue.StateActive
+	stateDeferred = queue.StateDeferred
+	stateHeld     = queue.StateHeld
+	stateBad      = queue.StateBad
 )
 
-// queueEntry is one message of the MAIL stream as `queue list -json`
-// prints it: one JSON object per line.
-type queueEntry struct {
-	ID          string     `json:"id"`
-	Seq         uint64     `json:"seq"`
-	Subject     string     `json:"subject"`
-	State       string     `json:"state"`
-	Size        int64      `json:"size"`
-	Arrival     time.Time  `json:"arrival"`
-	Sender      string     `json:"sender"`
-	Recipients  []string   `json:"recipients"`
-	Domain      string     `json:"domain,omitempty"`
-	Attempt     int        `json:"attempt"`
-	LastError   string     `json:"last_error,omitempty"`
-	LastAttempt *time.Time `json:"last_attempt,omitempty"`
-	NextAttempt *time.Time `json:"next_attempt,omitempty"`
-	Expires     *time.Time `json:"expires,omitempty"`
-	// Malformed is the envelope's decode error, for a message no actor
-	// can read (the rest is then what the raw headers say).
-	Malformed string `json:"malformed,omitempty"`
-
-	env    *envelope.Envelope
-	header nats.Header
-	data   []byte
-}
+// queueEntry is one message part as `queue list -json` prints it.
+type queueEntry = queue.Item
 
 func queueUsage(w io.Writer) {
 	fmt.Fprint(w, `usage: mailroot queue list [-domain D] [-sender S] [-older 1h] [-state active|deferred|held|bad] [-json]
@@ -129,15 +105,8 @@ func (f queueFilter) match(e *queueEntry, now time.Time) bool {
 			return false
 		}
 	}
-	if f.domain != "" {
-		d := envelope.NormalizeDomain(f.domain)
-		found := envelope.NormalizeDomain(e.Domain) == d
-		for _, r := range e.Recipients {
-			found = found || envelope.NormalizeDomain(envelope.Domain(r)) == d
-		}
-		if !found {
-			return false
-		}
+	if f.domain != "" && !slices.Contains(e.Domains(), envelope.NormalizeDomain(f.domain)) {
+		return false
 	}
 	return true
 }
@@ -288,7 +257,7 @@ func queueOne(sub string, args []string, stdout, stderr io.Writer) int {
 	}
 	if sub == "cat" {
 		// The parts of a split message share one body: the first will do.
-		if err := q.body(ctx, parts[0], stdout); err != nil {
+		if err := parts[0].Body(ctx, q.js, stdout); err != nil {
 			fmt.Fprintf(stderr, "mailroot: %v\n", err)
 			return 1
 		}
@@ -384,99 +353,7 @@ func (q *queueReader) entries(ctx context.Context) ([]*queueEntry, error) {
 	if q.stream == nil {
 		return nil, nil
 	}
-	all, err := queue.Scan(ctx, q.js)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*queueEntry, 0, len(all))
-	for _, e := range all {
-		out = append(out, newQueueEntry(&jetstream.RawStreamMsg{Subject: e.Subject, Sequence: e.Seq, Header: e.Header, Data: e.Data, Time: e.Time}))
-	}
-	return out, nil
-}
-
-// newQueueEntry describes one stored message.
-func newQueueEntry(m *jetstream.RawStreamMsg) *queueEntry {
-	e := &queueEntry{Seq: m.Sequence, Subject: m.Subject, State: subjectState(m.Subject), header: m.Header, data: m.Data, Arrival: m.Time}
-	env, err := envelope.Decode(m.Header)
-	if err != nil {
-		e.Malformed = err.Error()
-		e.ID = m.Header.Get(envelope.HdrQueueID)
-		e.Size = int64(len(m.Data))
-		return e
-	}
-	e.env = env
-	e.ID, e.Sender, e.Recipients, e.Domain = env.QueueID, env.From, env.Addrs(), env.Domain
-	e.Attempt, e.LastError = env.Attempt, env.LastError
-	if !env.ReceivedAt.IsZero() {
-		e.Arrival = env.ReceivedAt
-	}
-	e.Size = env.BodySize
-	if e.Size == 0 {
-		e.Size = int64(len(m.Data))
-	}
-	e.LastAttempt = optTime(env.LastAttemptAt)
-	e.Expires = optTime(env.ExpiresAt)
-	if e.State == stateDeferred {
-		e.NextAttempt = scheduleTime(m.Header.Get(jetstream.ScheduleHeader))
-	}
-	return e
-}
-
-func optTime(t time.Time) *time.Time {
-	if t.IsZero() {
-		return nil
-	}
-	return &t
-}
-
-// scheduleTime reads a Nats-Schedule header of a one-shot schedule
-// ("@at 2006-01-02T15:04:05Z", as delivery writes them); nil for any other.
-func scheduleTime(v string) *time.Time {
-	at, ok := strings.CutPrefix(v, "@at ")
-	if !ok {
-		return nil
-	}
-	t, err := time.Parse(time.RFC3339, strings.TrimSpace(at))
-	if err != nil {
-		return nil
-	}
-	return &t
-}
-
-func subjectState(subj string) string {
-	switch {
-	case strings.HasPrefix(subj, bus.SubjDeferPrefix):
-		return stateDeferred
-	case strings.HasPrefix(subj, bus.SubjHoldPrefix), queue.AdminHeld(subj):
-		return stateHeld
-	case subj == bus.SubjBad:
-		return stateBad
-	}
-	return stateActive
-}
-
-// body copies the message of e to w, from the envelope or the Object Store.
-func (q *queueReader) body(ctx context.Context, e *queueEntry, w io.Writer) error {
-	if e.env == nil {
-		_, err := w.Write(e.data) // malformed: what is there is all there is
-		return err
-	}
-	r := io.NopCloser(bytes.NewReader(e.data))
-	if e.env.Body == envelope.BodyObject {
-		b, err := bus.OpenBodies(ctx, q.js)
-		if err != nil {
-			return err
-		}
-		if r, err = b.Open(ctx, e.env, e.data); err != nil {
-			return err
-		}
-	}
-	defer r.Close()
-	if _, err := io.Copy(w, r); err != nil {
-		return fmt.Errorf("read message %s: %w", e.ID, err)
-	}
-	return nil
+	return queue.List(ctx, q.js)
 }
 
 // show prints e's state, envelope, NATS headers and message headers.
@@ -500,7 +377,7 @@ func (q *queueReader) show(ctx context.Context, w io.Writer, e *queueEntry, part
 	line("subject", e.Subject)
 	line("sequence", e.Seq)
 	opt("malformed", e.Malformed)
-	if env := e.env; env != nil {
+	if env := e.Env; env != nil {
 		sender := env.From
 		if sender == "" {
 			sender = "<> (null sender)"
@@ -544,46 +421,18 @@ func (q *queueReader) show(ctx context.Context, w io.Writer, e *queueEntry, part
 		opt("tls", env.TLS)
 	}
 	fmt.Fprintln(w, "\nNATS headers:")
-	keys := make([]string, 0, len(e.header))
-	for k := range e.header {
+	keys := make([]string, 0, len(e.Header))
+	for k := range e.Header {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		for _, v := range e.header[k] {
+		for _, v := range e.Header[k] {
 			fmt.Fprintf(w, "  %s: %s\n", k, v)
 		}
 	}
 	fmt.Fprintln(w, "\nMessage headers:")
-	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(q.body(ctx, e, pw)) }()
-	defer pr.Close()
-	return copyHeaderSection(w, pr)
-}
-
-// maxShownHeader bounds the header section `queue show` prints.
-const maxShownHeader = 1 << 20
-
-// copyHeaderSection copies the header section of the message in r (up to
-// the empty line), indented, to w.
-func copyHeaderSection(w io.Writer, r io.Reader) error {
-	br := bufio.NewReader(io.LimitReader(r, maxShownHeader))
-	for {
-		line, err := br.ReadString('\n')
-		text := strings.TrimRight(line, "\r\n")
-		if line != "" && text == "" {
-			return nil
-		}
-		if line != "" {
-			fmt.Fprintf(w, "  %s\n", text)
-		}
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
+	return e.Headers(ctx, q.js, w, "  ")
 }
 
 // queueFlush is `queue flush ID... | -domain D | -all` (postqueue -i / -s /

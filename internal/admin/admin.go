@@ -3,16 +3,19 @@
 // (html/template, embedded with embed.FS, one CSS file, no JavaScript)
 // over the same code the command-line tools use:
 //
-//   - dashboard: the queue by state (the MAIL stream) and the mail of the
-//     last hour per 5 minutes (MAIL_EVENTS) as an SVG bar chart;
+//   - dashboard: SVG charts of the queue by state and its top destination
+//     domains (the MAIL stream), and of the last hour (MAIL_EVENTS): mail
+//     in and out per minute, delivery outcomes;
 //   - sessions: the SMTP sessions of every ingress (KV mta-sessions),
 //     with a disconnect button (request bus.SubjCtlDisconnectPrefix+node);
 //   - domains: the effective configuration's domains, hold and pause
 //     switches (the live key domain.NAME, liveconfig.Store.Set) and an
 //     ETRN release button (request bus.SubjCtlRelease);
-//   - history: every revision of the live configuration with its value
-//     before and after, and a rollback button;
-//   - queue: the queued messages with the queue actions;
+//   - history: every revision of the live configuration as a line diff
+//     of its value, and a rollback button;
+//   - queue: the queued messages, filtered by the GET query, with the
+//     queue actions (Act); a page per message (/queue/{id}): envelope,
+//     headers, history and the same actions;
 //   - users: the users file's accounts, added, changed and deleted with
 //     users.Store.Edit (the code of `mailroot user`);
 //   - sites: the SMTP sites with pause/resume and their live settings
@@ -135,8 +138,12 @@ func New(opt Options) (*Server, error) {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{opt: opt, log: opt.Log.With("svc", "admin"), now: time.Now, logins: map[string]*login{}, pages: map[string]*template.Template{}}
-	for _, p := range []string{"login", "dashboard", "sessions", "domains", "history", "queue", "badmail", "users", "sites"} {
-		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html")
+	for _, p := range []string{"login", "dashboard", "sessions", "domains", "history", "queue", "message", "badmail", "users", "sites"} {
+		files := []string{"templates/layout.html"}
+		for _, part := range pageParts[p] { // its own content last: it is the page's
+			files = append(files, "templates/"+part+".html")
+		}
+		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, append(files, "templates/"+p+".html")...)
 		if err != nil {
 			return nil, fmt.Errorf("admin: template %s: %w", p, err)
 		}
@@ -162,6 +169,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /history", s.authed(s.historyPage))
 	mux.HandleFunc("POST /history/rollback", s.authed(s.rollback))
 	mux.HandleFunc("GET /queue", s.authed(s.queuePage))
+	mux.HandleFunc("GET /queue/{id}", s.authed(s.messagePage))
 	mux.HandleFunc("POST /queue/act", s.authed(s.queueAct))
 	mux.HandleFunc("GET /badmail", s.authed(s.badmailPage))
 	mux.HandleFunc("POST /badmail/act", s.authed(s.badmailAct))

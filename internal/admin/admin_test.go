@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -220,22 +219,6 @@ func TestRevisions(t *testing.T) {
 		if s != want[i] {
 			t.Errorf("row %d: %q, want %q", i, s, want[i])
 		}
-	}
-}
-
-func TestChartLayout(t *testing.T) {
-	c := &Chart{Start: time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC)}
-	c.Counts[0][0], c.Counts[0][1], c.Counts[11][3] = 10, 5, 1
-	c.layout()
-	if c.Max != 10 || c.Totals != [4]int{10, 5, 0, 1} || len(c.Bars) != ChartBuckets*len(ChartSeries) {
-		t.Fatalf("max %d totals %v bars %d", c.Max, c.Totals, len(c.Bars))
-	}
-	full, half, small := c.Bars[0], c.Bars[1], c.Bars[11*4+3]
-	if full.H != 2*half.H || full.Y+full.H != half.Y+half.H || small.H != full.H/10 || c.Bars[2].H != 0 {
-		t.Errorf("bars not to scale: %+v %+v %+v", full, half, small)
-	}
-	if !strings.Contains(full.Title, "10:00–10:05 received: 10") {
-		t.Errorf("title %q", full.Title)
 	}
 }
 

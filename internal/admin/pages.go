@@ -84,43 +84,6 @@ func (s *Server) fail(w http.ResponseWriter, l *login, what string, err error) {
 	http.Error(w, fmt.Sprintf("%s: %v", what, err), http.StatusBadGateway)
 }
 
-// Dashboard.
-
-// StateCount is one queue state and its number of messages.
-type StateCount struct {
-	State string
-	Count int
-}
-
-func (s *Server) dashboard(w http.ResponseWriter, r *http.Request, l *login) {
-	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-	defer cancel()
-	q, err := s.opt.Queue(ctx)
-	if err != nil {
-		s.fail(w, l, "read the queue", err)
-		return
-	}
-	counts := map[string]int{}
-	for _, m := range q {
-		counts[m.State]++
-	}
-	var states []StateCount
-	for _, st := range []string{"active", "deferred", "held", "bad"} {
-		states = append(states, StateCount{st, counts[st]})
-		delete(counts, st)
-	}
-	for st, n := range counts { // a state this page does not know yet
-		states = append(states, StateCount{st, n})
-	}
-	now := s.now()
-	ch, err := HourChart(ctx, s.opt.JS, now)
-	if err != nil {
-		s.fail(w, l, "read the events", err)
-		return
-	}
-	s.render(w, http.StatusOK, "dashboard", l, map[string]any{"States": states, "Total": len(q), "Chart": ch, "Now": now})
-}
-
 // Sessions.
 
 func (s *Server) sessionsPage(w http.ResponseWriter, r *http.Request, l *login) {
@@ -348,25 +311,14 @@ func (s *Server) rollback(w http.ResponseWriter, r *http.Request, l *login) {
 
 // Queue.
 
-func (s *Server) queuePage(w http.ResponseWriter, r *http.Request, l *login) {
-	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-	defer cancel()
-	q, err := s.opt.Queue(ctx)
-	if err != nil {
-		s.fail(w, l, "read the queue", err)
-		return
-	}
-	s.render(w, http.StatusOK, "queue", l, map[string]any{"Queue": q, "Actions": s.opt.Act != nil, "Msg": r.URL.Query().Get("msg")})
-}
-
 // queueActions are the buttons of a queue row.
 var queueActions = map[string]bool{"flush": true, "delete": true, "hold": true, "release": true, "bounce": true}
 
 // queueAct runs one queue action from the queue page, as the logged-in
 // admin (the action's event names them, internal/queue).
 func (s *Server) queueAct(w http.ResponseWriter, r *http.Request, l *login) {
-	s.action(w, r, l, "/queue", func(ctx context.Context) (string, error) {
-		action, id := r.PostFormValue("action"), r.PostFormValue("id")
+	action, id := r.PostFormValue("action"), r.PostFormValue("id")
+	s.action(w, r, l, actedFrom(r, action, id), func(ctx context.Context) (string, error) {
 		if !queueActions[action] || id == "" || s.opt.Act == nil {
 			return "", badInput("an action (flush, delete, hold, release, bounce) and a message id are required")
 		}
