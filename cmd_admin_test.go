@@ -57,7 +57,7 @@ func submitFrom(addr, ip, from, to, body string) error {
 // for it held by the running ingress and router, release it with the
 // ETRN button and see it delivered, roll the hold back from the history
 // page. Each page is saved as a screenshot in the test's directory (and
-// in MAILROOT_SCREENSHOTS when set, to refresh docs/admin/).
+// in MAILROOT_SCREENSHOTS when set, to refresh docs/screenshots/).
 func TestAdminConsoleInBrowser(t *testing.T) {
 	chrome := chromiumPath(t)
 	t.Setenv("MAILROOT_CONFIG", "")
