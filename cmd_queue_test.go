@@ -98,12 +98,20 @@ func queueTwo(t *testing.T, n *node.Node, cfg config.Config, small, big string) 
 		c.Close()
 	}
 	var list []queueEntry
-	testutil.WaitFor(t, 30*time.Second, "two deferred messages", func() bool {
-		out, stderr, code := runQueue("list", "-json", "-state", "deferred", "-data", cfg.DataDir)
+	// Two deferred messages and nothing else: until delivery has acked
+	// the attempts, the originals are still listed (active) beside
+	// their deferred successors.
+	testutil.WaitFor(t, 30*time.Second, "two deferred messages and nothing else", func() bool {
+		out, stderr, code := runQueue("list", "-json", "-data", cfg.DataDir)
 		if code != 0 {
 			t.Fatalf("queue list -json: exit %d: %s", code, stderr)
 		}
 		list = decodeEntries(t, out)
+		for _, e := range list {
+			if e.State != "deferred" {
+				return false
+			}
+		}
 		return len(list) == 2
 	})
 	return list
