@@ -75,10 +75,15 @@ func atrnLogin(t *testing.T, addr, user string) *rawConn {
 	return tc
 }
 
-// serveTurned plays the customer's SMTP server on the turned connection.
-func serveTurned(t *testing.T, rc *rawConn) *testutil.Sink {
+// serveTurned plays the customer's SMTP server on the turned connection;
+// rcpt, when given, decides each RCPT (set before the server runs: the
+// turned connection's first RCPT may come at once).
+func serveTurned(t *testing.T, rc *rawConn, rcpt ...func(string) error) *testutil.Sink {
 	t.Helper()
 	sink := &testutil.Sink{}
+	if len(rcpt) > 0 {
+		sink.RcptFunc = rcpt[0]
+	}
 	srv := smtp.NewServer(sink)
 	srv.Domain = "customer.test"
 	srv.AllowInsecureAuth = true
@@ -246,13 +251,12 @@ func TestATRNRefusedRecipientBounces(t *testing.T) {
 	if code, text := tc.cmd("ATRN"); code != 250 {
 		t.Fatalf("ATRN: %q", text)
 	}
-	sink := serveTurned(t, tc)
-	sink.RcptFunc = func(to string) error {
+	sink := serveTurned(t, tc, func(to string) error {
 		if to == "gone@dialup.test" {
 			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such mailbox"}
 		}
 		return nil
-	}
+	})
 	testutil.WaitFor(t, 20*time.Second, "delivery of the accepted recipient", func() bool { return sink.Count() == 1 })
 	s, err := f.js.Stream(t.Context(), bus.StreamMail)
 	if err != nil {
