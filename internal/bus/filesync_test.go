@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,7 +26,13 @@ func TestFileSyncSyncsWhatChanged(t *testing.T) {
 	fs := newFileSync(n.Dir, MailStreams)
 	defer fs.close()
 	var synced, dirs []string
-	fs.datasync = func(f *os.File) error { synced = append(synced, f.Name()); return fdatasync(f) }
+	var mu sync.Mutex // the blocks of one sync are synced side by side
+	fs.datasync = func(f *os.File) error {
+		mu.Lock()
+		synced = append(synced, f.Name())
+		mu.Unlock()
+		return fdatasync(f)
+	}
 	fs.dirsync = func(d *os.File) error { dirs = append(dirs, d.Name()); return fsyncDir(d) }
 	clock := time.Now()
 	fs.now = func() time.Time { return clock }
