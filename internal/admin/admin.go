@@ -125,6 +125,7 @@ type Server struct {
 // login is one logged-in admin.
 type login struct {
 	user    string
+	hash    string // the password hash it logged in with (stillAdmin)
 	csrf    string
 	expires time.Time
 }

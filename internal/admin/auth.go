@@ -55,12 +55,22 @@ func (s *Server) current(r *http.Request) *login {
 	defer s.mu.Unlock()
 	l := s.logins[c.Value]
 	now := s.now()
-	if l == nil || now.After(l.expires) {
+	if l == nil || now.After(l.expires) || !s.stillAdmin(l) {
 		delete(s.logins, c.Value)
 		return nil
 	}
 	l.expires = now.Add(LoginTTL)
 	return l
+}
+
+// stillAdmin reports whether the users file still has l's user as an
+// admin with the password it logged in with: a user deleted, demoted or
+// given a new password, by the console or by `mailroot user` on the
+// file, is logged out at the next request (the store rereads a changed
+// file within a second).
+func (s *Server) stillAdmin(l *login) bool {
+	u, ok := s.opt.Users.Lookup(l.user)
+	return ok && u.Admin && u.Hash == l.hash
 }
 
 // authed lets only logged-in admins through; a POST must also carry the
@@ -137,7 +147,7 @@ func (s *Server) loginPost(w http.ResponseWriter, r *http.Request) {
 			delete(s.logins, k)
 		}
 	}
-	s.logins[id] = &login{user: u.Name, csrf: randomToken(), expires: now.Add(LoginTTL)}
+	s.logins[id] = &login{user: u.Name, hash: u.Hash, csrf: randomToken(), expires: now.Add(LoginTTL)}
 	s.mu.Unlock()
 	s.log.Info("admin logged in", "admin", u.Name, "client", ip.String())
 	http.SetCookie(w, s.cookie(cookieLogin, id, int(LoginTTL/time.Second)))

@@ -9,7 +9,6 @@ package admin
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -91,8 +90,16 @@ func (s *Server) userPasswd(w http.ResponseWriter, r *http.Request, l *login) {
 		if err != nil {
 			return "", err
 		}
-		return s.editUsers(ctx, l, users.Update(name, func(u *users.User) error { u.Hash = hash; return nil }),
+		done, err := s.editUsers(ctx, l, users.Update(name, func(u *users.User) error { u.Hash = hash; return nil }),
 			"changed the password of "+name, "The password of "+name+" changed.")
+		if err == nil && name == l.user {
+			// The other logins of this user end (stillAdmin); this one
+			// goes on with the new password.
+			s.mu.Lock()
+			l.hash = hash
+			s.mu.Unlock()
+		}
+		return done, err
 	})
 }
 
@@ -109,14 +116,12 @@ func (s *Server) userEdit(w http.ResponseWriter, r *http.Request, l *login) {
 		}
 		from, atrn := users.SplitList(r.PostFormValue("from")), users.SplitList(r.PostFormValue("atrn"))
 		what := fmt.Sprintf("changed user %s: admin %v, from=%s, atrn=%s", name, admin, strings.Join(from, ","), strings.Join(atrn, ","))
-		done, err := s.editUsers(ctx, l, users.Update(name, func(u *users.User) error {
+		// A login of a user demoted here ends at its next request
+		// (stillAdmin), as after `mailroot user` on the file.
+		return s.editUsers(ctx, l, users.Update(name, func(u *users.User) error {
 			u.Admin, u.From, u.ATRN = admin, from, atrn
 			return nil
 		}), what, "User "+name+" changed.")
-		if err == nil && !admin {
-			s.endLogins(name)
-		}
-		return done, err
 	})
 }
 
@@ -129,21 +134,6 @@ func (s *Server) userDelete(w http.ResponseWriter, r *http.Request, l *login) {
 		if name == l.user {
 			return "", fmt.Errorf("refused: you cannot delete your own account (%s); another admin can", name)
 		}
-		done, err := s.editUsers(ctx, l, users.Delete(name), "deleted user "+name, "User "+name+" deleted.")
-		if err == nil || errors.Is(err, users.ErrNoUser) {
-			s.endLogins(name)
-		}
-		return done, err
+		return s.editUsers(ctx, l, users.Delete(name), "deleted user "+name, "User "+name+" deleted.")
 	})
-}
-
-// endLogins logs out every login of name (deleted, or no admin now).
-func (s *Server) endLogins(name string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for id, l := range s.logins {
-		if l.user == name {
-			delete(s.logins, id)
-		}
-	}
 }

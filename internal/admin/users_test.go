@@ -5,6 +5,9 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/testutil"
@@ -152,5 +155,51 @@ func TestUsersPage(t *testing.T) {
 		"root (admin console): changed user bob: admin true, from=bob@example.test, atrn=", "root (admin console): deleted user carol"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("admin events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// A login lasts only while the users file keeps its user an admin with
+// the same password: a change made on the file, as `mailroot user` makes
+// it, ends it at the next request; an admin's own password change on the
+// page ends their other logins, not this one.
+func TestLoginFollowsTheUsersFile(t *testing.T) {
+	srv, hs := startConsole(t, "")
+	path := srv.opt.Users.Path()
+	hash, err := users.HashWithCost("dave-secret", bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := users.Edit(path, users.Add(users.User{Name: "dave", Hash: hash, Admin: true})); err != nil {
+		t.Fatal(err)
+	}
+	// (Polled on the store, not by logging in: failed logins are rate-limited.)
+	testutil.WaitFor(t, 10*time.Second, "the store sees dave", func() bool { _, ok := srv.opt.Users.Lookup("dave"); return ok })
+	dave, ok := loggedIn(t, hs.URL, "dave", "dave-secret")
+	if !ok {
+		t.Fatal("dave, added to the file, cannot log in")
+	}
+	// Taken the admin flag on the file: the login ends.
+	if err := users.Edit(path, users.Update("dave", func(u *users.User) error { u.Admin = false; return nil })); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "dave's login ended", func() bool {
+		code, _, _ := get(t, dave, hs.URL, "/")
+		return code == http.StatusSeeOther
+	})
+
+	// root changes their own password with two logins open.
+	root, ok := loggedIn(t, hs.URL, "root", "rootpw")
+	other, ok2 := loggedIn(t, hs.URL, "root", "rootpw")
+	if !ok || !ok2 {
+		t.Fatal("root cannot log in")
+	}
+	if msg := act(t, root, hs.URL, "/users", "/users/passwd", url.Values{"name": {"root"}, "password": {"root-new-secret"}}); msg != "The password of root changed." {
+		t.Fatalf("passwd: %q", msg)
+	}
+	if code, _, _ := get(t, root, hs.URL, "/users"); code != http.StatusOK {
+		t.Errorf("the login that changed its password: %d, want 200", code)
+	}
+	if code, _, _ := get(t, other, hs.URL, "/users"); code != http.StatusSeeOther {
+		t.Errorf("root's other login after the password change: %d, want a redirect to the login page", code)
 	}
 }
