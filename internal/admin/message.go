@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mailroot/mailroot/internal/bus"
+	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
 	"github.com/mailroot/mailroot/internal/queue"
 )
@@ -125,6 +126,9 @@ type MessageView struct {
 	EventLimit int
 	EventsErr  string
 	Actions    bool
+	// Gone: the message is no longer in the queue (delivered, bounced,
+	// deleted…); the page shows what its events tell.
+	Gone bool
 }
 
 // rcptEvents are the event types that settle or say something of a
@@ -208,24 +212,39 @@ func (s *Server) messagePage(w http.ResponseWriter, r *http.Request, l *login) {
 		}
 	}
 	msg := r.URL.Query().Get("msg")
-	if len(v.Parts) == 0 {
-		s.render(w, http.StatusNotFound, "message", l, map[string]any{"Missing": id, "Msg": msg})
-		return
-	}
-	// The parts of a split message share one body: the first will do.
-	var hb strings.Builder
-	if err := v.Parts[0].Headers(ctx, s.opt.JS, &hb, ""); err != nil {
-		v.HeaderErr = err.Error()
-	}
-	v.Header = hb.String()
 	// Its events, from a little before it arrived on: not the whole log.
-	since := v.Parts[0].Arrival
-	for _, p := range v.Parts {
-		if p.Arrival.Before(since) {
+	// A message no longer queued arrived when its id was made.
+	var since time.Time
+	for i, p := range v.Parts {
+		if i == 0 || p.Arrival.Before(since) {
 			since = p.Arrival
 		}
 	}
+	if len(v.Parts) == 0 {
+		t, ok := envelope.QueueIDTime(id)
+		if !ok {
+			s.render(w, http.StatusNotFound, "message", l, map[string]any{"Missing": id, "Msg": msg})
+			return
+		}
+		since, v.Gone, v.Actions = t, true, false
+	} else {
+		// The parts of a split message share one body: the first will do.
+		var hb strings.Builder
+		if err := v.Parts[0].Headers(ctx, s.opt.JS, &hb, ""); err != nil {
+			v.HeaderErr = err.Error()
+		}
+		v.Header = hb.String()
+	}
 	f := bus.EventFilter{QueueID: id, Since: since.Add(-time.Minute)}
+	if v.Gone {
+		// Its events end within its life: the queue's expiry and a day
+		// for its report, not the whole log after it.
+		life := config.Default().Delivery.Expire.D()
+		if cfg, _, err := s.opt.Config.Effective(ctx); err == nil {
+			life = cfg.Delivery.Expire.D()
+		}
+		f.Until = since.Add(life + 24*time.Hour)
+	}
 	err := bus.ReadEvents(ctx, s.opt.JS, f, false, func(e bus.Event) error {
 		if len(v.Events) == MessageEventLimit {
 			v.Capped = true
@@ -236,6 +255,10 @@ func (s *Server) messagePage(w http.ResponseWriter, r *http.Request, l *login) {
 	})
 	if err != nil && !errors.Is(err, errEnough) {
 		v.EventsErr = err.Error()
+	}
+	if v.Gone && len(v.Events) == 0 && v.EventsErr == "" {
+		s.render(w, http.StatusNotFound, "message", l, map[string]any{"Missing": id, "Msg": msg})
+		return
 	}
 	v.Rcpts = RcptStates(v.Parts, v.Events)
 	s.render(w, http.StatusOK, "message", l, map[string]any{"M": v, "Msg": msg})

@@ -210,6 +210,21 @@ func TestMessagePage(t *testing.T) {
 	if !strings.Contains(body, "Subject: big one\nX-Big: yes\n</pre>") || strings.Contains(body, "BIG-BODY") || !strings.Contains(body, "on release") {
 		t.Errorf("held message page:\n%s", body)
 	}
+	// A message no longer queued: its page tells what its events do.
+	gone := envelope.NewQueueID()
+	for _, e := range []bus.Event{
+		{Type: bus.EventReceived, QueueID: gone, Sender: "carol@local.test", RcptCount: 1},
+		{Type: bus.EventDelivered, QueueID: gone, Domain: "remote.test", Rcpt: "z@remote.test", MX: "mx.remote.test", Reply: "250 2.0.0 queued"},
+	} {
+		if err := bus.EmitSync(ctx, js, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, body, _ = get(t, c, base, "/queue/"+gone)
+	if code != 200 || !strings.Contains(body, `id="gone"`) || !strings.Contains(body, "<td>z@remote.test</td><td class=\"state\">delivered</td><td>to mx.remote.test 250 2.0.0 queued</td>") ||
+		strings.Count(body, `<td class="type">`) != 2 || strings.Contains(body, `value="hold">Hold</button>`) {
+		t.Errorf("page of a delivered message: %d\n%s", code, body)
+	}
 	// Unknown ids: 404, saying so.
 	for _, id := range []string{envelope.NewQueueID(), "not-a-queue-id", "..%2F..%2Fetc"} {
 		code, body, _ := get(t, c, base, "/queue/"+id)
@@ -252,8 +267,11 @@ func TestMessagePageActions(t *testing.T) {
 	if loc := resp.Header.Get("Location"); !strings.HasPrefix(loc, "/queue?msg=") {
 		t.Errorf("delete went to %q", loc)
 	}
-	if code, _, _ := get(t, c, base, "/queue/"+deferred); code != http.StatusNotFound {
-		t.Errorf("deleted message page: %d", code)
+	// Its page now tells what its events do: deleted, by whom.
+	code, body, _ = get(t, c, base, "/queue/"+deferred)
+	if code != 200 || !strings.Contains(body, `id="gone"`) || !strings.Contains(body, `<td class="type">deleted</td>`) ||
+		strings.Contains(body, `value="hold">Hold</button>`) || strings.Contains(body, `id="headers"`) {
+		t.Errorf("deleted message page: %d\n%s", code, body)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"encoding/binary"
+	"strings"
 	"time"
 )
 
@@ -37,4 +38,27 @@ func queueIDAt(t time.Time) string {
 func QueueIDFor(key string) string {
 	sum := sha256.Sum256([]byte("mailroot-qid\x00" + key))
 	return "K" + base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:])[:25]
+}
+
+// QueueIDTime is the time a queue id made by NewQueueID was made (its
+// first 10 characters, the ULID's 48 bits of milliseconds); ok is false
+// for any other id (QueueIDFor's, a publisher's own).
+func QueueIDTime(id string) (t time.Time, ok bool) {
+	if len(id) != 26 || id[0] > '7' {
+		return time.Time{}, false
+	}
+	var ms uint64
+	for i := 0; i < 10; i++ {
+		v := strings.IndexByte(crockford, id[i])
+		if v < 0 {
+			return time.Time{}, false
+		}
+		ms = ms<<5 | uint64(v)
+	}
+	for i := 10; i < 26; i++ {
+		if strings.IndexByte(crockford, id[i]) < 0 {
+			return time.Time{}, false
+		}
+	}
+	return time.UnixMilli(int64(ms)), true
 }
