@@ -70,3 +70,45 @@ func TestDKIMSignedOnceOnTheWayOut(t *testing.T) {
 		t.Errorf("%d transactions, want 3 (the signed mail retried once)", n)
 	}
 }
+
+// [[dkim]] blocks sign: keys kept outside data_dir/dkim, two selectors
+// of one domain at once, each with its own header list, and they alone
+// sign for their domain (the key under data_dir/dkim for it does not).
+func TestDKIMBlocksSign(t *testing.T) {
+	h := newHarness(t, "dkim.test. MX 10 mx.dkim.test.", "mx.dkim.test. A 127.0.0.1")
+	elsewhere := t.TempDir()
+	var blocks []config.DKIM
+	for _, k := range []struct{ sel, alg string }{{"ed", dkimkeys.Ed25519}, {"rsa", dkimkeys.RSA}} {
+		key, err := dkimkeys.Generate(elsewhere, "origin.test", k.sel, k.alg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.dns.Add(t, key.Zone())
+		blocks = append(blocks, config.DKIM{Domain: "origin.test", Selector: k.sel, KeyFile: dkimkeys.KeyPath(elsewhere, "origin.test", k.sel)})
+	}
+	blocks[1].Headers = []string{"From", "From", "Subject"}
+	if _, err := dkimkeys.Generate(dkimkeys.Dir(h.cfg.DataDir), "origin.test", dkimkeys.DefaultSelector, dkimkeys.Ed25519); err != nil {
+		t.Fatal(err)
+	}
+	h.cfg.DKIM = blocks
+	h.start(nil)
+	h.publishOut(newEnv("dkim.test", "a@dkim.test"), sampleBody)
+	m := h.waitMails(1)[0]
+	vs, err := dkim.VerifyWithOptions(bytes.NewReader(m.Data), &dkim.VerifyOptions{LookupTXT: h.dns.LookupTXT})
+	if err != nil || len(vs) != 2 {
+		t.Fatalf("verification: %v, %d signatures, want 2:\n%s", err, len(vs), m.Data)
+	}
+	for _, v := range vs {
+		if v.Err != nil || v.Domain != "origin.test" {
+			t.Errorf("signature %+v", v)
+		}
+	}
+	for _, want := range []string{"s=ed;", "s=rsa;", "h=From:From:Subject;"} {
+		if !bytes.Contains(bytes.ReplaceAll(m.Data, []byte("\r\n\t"), nil), []byte(want)) {
+			t.Errorf("signatures lack %q:\n%s", want, m.Data)
+		}
+	}
+	if bytes.Contains(m.Data, []byte("s="+dkimkeys.DefaultSelector+";")) {
+		t.Error("the data_dir key signed a domain that has [[dkim]] blocks")
+	}
+}

@@ -162,7 +162,7 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 		dns:             res,
 		self:            newSelf(cfg, res.Addrs),
 		pool:            newPool(cfg.Delivery),
-		dkim:            dkim.NewSigner(dkim.Dir(cfg.DataDir), log),
+		dkim:            dkim.NewSigner(dkim.Dir(cfg.DataDir), log, dkimKeys...),
 		roots:           roots,
 		ImplicitTLSPort: 465,
 	}, nil
