@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/dkim"
 	"github.com/mailroot/mailroot/internal/liveconfig"
 )
 
@@ -89,6 +90,15 @@ func liveConfigCommand(sub string, args []string, stdout, stderr io.Writer) int 
 	if err != nil {
 		fmt.Fprintf(stderr, "mailroot: %v\n", err)
 		return 1
+	}
+	// New [[dkim]] blocks are refused here, at once, when a key file is
+	// not a usable key, rather than ignored by every delivery process.
+	st.Check = func(key string, c config.Config) error {
+		if key != "dkim" {
+			return nil
+		}
+		_, err := dkim.BlockKeys(c.DKIM)
+		return err
 	}
 	if *cf.config == "" {
 		// The file the running processes apply the live keys over.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/config"
+	"github.com/mailroot/mailroot/internal/dkim"
 	"github.com/mailroot/mailroot/internal/testutil"
 )
 
@@ -66,5 +67,21 @@ func TestConfigSetHistoryRollback(t *testing.T) {
 	}
 	if code, _, stderr := run("get", "ingress.banner"); code != 1 || !strings.Contains(stderr, "not set live") {
 		t.Fatalf("get of a key not set: %d %q", code, stderr)
+	}
+
+	// [[dkim]] blocks are live: a key file that is not a key is refused
+	// at once, naming the key and the block; a real one is stored.
+	keys := t.TempDir()
+	if _, err := dkim.Generate(keys, "example.test", "s2", dkim.Ed25519); err != nil {
+		t.Fatal(err)
+	}
+	block := func(path string) string {
+		return `[{domain = "example.test", selector = "s2", key_file = "` + path + `"}]`
+	}
+	if code, _, stderr := run("set", "dkim", block(filepath.Join(keys, "missing.key"))); code != 2 || !strings.Contains(stderr, "dkim") || !strings.Contains(stderr, "dkim[0].key_file") {
+		t.Fatalf("dkim block with a missing key file: exit %d, %q; want 2 naming dkim[0].key_file", code, stderr)
+	}
+	if code, stdout, stderr := run("set", "dkim", block(dkim.KeyPath(keys, "example.test", "s2"))); code != 0 || !strings.Contains(stdout, "revision") {
+		t.Fatalf("dkim block: exit %d, %q %q", code, stdout, stderr)
 	}
 }

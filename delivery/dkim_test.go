@@ -112,3 +112,67 @@ func TestDKIMBlocksSign(t *testing.T) {
 		t.Error("the data_dir key signed a domain that has [[dkim]] blocks")
 	}
 }
+
+// [[dkim]] blocks changed in the live configuration sign the mail that
+// follows, without a restart; a change whose key file cannot be read
+// keeps the keys in use, so the domain's mail stays signed.
+func TestDKIMBlocksLive(t *testing.T) {
+	h := newHarness(t, "dkim.test. MX 10 mx.dkim.test.", "mx.dkim.test. A 127.0.0.1")
+	dir := t.TempDir()
+	block := func(sel string) config.DKIM {
+		key, err := dkimkeys.Generate(dir, "origin.test", sel, dkimkeys.Ed25519)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.dns.Add(t, key.Zone())
+		return config.DKIM{Domain: "origin.test", Selector: sel, KeyFile: dkimkeys.KeyPath(dir, "origin.test", sel)}
+	}
+	first, second := block("first"), block("second")
+	h.cfg.DKIM = []config.DKIM{first}
+	h.start(nil)
+	selectors := func(rcpt string) string {
+		t.Helper()
+		h.publishOut(newEnv("dkim.test", rcpt), sampleBody)
+		var m *testutil.Mail
+		testutil.WaitFor(t, 10*time.Second, "mail to "+rcpt, func() bool {
+			for _, x := range h.sink.Mails() {
+				if x.To[0] == rcpt {
+					m = &x
+					return true
+				}
+			}
+			return false
+		})
+		vs, err := dkim.VerifyWithOptions(bytes.NewReader(m.Data), &dkim.VerifyOptions{LookupTXT: h.dns.LookupTXT})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sels []string
+		for _, v := range vs {
+			if v.Err != nil {
+				t.Errorf("signature of %s: %v", rcpt, v.Err)
+			}
+			for _, f := range strings.Split(strings.ReplaceAll(string(m.Data), "\r\n\t", ""), ";") {
+				if sel, ok := strings.CutPrefix(strings.TrimSpace(f), "s="); ok && len(vs) == 1 {
+					sels = append(sels, sel)
+				}
+			}
+		}
+		return strings.Join(sels, ",")
+	}
+	if got := selectors("a@dkim.test"); got != "first" {
+		t.Fatalf("before the change: signed by %q, want first", got)
+	}
+	cfg := h.cfg
+	cfg.DKIM = []config.DKIM{second}
+	h.svc.Apply(cfg)
+	if got := selectors("b@dkim.test"); got != "second" {
+		t.Errorf("after the live change: signed by %q, want second", got)
+	}
+	bad := h.cfg
+	bad.DKIM = []config.DKIM{{Domain: "origin.test", Selector: "gone", KeyFile: dir + "/no-such.key"}}
+	h.svc.Apply(bad)
+	if got := selectors("c@dkim.test"); got != "second" {
+		t.Errorf("after a change with an unreadable key: signed by %q, want second (kept)", got)
+	}
+}

@@ -2,7 +2,9 @@ package delivery
 
 import (
 	"context"
+	"github.com/mailroot/mailroot/internal/dkim"
 	"log/slog"
+	"reflect"
 	"strings"
 	"time"
 
@@ -18,10 +20,23 @@ func (s *Service) conf() *config.Config { return s.cfgs.Get() }
 
 // Apply puts a changed configuration in force (the live configuration,
 // internal/liveconfig): domains (smart host, require_tls, hold, pause),
-// retries and limits apply to the attempts that follow. A domain whose
+// retries, limits and the [[dkim]] blocks' keys apply to the attempts
+// that follow. A domain whose
 // pause is lifted has its parked mail fired at once (resume).
 func (s *Service) Apply(cfg config.Config) {
 	old := s.conf()
+	if !reflect.DeepEqual(old.DKIM, cfg.DKIM) {
+		// Changed [[dkim]] blocks: their keys are read now. A key that
+		// cannot be read keeps the keys in use (a rotation must not
+		// unsign a domain's mail), and the log says which block.
+		if keys, err := dkim.BlockKeys(cfg.DKIM); err != nil {
+			s.log.Error("changed [[dkim]] blocks not applied: the DKIM keys in use stay", "err", err)
+			cfg.DKIM = old.DKIM
+		} else if s.dkim != nil {
+			s.dkim.SetFixed(keys...)
+			s.log.Info("DKIM keys of the [[dkim]] blocks changed", "blocks", len(keys))
+		}
+	}
 	s.cfgs.Set(cfg)
 	var resumed []string
 	for _, d := range old.Domains {

@@ -136,14 +136,9 @@ func New(cfg config.Config, log *slog.Logger, js jetstream.JetStream) (*Service,
 	if err != nil {
 		return nil, err
 	}
-	var dkimKeys []*dkim.Key
-	for i, d := range cfg.DKIM {
-		k, err := dkim.ReadKey(d.KeyFile, d.Domain, d.Selector)
-		if err != nil {
-			return nil, fmt.Errorf("dkim[%d].key_file: %w", i, err)
-		}
-		k.Headers = d.Headers
-		dkimKeys = append(dkimKeys, k)
+	dkimKeys, err := dkim.BlockKeys(cfg.DKIM)
+	if err != nil {
+		return nil, err
 	}
 	dialer := &net.Dialer{Timeout: cfg.Delivery.ConnectTimeout.D()}
 	var sts *mtasts.Client

@@ -33,6 +33,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 
 	"github.com/mailroot/mailroot/internal/atomicfile"
+	"github.com/mailroot/mailroot/internal/config"
 	"github.com/mailroot/mailroot/internal/envelope"
 )
 
@@ -237,14 +238,29 @@ func ReadKey(path, domain, selector string) (*Key, error) {
 	return k, nil
 }
 
+// BlockKeys reads the keys of the [[dkim]] blocks, each with its header
+// list; an error names the block whose key file is not a usable key.
+func BlockKeys(blocks []config.DKIM) ([]*Key, error) {
+	var keys []*Key
+	for i, d := range blocks {
+		k, err := ReadKey(d.KeyFile, d.Domain, d.Selector)
+		if err != nil {
+			return nil, fmt.Errorf("dkim[%d].key_file: %w", i, err)
+		}
+		k.Headers = d.Headers
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
 // Signer signs messages with the keys under a directory, which it reads
 // again at most every Refresh, so a key made while Mailroot runs is used
 // without a restart.
 type Signer struct {
 	dir string
 	log *slog.Logger
-	// fixed are the keys given by hand, by domain: they replace what the
-	// directory holds for their domain.
+	// fixed are the keys given by hand, by domain (under mu): they
+	// replace what the directory holds for their domain.
 	fixed map[string][]*Key
 	// Refresh is how long the keys read are used before the directory is
 	// read again.
@@ -262,11 +278,21 @@ func NewSigner(dir string, log *slog.Logger, fixed ...*Key) *Signer {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Signer{dir: dir, log: log, Refresh: 30 * time.Second, fixed: map[string][]*Key{}}
-	for _, k := range fixed {
-		s.fixed[k.Domain] = append(s.fixed[k.Domain], k)
-	}
+	s := &Signer{dir: dir, log: log, Refresh: 30 * time.Second}
+	s.SetFixed(fixed...)
 	return s
+}
+
+// SetFixed replaces the keys given by hand (the [[dkim]] blocks of a
+// changed live configuration): the next message signs with them.
+func (s *Signer) SetFixed(fixed ...*Key) {
+	m := map[string][]*Key{}
+	for _, k := range fixed {
+		m[k.Domain] = append(m[k.Domain], k)
+	}
+	s.mu.Lock()
+	s.fixed, s.byDomain = m, nil
+	s.mu.Unlock()
 }
 
 // keys returns the keys by domain, reading the directory when the last

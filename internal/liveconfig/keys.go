@@ -67,11 +67,11 @@ func CheckKey(key string) error {
 			return fmt.Errorf("%s is read at start only: change it in the configuration file and restart", key)
 		}
 	}
-	if key == "domain" || key == "site" || key == "dkim" {
+	if key == "domain" || key == "site" {
 		return fmt.Errorf("%s: name one block: %s.NAME", key, key)
 	}
 	if strings.HasPrefix(key, "dkim.") {
-		return fmt.Errorf("%s: [[dkim]] blocks are not live yet: change them in the file", key)
+		return fmt.Errorf("%s: [[dkim]] blocks have no names: set them all as the key dkim, e.g. dkim = [{domain = \"example.com\", selector = \"s2\", key_file = \"/etc/mailroot/s2.key\"}]", key)
 	}
 	return nil
 }
@@ -106,6 +106,18 @@ func FormatValue(v any) (string, error) {
 }
 
 func inlineTable(v any) (string, error) {
+	if list, ok := v.([]any); ok {
+		// An array of tables ([[dkim]] blocks): inline tables in a list.
+		parts := make([]string, 0, len(list))
+		for _, e := range list {
+			s, err := FormatValue(e)
+			if err != nil {
+				return "", err
+			}
+			parts = append(parts, s)
+		}
+		return "[" + strings.Join(parts, ", ") + "]", nil
+	}
 	m, ok := v.(map[string]any)
 	if !ok {
 		return "", fmt.Errorf("cannot render %T", v)

@@ -41,6 +41,7 @@ func TestApplyOverTheFile(t *testing.T) {
 		"domain.remote.test":             `{type = "remote", require_tls = true}`,
 		"site.mta.max_message_size":      `1048576`,
 		"delivery.connection_cache_time": `"5s"`,
+		"dkim":                           `[{domain = "example.test", selector = "s2", key_file = "/keys/s2.key", headers = ["From", "Subject"]}]`,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -59,6 +60,9 @@ func TestApplyOverTheFile(t *testing.T) {
 	}
 	if cfg.Delivery.ConnectionCacheTime.D() != 5*time.Second || cfg.Hostname != "mx.example.test" {
 		t.Fatalf("delivery/hostname: %v %q", cfg.Delivery.ConnectionCacheTime, cfg.Hostname)
+	}
+	if len(cfg.DKIM) != 1 || cfg.DKIM[0].Selector != "s2" || cfg.DKIM[0].KeyFile != "/keys/s2.key" || len(cfg.DKIM[0].Headers) != 2 {
+		t.Fatalf("dkim blocks not applied: %+v", cfg.DKIM)
 	}
 }
 
@@ -79,6 +83,8 @@ func TestBadValuesAreRefusedNamingTheKey(t *testing.T) {
 		"site.nosuch.banner":     `"hi"`,
 		"domain.x.test":          `"not a table"`,
 		"hostname":               `"other"`,
+		"dkim":                   `[{domain = "example.test", selector = "s2"}]`,
+		"dkim.s2":                `{domain = "example.test", selector = "s2", key_file = "/k"}`,
 	} {
 		_, err := s.Set(t.Context(), key, value, false, "tester", "")
 		var ke *config.KeyError
@@ -211,7 +217,7 @@ func TestTwoWatchersSeeAChange(t *testing.T) {
 }
 
 func FuzzParseValue(f *testing.F) {
-	for _, s := range []string{"true", `["a", "b"]`, `{type = "remote"}`, "example.com", `"10MB"`, "7", "a\nb", "[", "{x = }"} {
+	for _, s := range []string{"true", `["a", "b"]`, `{type = "remote"}`, `[{domain = "a.test", selector = "s", headers = ["From"]}, {domain = "b.test"}]`, "example.com", `"10MB"`, "7", "a\nb", "[", "{x = }"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

@@ -49,6 +49,11 @@ type Store struct {
 	JS jetstream.JetStream
 	// Base is the configuration file's text ("" for none).
 	Base string
+	// Check, when set, vets a change beyond the file's rules, with the
+	// configuration it would make: what only the machine setting it can
+	// tell (a key file that must be readable). An error refuses the
+	// change, naming its key.
+	Check func(key string, cfg config.Config) error
 }
 
 // Open creates or opens the bucket.
@@ -166,12 +171,18 @@ func (s *Store) Set(ctx context.Context, key, value string, unset bool, who, why
 	} else {
 		ov[key] = value
 	}
-	if _, err := Apply(s.Base, ov); err != nil {
+	cfg, err := Apply(s.Base, ov)
+	if err != nil {
 		var ke *config.KeyError
 		if errors.As(err, &ke) && ke.Key != key {
 			return 0, &config.KeyError{Key: key, Msg: fmt.Sprintf("refused: %s", err.Error())}
 		}
 		return 0, err
+	}
+	if s.Check != nil && !unset {
+		if err := s.Check(key, cfg); err != nil {
+			return 0, &config.KeyError{Key: key, Msg: fmt.Sprintf("refused: %s", err.Error())}
+		}
 	}
 	b, err := json.Marshal(Change{Value: value, Unset: unset, Who: who, Why: why, Time: time.Now().UTC()})
 	if err != nil {
