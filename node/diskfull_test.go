@@ -63,7 +63,7 @@ func fillDisk(t *testing.T, dir string, leave int64) string {
 // relaying to h.
 func diskFullNode(t *testing.T, h *smartHost) (*Node, config.Config, string) {
 	t.Helper()
-	disk := smallDisk(t, 40<<20)
+	disk := smallDisk(t, 96<<20)
 	w := newWorld(t)
 	cfg := testConfig(t, w, filepath.Join(disk, "data"))
 	cfg.Delivery.SmartHost = h.Addr
@@ -82,12 +82,15 @@ func TestDiskFull(t *testing.T) {
 	n, cfg, disk := diskFullNode(t, h)
 	addr := n.Ingress.Addrs()[0]
 
-	// Leave 8 MiB, then fill up to the reserve with mail.
-	first := fillDisk(t, disk, 8<<20)
+	// Leave the reserve (bus.MinDiskReserve on this small disk) and
+	// 8 MiB, then fill up to the reserve with mail.
+	_, total, _ := bus.Statfs(disk)
+	reserve := max(cfg.NATS.Reserve.Of(total), bus.MinDiskReserve)
+	first := fillDisk(t, disk, reserve+8<<20)
 	accepted := fill(t, addr, 32<<10, 1000)
 	t.Logf("%d mails accepted before the 452", len(accepted))
-	if free, total, _ := bus.Statfs(disk); free < cfg.NATS.Reserve.Of(total)/2 {
-		t.Errorf("%d bytes free at the first 452, want about the reserve of %d", free, cfg.NATS.Reserve.Of(total))
+	if free, _, _ := bus.Statfs(disk); free < reserve/2 {
+		t.Errorf("%d bytes free at the first 452, want about the reserve of %d", free, reserve)
 	}
 
 	// Another program takes the rest: the retries the pipeline writes fail.
@@ -143,7 +146,7 @@ func TestDiskFullShutdown(t *testing.T) {
 	h.down.Store(true)
 	n, _, disk := diskFullNode(t, h)
 	addr := n.Ingress.Addrs()[0]
-	fillDisk(t, disk, 4<<20)
+	fillDisk(t, disk, bus.MinDiskReserve+4<<20)
 	fill(t, addr, 32<<10, 1000)
 	fillDisk(t, disk, 0)
 	testutil.WaitFor(t, 30*time.Second, "the store's write error caught", func() bool { return n.Guard.Err() != nil })

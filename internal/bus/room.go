@@ -67,6 +67,13 @@ type Room struct {
 
 // How long a reading is used: of the account's usage (sizes admitted
 // meanwhile are added to it), and of the file system's free space.
+// MinDiskReserve is the least room kept on the store's file system,
+// whatever nats.reserve gives: nats-server compacts a block by writing it
+// anew beside the old one, and the MAIL stream's blocks grow to 8 MiB, so
+// a smaller reserve lets a compaction on a nearly full disk fail, which
+// fails the store (StoreGuard reopens it). Three blocks' worth.
+const MinDiskReserve = 24 << 20
+
 const (
 	accountRefresh = 500 * time.Millisecond
 	statRefresh    = 100 * time.Millisecond
@@ -183,7 +190,7 @@ func (r *Room) check(ctx context.Context, size int64, share float64) error {
 			r.statAt = now
 		}
 		if r.statErr == nil {
-			reserve := int64(float64(r.Reserve.Of(r.total)) * share)
+			reserve := int64(float64(max(r.Reserve.Of(r.total), MinDiskReserve)) * share)
 			if r.free < reserve+size {
 				return fmt.Errorf("%w: %s free on the file system of %s, less than the reserve of %s kept for queued mail (nats.reserve = %s)",
 					ErrStoreFull, config.FormatSize(r.free), r.Dir, config.FormatSize(reserve), r.Reserve)
