@@ -661,7 +661,7 @@ func (c *Client) data(rc io.Reader) (reply string, e *Error, final bool) {
 	if c.bw == nil {
 		c.bw = bufio.NewWriterSize(progressWriter{c.conn, c.timeout}, dataBuffer)
 	}
-	w := textproto.NewWriter(c.bw).DotWriter()
+	w := newDotWriter(c.bw)
 	_, err := io.Copy(w, rc)
 	if err == nil {
 		err = w.Close() // the end marker, and the flush
