@@ -673,6 +673,12 @@ func TestObjectStoreBodySharedBySuccessors(t *testing.T) {
 		t.Errorf("retry delivered %d bytes to %v", len(m.Data), m.To)
 	}
 	h.waitEmpty()
+	// The retry releases its reference after its ack, so the stream can be
+	// empty a moment before the count drops to the Badmail copy's one.
+	testutil.WaitFor(t, wait, "the retry to release its reference", func() bool {
+		n, err := bodies.References(t.Context(), bad)
+		return err == nil && n == 1
+	})
 	// The retry is done; the Badmail copy still needs the body.
 	r, err := bodies.Open(t.Context(), bad, nil)
 	if err != nil {

@@ -201,6 +201,20 @@ func (b *Bodies) Retain(ctx context.Context, env *envelope.Envelope, n int) erro
 	return fmt.Errorf("bus: retain body %s: too much contention", env.QueueID)
 }
 
+// References reports how many envelopes refer to the body of env (1 when
+// no count was recorded: the envelope's own reference).
+func (b *Bodies) References(ctx context.Context, env *envelope.Envelope) (int, error) {
+	e, err := b.refs.Get(ctx, refKey(env.QueueID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 1, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("bus: references of body %s: %w", env.QueueID, err)
+	}
+	n, _ := strconv.Atoi(string(e.Value()))
+	return n, nil
+}
+
 // Release is called after an envelope with an Object Store body reached its
 // final disposition (and was acked). The body is deleted when no other
 // envelope refers to it.

@@ -63,3 +63,58 @@ func TestBodiesOpenStreamsChunks(t *testing.T) {
 		t.Errorf("reading a deleted body: %v, want ErrObjectNotFound", err)
 	}
 }
+
+// A shared body is counted: Share and Retain add references, each Release
+// takes one away, and the object goes with the last one.
+func TestBodiesReferenceCount(t *testing.T) {
+	n := testutil.StartNATS(t)
+	_, js := n.Connect(t)
+	if err := EnsureStream(t.Context(), js, Layout{Replicas: 1, BodyTTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := OpenBodies(t.Context(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &envelope.Envelope{QueueID: "Q2", Body: envelope.BodyObject}
+	if _, err := b.Put(t.Context(), env.QueueID, bytes.NewReader(bytes.Repeat([]byte("x"), 300<<10))); err != nil {
+		t.Fatal(err)
+	}
+	refs := func() int {
+		t.Helper()
+		n, err := b.References(t.Context(), env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if got := refs(); got != 1 {
+		t.Fatalf("fresh body: %d references, want 1", got)
+	}
+	if err := b.Share(t.Context(), env.QueueID, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Retain(t.Context(), env, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := refs(); got != 3 {
+		t.Fatalf("after Share 2 and Retain 1: %d references, want 3", got)
+	}
+	for want := 2; want >= 1; want-- {
+		if err := b.Release(t.Context(), env); err != nil {
+			t.Fatal(err)
+		}
+		if got := refs(); got != want {
+			t.Fatalf("%d references, want %d", got, want)
+		}
+		if _, err := b.Open(t.Context(), env, nil); err != nil {
+			t.Fatalf("body gone with %d references left: %v", want, err)
+		}
+	}
+	if err := b.Release(t.Context(), env); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Open(t.Context(), env, nil); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		t.Errorf("body after the last release: %v, want ErrObjectNotFound", err)
+	}
+}
