@@ -113,10 +113,11 @@ func TestDiskFull(t *testing.T) {
 		}
 		return err == nil
 	})
-	t.Logf("intake resumed %v after space came back; store reopened %d times", time.Since(freed).Round(time.Millisecond), n.Guard.Restarts())
-	if n.Guard.Restarts() == 0 {
-		t.Error("the store was never reopened")
-	}
+	t.Logf("intake resumed %v after space came back", time.Since(freed).Round(time.Millisecond))
+	// The guard clears the fault before JetStream is enabled again, and
+	// streams take mail as they come back, so the first 250 can come a
+	// moment before the reopen is counted.
+	testutil.WaitFor(t, 10*time.Second, "the store reopened", func() bool { return n.Guard.Restarts() > 0 })
 
 	h.down.Store(false)
 	allDelivered(t, h, cfg, accepted)

@@ -167,15 +167,29 @@ const (
 )
 
 // EnsureSessions creates or updates the mta-sessions bucket.
+//
+// The bucket is in memory: everything in it is live state that a crashed
+// holder's TTL ends anyway (docs/DESIGN.md §3, "need not be durable"), and
+// delivery writes a lease per attempt, so on a file store it cost four
+// record writes per mail (the lease, its release, the expiry's marker and
+// that marker's removal) for nothing a restart needs. A bucket left on
+// file storage by an older version is recreated: a stream's storage cannot
+// be changed, and its entries are only live state.
 func EnsureSessions(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	cfg := jetstream.KeyValueConfig{
 		Bucket:         BucketSessions,
-		Description:    "live SMTP sessions of every ingress, ATRN locks",
+		Description:    "live SMTP sessions of every ingress, ATRN locks, message leases",
 		History:        1,
-		Storage:        jetstream.FileStorage,
+		Storage:        jetstream.MemoryStorage,
 		Replicas:       max(replicas, 1),
 		LimitMarkerTTL: time.Second,
-	})
+	}
+	if s, err := js.Stream(ctx, "KV_"+BucketSessions); err == nil && s.CachedInfo().Config.Storage != jetstream.MemoryStorage {
+		if err := js.DeleteKeyValue(ctx, BucketSessions); err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil, fmt.Errorf("bus: recreate kv %s in memory: %w", BucketSessions, err)
+		}
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("bus: create kv %s: %w", BucketSessions, err)
 	}
