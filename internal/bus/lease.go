@@ -48,8 +48,12 @@ type Lease struct {
 // LeaseHolder names this process in a lease: what ("delivery", "admin
 // alice") on which host and pid.
 func LeaseHolder(what string) string {
-	return what + " on " + eventNode + " pid " + strconv.Itoa(os.Getpid())
+	return what + " on " + eventNode + " pid " + pid
 }
+
+// pid is this process's, read once: delivery names it in the lease of
+// every attempt, and os.Getpid is a system call each time.
+var pid = strconv.Itoa(os.Getpid())
 
 // deliveryHolder starts the holder of a delivery worker's lease
 // (LeaseHolder("delivery")).
