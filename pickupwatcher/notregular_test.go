@@ -66,10 +66,16 @@ func TestNotRegularGoesToBadmail(t *testing.T) {
 			kind:   "directory",
 			reason: "it is a directory",
 			make: func(t *testing.T, path string) {
-				if err := os.Mkdir(path, 0o750); err != nil {
+				// Made beside and renamed in: the running watcher could
+				// move an empty directory before the file is in it.
+				tmp := filepath.Join(t.TempDir(), "dir")
+				if err := os.Mkdir(tmp, 0o750); err != nil {
 					t.Fatal(err)
 				}
-				if err := os.WriteFile(filepath.Join(path, "inside.eml"), []byte(validMessage), 0o640); err != nil {
+				if err := os.WriteFile(filepath.Join(tmp, "inside.eml"), []byte(validMessage), 0o640); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Rename(tmp, path); err != nil {
 					t.Fatal(err)
 				}
 			},

@@ -166,7 +166,13 @@ const (
 	ATRNLockPrefix = "lock.atrn."
 )
 
-// EnsureSessions creates or updates the mta-sessions bucket.
+// isNoStream reports whether a publish found no stream for its subject.
+func isNoStream(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// EnsureSessions creates or updates the mta-sessions bucket; replicas 0
+// takes the MAIL stream's (for callers that do not know the layout).
 //
 // The bucket is in memory: everything in it is live state that a crashed
 // holder's TTL ends anyway (docs/DESIGN.md §3, "need not be durable"), and
@@ -176,6 +182,12 @@ const (
 // file storage by an older version is recreated: a stream's storage cannot
 // be changed, and its entries are only live state.
 func EnsureSessions(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.KeyValue, error) {
+	if replicas <= 0 {
+		replicas = 1
+		if s, err := js.Stream(ctx, StreamMail); err == nil {
+			replicas = s.CachedInfo().Config.Replicas
+		}
+	}
 	cfg := jetstream.KeyValueConfig{
 		Bucket:         BucketSessions,
 		Description:    "live SMTP sessions of every ingress, ATRN locks, message leases",
@@ -226,6 +238,15 @@ func PutTTL(ctx context.Context, js jetstream.JetStream, bucket, key string, val
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(0))
 	}
 	ack, err := js.Publish(ctx, "$KV."+bucket+"."+key, value, opts...)
+	if bucket == BucketSessions && isNoStream(err) {
+		// The bucket is in memory: a restart of the server, or the store
+		// guard reopening JetStream, forgets it. Make it again, with the
+		// MAIL stream's replicas, and write once more.
+		if _, rerr := EnsureSessions(ctx, js, 0); rerr != nil {
+			return 0, fmt.Errorf("bus: put %s/%s: %w (recreating the bucket: %v)", bucket, key, err, rerr)
+		}
+		ack, err = js.Publish(ctx, "$KV."+bucket+"."+key, value, opts...)
+	}
 	if err != nil {
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {

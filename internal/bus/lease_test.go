@@ -4,6 +4,9 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailroot/mailroot/internal/bus"
 	"github.com/mailroot/mailroot/internal/testutil"
@@ -66,4 +69,40 @@ func TestLeaseOfADeadDeliveryWorker(t *testing.T) {
 		t.Fatalf("the redelivered message's worker: %v", err)
 	}
 	l.Release(ctx)
+}
+
+// The mta-sessions bucket is in memory, so a server restart or the store
+// guard's reopen of JetStream forgets it: the next lease makes it again,
+// with the MAIL stream's replicas, instead of failing every attempt.
+func TestLeaseRecreatesAForgottenBucket(t *testing.T) {
+	_, js := testutil.StartNATS(t).Connect(t)
+	ctx := t.Context()
+	if err := bus.EnsureStream(ctx, js, bus.Layout{Replicas: 1, BodyTTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bus.EnsureSessions(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteKeyValue(ctx, bus.BucketSessions); err != nil {
+		t.Fatal(err)
+	}
+	l, err := bus.TakeLease(ctx, js, bus.LeaseKey("Q1", "example_com"), "delivery one", 3)
+	if err != nil {
+		t.Fatalf("lease with the bucket gone: %v", err)
+	}
+	defer l.Release(ctx)
+	if owner := bus.LeaseOwner(ctx, js, bus.LeaseKey("Q1", "example_com")); owner != "delivery one" {
+		t.Fatalf("owner %q after the bucket was made again", owner)
+	}
+	kv, err := js.KeyValue(ctx, bus.BucketSessions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config; cfg.Storage != jetstream.MemoryStorage || cfg.Replicas != 1 {
+		t.Fatalf("recreated bucket: storage %v, %d replicas", cfg.Storage, cfg.Replicas)
+	}
 }
