@@ -18,15 +18,7 @@ import (
 // whole, a missing body is ErrObjectNotFound, and a body deleted while it
 // is read ends in an error, never in a silently short message.
 func TestBodiesOpenStreamsChunks(t *testing.T) {
-	n := testutil.StartNATS(t)
-	_, js := n.Connect(t)
-	if err := EnsureStream(t.Context(), js, Layout{Replicas: 1, BodyTTL: time.Hour}); err != nil {
-		t.Fatal(err)
-	}
-	b, err := OpenBodies(t.Context(), js)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := testBodies(t)
 	body := make([]byte, 1<<20+12345) // 9 chunks of 128 KiB, the last one short
 	_, _ = rand.Read(body)
 	env := &envelope.Envelope{QueueID: "Q1", Body: envelope.BodyObject}
@@ -67,15 +59,7 @@ func TestBodiesOpenStreamsChunks(t *testing.T) {
 // A shared body is counted: Share and Retain add references, each Release
 // takes one away, and the object goes with the last one.
 func TestBodiesReferenceCount(t *testing.T) {
-	n := testutil.StartNATS(t)
-	_, js := n.Connect(t)
-	if err := EnsureStream(t.Context(), js, Layout{Replicas: 1, BodyTTL: time.Hour}); err != nil {
-		t.Fatal(err)
-	}
-	b, err := OpenBodies(t.Context(), js)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := testBodies(t)
 	env := &envelope.Envelope{QueueID: "Q2", Body: envelope.BodyObject}
 	if _, err := b.Put(t.Context(), env.QueueID, bytes.NewReader(bytes.Repeat([]byte("x"), 300<<10))); err != nil {
 		t.Fatal(err)
@@ -117,4 +101,18 @@ func TestBodiesReferenceCount(t *testing.T) {
 	if _, err := b.Open(t.Context(), env, nil); !errors.Is(err, jetstream.ErrObjectNotFound) {
 		t.Errorf("body after the last release: %v, want ErrObjectNotFound", err)
 	}
+}
+
+// testBodies is Bodies on a fresh server with the streams made.
+func testBodies(t *testing.T) *Bodies {
+	t.Helper()
+	_, js := testutil.StartNATS(t).Connect(t)
+	if err := EnsureStream(t.Context(), js, Layout{Replicas: 1, BodyTTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := OpenBodies(t.Context(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
