@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"os/exec"
@@ -95,7 +96,7 @@ func TestDiskFull(t *testing.T) {
 
 	// Another program takes the rest: the retries the pipeline writes fail.
 	second := fillDisk(t, disk, 0)
-	testutil.WaitFor(t, 30*time.Second, "the store's write error caught", func() bool { return n.Guard.Err() != nil })
+	storeWriteFails(t, n)
 	refused(t, addr)
 
 	// Space comes back: intake resumes by itself within 10 s.
@@ -150,7 +151,7 @@ func TestDiskFullShutdown(t *testing.T) {
 	fillDisk(t, disk, bus.MinDiskReserve+4<<20)
 	fill(t, addr, 32<<10, 1000)
 	fillDisk(t, disk, 0)
-	testutil.WaitFor(t, 30*time.Second, "the store's write error caught", func() bool { return n.Guard.Err() != nil })
+	storeWriteFails(t, n)
 
 	done := make(chan struct{})
 	start := time.Now()
@@ -161,4 +162,21 @@ func TestDiskFullShutdown(t *testing.T) {
 	case <-time.After(ShutdownGrace + 15*time.Second):
 		t.Fatalf("Stop on a full disk still running after %v", time.Since(start))
 	}
+}
+
+// storeWriteFails waits for the store guard to catch a write error on the
+// full disk. Mail is refused before it reaches the store (the reserve),
+// and the leases live in memory, so what writes is the events of the
+// attempts, when there are any: a large event stands for the next of
+// them.
+func storeWriteFails(t *testing.T, n *Node) {
+	t.Helper()
+	big := bytes.Repeat([]byte("x"), 512<<10)
+	testutil.WaitFor(t, 30*time.Second, "the store's write error caught", func() bool {
+		if n.Guard.Err() != nil {
+			return true
+		}
+		_ = n.Conn.Publish("events.test._", big)
+		return false
+	})
 }
