@@ -176,7 +176,7 @@ func storeWriteFails(t *testing.T, n *Node) {
 		if n.Guard.Err() != nil {
 			return true
 		}
-		_ = n.Conn.Publish("events.test._", big)
+		_ = n.Conn.Publish(bus.EventSubject("test", ""), big)
 		return false
 	})
 }

@@ -178,8 +178,11 @@ func (b *Bodies) Retain(ctx context.Context, env *envelope.Envelope, n int) erro
 	}
 	key := refKey(env.QueueID)
 	for range 50 {
-		e, err := b.refs.Get(ctx, key)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
+		cur, rev, err := b.count(ctx, env.QueueID)
+		if err != nil {
+			return fmt.Errorf("bus: retain body %s: %w", env.QueueID, err)
+		}
+		if rev == 0 {
 			// No entry: env holds the only reference.
 			_, err = b.refs.Create(ctx, key, []byte(strconv.Itoa(1+n)))
 			if err == nil {
@@ -190,11 +193,7 @@ func (b *Bodies) Retain(ctx context.Context, env *envelope.Envelope, n int) erro
 			}
 			continue
 		}
-		if err != nil {
-			return fmt.Errorf("bus: retain body %s: %w", env.QueueID, err)
-		}
-		cur, _ := strconv.Atoi(string(e.Value()))
-		if _, err := b.refs.Update(ctx, key, []byte(strconv.Itoa(max(cur, 1)+n)), e.Revision()); err == nil {
+		if _, err := b.refs.Update(ctx, key, []byte(strconv.Itoa(max(cur, 1)+n)), rev); err == nil {
 			return nil
 		}
 	}
@@ -204,15 +203,25 @@ func (b *Bodies) Retain(ctx context.Context, env *envelope.Envelope, n int) erro
 // References reports how many envelopes refer to the body of env (1 when
 // no count was recorded: the envelope's own reference).
 func (b *Bodies) References(ctx context.Context, env *envelope.Envelope) (int, error) {
-	e, err := b.refs.Get(ctx, refKey(env.QueueID))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return 1, nil
-	}
+	n, _, err := b.count(ctx, env.QueueID)
 	if err != nil {
 		return 0, fmt.Errorf("bus: references of body %s: %w", env.QueueID, err)
 	}
-	n, _ := strconv.Atoi(string(e.Value()))
 	return n, nil
+}
+
+// count reads the recorded reference count of qid's body and the entry's
+// revision; with no entry it is 1 (the one envelope's own) at revision 0.
+func (b *Bodies) count(ctx context.Context, qid string) (n int, rev uint64, err error) {
+	e, err := b.refs.Get(ctx, refKey(qid))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 1, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	n, _ = strconv.Atoi(string(e.Value()))
+	return n, e.Revision(), nil
 }
 
 // Release is called after an envelope with an Object Store body reached its
@@ -223,14 +232,13 @@ func (b *Bodies) Release(ctx context.Context, env *envelope.Envelope) error {
 		return nil
 	}
 	for range 50 {
-		e, err := b.refs.Get(ctx, refKey(env.QueueID))
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return b.Delete(ctx, env.QueueID)
-		}
+		n, rev, err := b.count(ctx, env.QueueID)
 		if err != nil {
 			return fmt.Errorf("bus: release body %s: %w", env.QueueID, err)
 		}
-		n, _ := strconv.Atoi(string(e.Value()))
+		if rev == 0 {
+			return b.Delete(ctx, env.QueueID) // no entry: the only reference
+		}
 		if n <= 1 {
 			if err := b.Delete(ctx, env.QueueID); err != nil {
 				return err
@@ -238,7 +246,7 @@ func (b *Bodies) Release(ctx context.Context, env *envelope.Envelope) error {
 			_ = b.refs.Delete(ctx, refKey(env.QueueID))
 			return nil
 		}
-		if _, err := b.refs.Update(ctx, refKey(env.QueueID), []byte(strconv.Itoa(n-1)), e.Revision()); err == nil {
+		if _, err := b.refs.Update(ctx, refKey(env.QueueID), []byte(strconv.Itoa(n-1)), rev); err == nil {
 			return nil
 		}
 	}
