@@ -293,7 +293,8 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 	m.WatchNATS(nc)
 	n := &Node{Conn: nc, JS: js, Metrics: m, log: log, cancels: map[string]context.CancelFunc{}, dones: map[string]chan error{}, errc: make(chan error, len(Actors))}
 	// One Room for every actor: what intake admits and what the pipeline
-	// forwards are counted against the same reserve.
+	// forwards are counted against the same reserve. The busy actors
+	// publish through their own connection (Via), the others through nc.
 	shared := &bus.Room{JS: js, Reserve: cfg.NATS.Reserve}
 	if room != nil {
 		shared = room(js)
@@ -328,19 +329,19 @@ func start(ctx context.Context, cfg config.Config, log *slog.Logger, nc *nats.Co
 			var s *ingress.Service
 			s, err = ingress.New(cfg, log, js)
 			if err == nil {
-				s.Room, s.Metrics = shared, m
+				s.Room, s.Metrics = shared.Via(js), m
 			}
 			n.Ingress, r = s, s
 		case Router:
 			var s *router.Service
 			if s, err = router.New(cfg, log, js); err == nil {
-				s.Room, s.Metrics = shared, m
+				s.Room, s.Metrics = shared.Via(js), m
 			}
 			r = s
 		case Delivery:
 			var s *delivery.Service
 			if s, err = delivery.New(cfg, log, js); err == nil {
-				s.Room, s.Metrics = shared, m
+				s.Room, s.Metrics = shared.Via(js), m
 			}
 			r = s
 		case Badmail:

@@ -32,7 +32,8 @@ import (
 // The checks are cached briefly, so asking per message costs next to
 // nothing. A Room is safe for concurrent use.
 type Room struct {
-	// JS reads the account's usage and limit.
+	// JS publishes the mail, its events and the account readings (a
+	// Room made with Via reads through the JS of the Room it came from).
 	JS jetstream.JetStream
 	// Reserve is nats.reserve.
 	Reserve config.Reserve
@@ -53,6 +54,10 @@ type Room struct {
 	// syncs by itself (nats.sync as a duration, a cluster's quorum, a
 	// server that is not Mailroot's).
 	Sync func(ctx context.Context) error
+
+	// shared is the Room whose readings and admissions this one counts
+	// with (Via); nil: its own.
+	shared *Room
 
 	mu       sync.Mutex
 	at       time.Time // when used and limit were read
@@ -78,6 +83,26 @@ const (
 	accountRefresh = 500 * time.Millisecond
 	statRefresh    = 100 * time.Millisecond
 )
+
+// Via returns a Room that publishes and emits through js, an actor's own
+// connection, and counts with r: the same readings, reserve, admissions,
+// store guard and sync. Every actor of one process checks against one
+// reserve, while a PubAck that holds back a 250 does not queue behind
+// another actor's traffic on a shared connection.
+func (r *Room) Via(js jetstream.JetStream) *Room {
+	if r == nil {
+		return nil
+	}
+	return &Room{JS: js, Reserve: r.Reserve, Dir: r.Dir, Fault: r.Fault, Limit: r.Limit, Sync: r.Sync, shared: r.base()}
+}
+
+// base is the Room that keeps the readings r counts with.
+func (r *Room) base() *Room {
+	if r.shared != nil {
+		return r.shared
+	}
+	return r
+}
 
 // Check returns nil when there is room for a new message of size bytes
 // (0 when it is not known yet, e.g. at MAIL FROM without SIZE), or an
@@ -165,6 +190,7 @@ func (r *Room) admit(size int64) {
 	if r == nil {
 		return
 	}
+	r = r.base()
 	r.mu.Lock()
 	r.inflight += size
 	r.mu.Unlock()
@@ -175,6 +201,7 @@ func (r *Room) check(ctx context.Context, size int64, share float64) error {
 	if r == nil {
 		return nil
 	}
+	r = r.base()
 	if r.Fault != nil {
 		if err := r.Fault(); err != nil {
 			return fmt.Errorf("%w: %v", ErrStoreFull, err)
