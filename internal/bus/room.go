@@ -55,8 +55,8 @@ type Room struct {
 	// server that is not Mailroot's).
 	Sync func(ctx context.Context) error
 
-	// shared is the Room whose readings and admissions this one counts
-	// with (Via); nil: its own.
+	// shared is the Room whose settings, readings and admissions this one
+	// uses (Via: only JS is its own); nil: its own.
 	shared *Room
 
 	mu       sync.Mutex
@@ -93,10 +93,10 @@ func (r *Room) Via(js jetstream.JetStream) *Room {
 	if r == nil {
 		return nil
 	}
-	return &Room{JS: js, Reserve: r.Reserve, Dir: r.Dir, Fault: r.Fault, Limit: r.Limit, Sync: r.Sync, shared: r.base()}
+	return &Room{JS: js, shared: r.base()}
 }
 
-// base is the Room that keeps the readings r counts with.
+// base is the Room that keeps the settings and readings r counts with.
 func (r *Room) base() *Room {
 	if r.shared != nil {
 		return r.shared
@@ -126,7 +126,7 @@ func (r *Room) Publish(ctx context.Context, msg *nats.Msg, msgID string, opts ..
 // not, so the events are true even when the sync then fails (the sender
 // retries, the copy is a duplicate).
 func (r *Room) PublishEmit(ctx context.Context, msg *nats.Msg, msgID string, evs []Event, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	ack, err := publish(ctx, r.JS, r.Fault, msg, msgID, opts...)
+	ack, err := publish(ctx, r.JS, r.base().Fault, msg, msgID, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -141,10 +141,13 @@ func (r *Room) PublishEmit(ctx context.Context, msg *nats.Msg, msgID string, evs
 
 // sync runs Sync, if any.
 func (r *Room) sync(ctx context.Context) error {
-	if r == nil || r.Sync == nil {
+	if r == nil {
 		return nil
 	}
-	return r.Sync(ctx)
+	if sync := r.base().Sync; sync != nil {
+		return sync(ctx)
+	}
+	return nil
 }
 
 // Forward is Publish for the pipeline: the successor of a message in hand
