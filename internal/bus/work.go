@@ -138,21 +138,29 @@ func (w *Worker) poison(ctx context.Context, m jetstream.Msg, reason string) {
 	w.Log.Warn("poison message moved to badmail", "subject", m.Subject(), "qid", m.Headers().Get(envelope.HdrQueueID), "reason", reason)
 }
 
-// keepAlive sends InProgress every interval until stop is called.
+// keepAlive sends InProgress every interval until stop is called. It is
+// a timer, not a goroutine with a ticker: nearly every handler is done in
+// milliseconds, long before the first InProgress is due, and a goroutine
+// and a ticker per message were a measurable share of the pipeline's
+// scheduling under load (issue #12).
 func keepAlive(m jetstream.Msg, every time.Duration) (stop func()) {
-	t := time.NewTicker(every)
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-t.C:
-				_ = m.InProgress()
-			case <-done:
-				return
-			}
+	var mu sync.Mutex
+	stopped := false
+	var t *time.Timer
+	t = time.AfterFunc(every, func() {
+		_ = m.InProgress()
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			t.Reset(every)
 		}
-	}()
-	return func() { t.Stop(); close(done) }
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		t.Stop()
+	}
 }
 
 // MoveToBad publishes a copy of m to mail.bad with reason, then acks m.
