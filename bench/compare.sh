@@ -18,7 +18,12 @@
 #     Postfix's short-lived children), or from /proc where no cgroup can be
 #     made; both servers are always counted the same way;
 #   - p50/p99 accept latency: bench/smtpload -latency, SESSIONS sessions that
-#     reuse their connection, time from the end-of-DATA "." to the 250.
+#     reuse their connection, time from the end-of-DATA "." to the 250:
+#     once with each server as fast as it answers (saturated: a faster
+#     server is offered more load, so this compares latencies at different
+#     loads), and once with both offered the same load, smtpload -rate, half
+#     of the rate Postfix accepted in the saturated run of the same round
+#     (or RATE), which compares what each adds to a 250 at equal load.
 #
 # Then, in one extra run per server not counted in the medians (tracing slows
 # it), the fsync-class system calls (fsync, fdatasync, syncfs,
@@ -32,6 +37,7 @@
 #   bench/compare.sh                      # 3 rounds of 10,000 x 4 KiB, 20 sessions
 #   N=500 ROUNDS=1 bench/compare.sh       # a quick check
 #   SYNC=2m STRACE=0 bench/compare.sh     # Mailroot with a JetStream sync interval, no strace run
+#   RATE=300 bench/compare.sh             # the same-load latency runs at 300 msgs/s
 set -euo pipefail
 N=${N:-10000}             # messages per run
 ROUNDS=${ROUNDS:-3}       # rounds; each round runs both servers under both loads
@@ -371,9 +377,12 @@ load() {
 	if [ "$1" = new ]; then
 		timeout "$TIMEOUT" smtp-source -s "$SESSIONS" -l "$SIZE" -m "$N" \
 			-f sender@bench.test -t rcpt@remote.test "127.0.0.1:$srv_port" >"$out" 2>&1 &
-	else
+	elif [ "$1" = reuse ]; then
 		timeout "$TIMEOUT" "$work/smtpload" -addr "127.0.0.1:$srv_port" -n "$N" \
 			-sessions "$SESSIONS" -size "$SIZE" -latency >"$out" 2>&1 &
+	else
+		timeout "$TIMEOUT" "$work/smtpload" -addr "127.0.0.1:$srv_port" -n "$N" \
+			-sessions "$SESSIONS" -size "$SIZE" -latency -rate "$round_rate" >"$out" 2>&1 &
 	fi
 	pids+=("$!")
 	wait "$!"
@@ -404,7 +413,7 @@ run() {
 	r_e2e=$(awk -v n="$N" -v a="$t0" -v b="$t2" 'BEGIN {printf "%.0f", n / (b - a)}')
 	r_cpu=$(awk -v n="$N" -v a="$c0" -v b="$c1" 'BEGIN {printf "%.3f", (b - a) / 1000 / n}')
 	r_p50=- r_p99=-
-	if [ "$kind" = reuse ]; then
+	if [ "$kind" != new ]; then
 		read -r r_p50 r_p99 < <(sed -n 's/.*p50 \([0-9.]*\) ms, p99 \([0-9.]*\) ms.*/\1 \2/p' "$work/load-$label.out") || true
 		[ -n "${r_p99:-}" ] || fail "no latency line from smtpload"
 	fi
@@ -423,16 +432,23 @@ for round in $(seq 1 "$ROUNDS"); do
 	# Each round: both servers under the throughput load, then both under
 	# the latency load, always Postfix first, so neither side gets the
 	# quieter moments.
-	for kind in new reuse; do
+	for kind in new reuse rate; do
 		for srv in postfix mailroot; do
 			run "$srv" "$kind" "$round"
-			if [ "$kind" = new ]; then
+			case $kind in
+			new)
 				what="smtp-source, new conn per msg"
-				res[$srv:acc]+=" $r_acc"; res[$srv:e2e]+=" $r_e2e"; res[$srv:cpu]+=" $r_cpu"
-			else
+				res[$srv:acc]+=" $r_acc"; res[$srv:e2e]+=" $r_e2e"; res[$srv:cpu]+=" $r_cpu" ;;
+			reuse)
 				what="smtpload -latency, conns reused"
 				res[$srv:p50]+=" $r_p50"; res[$srv:p99]+=" $r_p99"
-			fi
+				# The same offered load for both in this round's rate
+				# runs: half of what Postfix accepted here (or RATE).
+				[ "$srv" = postfix ] && round_rate=${RATE:-$(awk -v a="$r_acc" 'BEGIN {printf "%.0f", a / 2}')} ;;
+			rate)
+				what="smtpload -latency -rate $round_rate, conns reused"
+				res[$srv:q50]+=" $r_p50"; res[$srv:q99]+=" $r_p99" ;;
+			esac
 			echo "| $round | $(name "$srv") | $what | $r_acc | $r_e2e | $r_cpu | $r_p50 | $r_p99 |"
 		done
 	done
@@ -443,16 +459,17 @@ med() { local v; read -ra v <<<"${res[$1:$2]}"; median "${v[@]}"; }
 
 echo
 echo "Medians of $ROUNDS rounds: throughput and CPU with a new connection per message (smtp-source),"
-echo "latency from end-of-DATA \".\" to 250 with connections reused (smtpload); $SESSIONS sessions, $SIZE-byte messages."
+echo "latency from end-of-DATA \".\" to 250 with connections reused (smtpload): each server as fast as it answers"
+echo "(saturated), and both at the same offered load (${RATE:+$RATE msgs/s}${RATE:-half the rate Postfix accepted in the round}); $SESSIONS sessions, $SIZE-byte messages."
 echo
-echo "| | accepted msgs/s | end to end msgs/s | CPU ms/msg | p50 ms | p99 ms |"
-echo "|---|---|---|---|---|---|"
+echo "| | accepted msgs/s | end to end msgs/s | CPU ms/msg | p50 ms | p99 ms | p50 ms, same load | p99 ms, same load |"
+echo "|---|---|---|---|---|---|---|---|"
 for srv in postfix mailroot; do
-	printf '| %s | %.0f | %.0f | %.3f | %.3f | %.3f |\n' "$(name "$srv")" \
-		"$(med "$srv" acc)" "$(med "$srv" e2e)" "$(med "$srv" cpu)" "$(med "$srv" p50)" "$(med "$srv" p99)"
+	printf '| %s | %.0f | %.0f | %.3f | %.3f | %.3f | %.3f | %.3f |\n' "$(name "$srv")" \
+		"$(med "$srv" acc)" "$(med "$srv" e2e)" "$(med "$srv" cpu)" "$(med "$srv" p50)" "$(med "$srv" p99)" "$(med "$srv" q50)" "$(med "$srv" q99)"
 done
 ratios=""
-for m in acc e2e cpu p50 p99; do
+for m in acc e2e cpu p50 p99 q50 q99; do
 	ratios+=$(awk -v a="$(med mailroot "$m")" -v b="$(med postfix "$m")" 'BEGIN {printf " %.2f |", (b > 0) ? a / b : 0}')
 done
 echo "| mailroot/postfix |$ratios"

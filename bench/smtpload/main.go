@@ -5,10 +5,14 @@
 // until every message got its 250, which from Mailroot means stored and
 // fsynced in JetStream. With -latency it also records, for every message,
 // the time from sending the end-of-DATA "." to receiving the 250 and prints
-// the p50 and p99 of it. It talks only to the address it is given.
+// the p50 and p99 of it. With -rate it offers a fixed load (msgs/s over
+// all sessions) instead of sending as fast as the server answers, so
+// that two servers' latencies can be compared at the same load. It talks
+// only to the address it is given.
 //
 //	go run ./bench/smtpload -addr 127.0.0.1:2587 -starttls -user u -password p -n 5000 -sessions 20
 //	go run ./bench/smtpload -addr 127.0.0.1:2525 -n 5000 -sessions 20 -latency
+//	go run ./bench/smtpload -addr 127.0.0.1:2525 -n 3000 -sessions 20 -latency -rate 300
 package main
 
 import (
@@ -40,6 +44,7 @@ func main() {
 	from := flag.String("from", "", "envelope sender (default: the user, or load@bench.test)")
 	to := flag.String("to", "rcpt@remote.test", "recipient")
 	latency := flag.Bool("latency", false, `record each message's time from the end-of-DATA "." to the 250 and print p50/p99`)
+	rate := flag.Float64("rate", 0, "offered load in msgs/s over all sessions: message k is started no sooner than k/rate after the start (0: as fast as the server answers)")
 	tenths := flag.Bool("tenths", false, "with -latency, also print p50/p99 of each tenth of the run, in the order the replies came (a warm-up shows in the first)")
 	flag.Parse()
 	if *from == "" {
@@ -57,11 +62,20 @@ func main() {
 		lat = &latencies{d: make([]time.Duration, 0, *n)}
 	}
 	t0 := time.Now()
+	var pace func(k int64)
+	if *rate > 0 {
+		// A schedule, not a per-session delay: the offered load stays
+		// rate msgs/s however long each reply takes, as long as the
+		// server keeps up (a session that is behind starts at once).
+		pace = func(k int64) {
+			time.Sleep(time.Until(t0.Add(time.Duration(float64(k) / *rate * float64(time.Second)))))
+		}
+	}
 	var wg sync.WaitGroup
 	for range *sessions {
 		wg.Go(func() {
 			for next.Load() < int64(*n) {
-				if err := session(*addr, *startTLS, *implicit, *user, *password, *from, *to, body, *n, *perSession, &next, &sent, lat); err != nil {
+				if err := session(*addr, *startTLS, *implicit, *user, *password, *from, *to, body, *n, *perSession, &next, &sent, lat, pace); err != nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, err)
 					time.Sleep(100 * time.Millisecond)
@@ -149,7 +163,7 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // session sends messages until the shared budget is used up or the
 // per-session count is reached. With lat set it records each message's
 // end-of-DATA to 250 time.
-func session(addr string, startTLS, implicit bool, user, password, from, to string, body []byte, total, perSession int, next, sent *atomic.Int64, lat *latencies) error {
+func session(addr string, startTLS, implicit bool, user, password, from, to string, body []byte, total, perSession int, next, sent *atomic.Int64, lat *latencies, pace func(k int64)) error {
 	cfg := &tls.Config{InsecureSkipVerify: true} // a benchmark against our own self-signed certificate
 	var c *smtp.Client
 	var err error
@@ -171,8 +185,12 @@ func session(addr string, startTLS, implicit bool, user, password, from, to stri
 		}
 	}
 	for i := 0; perSession == 0 || i < perSession; i++ {
-		if next.Add(1) > int64(total) {
+		k := next.Add(1)
+		if k > int64(total) {
 			break
+		}
+		if pace != nil {
+			pace(k - 1)
 		}
 		if err := send(c, from, to, body, lat); err != nil {
 			next.Add(-1)
