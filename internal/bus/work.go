@@ -144,9 +144,10 @@ func (w *Worker) poison(ctx context.Context, m jetstream.Msg, reason string) {
 // and a ticker per message were a measurable share of the pipeline's
 // scheduling under load (issue #12).
 func keepAlive(m jetstream.Msg, every time.Duration) (stop func()) {
-	var mu sync.Mutex
+	var mu sync.Mutex // guards t and stopped: the timer's func reads t
 	stopped := false
 	var t *time.Timer
+	mu.Lock()
 	t = time.AfterFunc(every, func() {
 		_ = m.InProgress()
 		mu.Lock()
@@ -155,10 +156,11 @@ func keepAlive(m jetstream.Msg, every time.Duration) (stop func()) {
 			t.Reset(every)
 		}
 	})
+	mu.Unlock()
 	return func() {
 		mu.Lock()
+		defer mu.Unlock()
 		stopped = true
-		mu.Unlock()
 		t.Stop()
 	}
 }
