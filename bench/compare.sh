@@ -444,7 +444,9 @@ for round in $(seq 1 "$ROUNDS"); do
 				res[$srv:p50]+=" $r_p50"; res[$srv:p99]+=" $r_p99"
 				# The same offered load for both in this round's rate
 				# runs: half of what Postfix accepted here (or RATE).
-				[ "$srv" = postfix ] && round_rate=${RATE:-$(awk -v a="$r_acc" 'BEGIN {printf "%.0f", a / 2}')} ;;
+				if [ "$srv" = postfix ]; then
+					round_rate=${RATE:-$(awk -v a="$r_acc" 'BEGIN {printf "%.0f", a / 2}')}
+				fi ;;
 			rate)
 				what="smtpload -latency -rate $round_rate, conns reused"
 				res[$srv:q50]+=" $r_p50"; res[$srv:q99]+=" $r_p99" ;;
