@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -189,6 +190,13 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 			return nil, err
 		}
 		syncer.Delay = cfg.NATS.SyncDelay.D()
+		// Where the intake runs in this process, its publishes are
+		// announced (Room.Writing) and a round waits for company only
+		// when some is on its way; `mailroot nats` only sees requests
+		// arrive and keeps the plain delay. The pipeline's syncs ride on
+		// intake's (SyncLazy).
+		syncer.OnlyForWriters = len(actors) == 0 || slices.Contains(actors, Ingress) || slices.Contains(actors, Pickupwatcher)
+		syncer.LazyDelay = bus.PipelineSyncWait
 		syncer.Observe = func(d time.Duration) { m.SyncDuration.Observe(d.Seconds()) }
 		m.WatchSyncs(syncer.Syncs)
 		// Processes that reach this server over the network (tools, the
@@ -205,7 +213,7 @@ func StartEmbedded(ctx context.Context, cfg config.Config, log *slog.Logger, act
 	room := func(js jetstream.JetStream) *bus.Room {
 		r := &bus.Room{JS: js, Reserve: cfg.NATS.Reserve, Dir: cfg.NATSDir(), Fault: guard.Err, Limit: guard.Limit}
 		if syncer != nil {
-			r.Sync = syncer.Sync
+			r.Sync, r.SyncLazy, r.Writing = syncer.Sync, syncer.SyncLazy, syncer.Writing
 		}
 		return r
 	}
@@ -255,7 +263,7 @@ func Connect(ctx context.Context, cfg config.Config, log *slog.Logger, actors ..
 	if cfg.NATS.Sync == config.SyncAlways {
 		if sync := bus.RemoteSync(ctx, nc); sync != nil {
 			room = func(js jetstream.JetStream) *bus.Room {
-				return &bus.Room{JS: js, Reserve: cfg.NATS.Reserve, Sync: sync}
+				return &bus.Room{JS: js, Reserve: cfg.NATS.Reserve, Sync: sync, SyncLazy: bus.RemoteSyncLazy(nc)}
 			}
 		}
 	}

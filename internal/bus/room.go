@@ -54,6 +54,15 @@ type Room struct {
 	// syncs by itself (nats.sync as a duration, a cluster's quorum, a
 	// server that is not Mailroot's).
 	Sync func(ctx context.Context) error
+	// SyncLazy, when set, is Sync for Forward: the pipeline's successor
+	// is as durable before its predecessor's ack, but nobody waits on
+	// the ack, so it rides on intake's syncs (Syncer.SyncLazy). Nil:
+	// Forward uses Sync.
+	SyncLazy func(ctx context.Context) error
+	// Writing, when set, announces an intake publish to the group commit
+	// (Syncer.Writing): done is called once its PubAck is in, before
+	// Sync.
+	Writing func() (done func())
 
 	// shared is the Room whose settings, readings and admissions this one
 	// uses (Via: only JS is its own); nil: its own.
@@ -126,26 +135,35 @@ func (r *Room) Publish(ctx context.Context, msg *nats.Msg, msgID string, opts ..
 // not, so the events are true even when the sync then fails (the sender
 // retries, the copy is a duplicate).
 func (r *Room) PublishEmit(ctx context.Context, msg *nats.Msg, msgID string, evs []Event, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	done := func() {}
+	if w := r.base().Writing; w != nil {
+		done = w()
+	}
 	ack, err := publish(ctx, r.JS, r.base().Fault, msg, msgID, opts...)
+	done()
 	if err != nil {
 		return nil, err
 	}
 	for _, e := range evs {
 		Emit(r.JS, e)
 	}
-	if err := r.sync(ctx); err != nil {
+	if err := r.sync(ctx, false); err != nil {
 		return nil, err
 	}
 	return ack, nil
 }
 
-// sync runs Sync, if any.
-func (r *Room) sync(ctx context.Context) error {
+// sync runs Sync, if any, or with lazy SyncLazy when there is one.
+func (r *Room) sync(ctx context.Context, lazy bool) error {
 	if r == nil {
 		return nil
 	}
-	if sync := r.base().Sync; sync != nil {
-		return sync(ctx)
+	b := r.base()
+	if lazy && b.SyncLazy != nil {
+		return b.SyncLazy(ctx)
+	}
+	if b.Sync != nil {
+		return b.Sync(ctx)
 	}
 	return nil
 }
@@ -182,7 +200,7 @@ func (r *Room) Forward(ctx context.Context, msg *nats.Msg, msgID string, opts ..
 		}
 		// A failed sync is retried like a failed publish: the same id
 		// makes the publish a duplicate, and the next sync covers it.
-		return r.sync(ctx)
+		return r.sync(ctx, true)
 	})
 	return ack, err
 }

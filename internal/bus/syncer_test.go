@@ -102,6 +102,83 @@ func TestSyncerDelayCountsFromTheFirstCaller(t *testing.T) {
 	}
 }
 
+// With OnlyForWriters, a round waits its Delay for company only while a
+// writer is announced: a lone caller at a light load syncs at once.
+func TestSyncerWaitsOnlyForWriters(t *testing.T) {
+	var mu sync.Mutex
+	var slept []time.Duration
+	s := NewSyncer(func() error { return nil })
+	s.Delay, s.OnlyForWriters = 2*time.Millisecond, true
+	s.now = func() time.Time { return time.Unix(1e9, 0) }
+	s.sleep = func(d time.Duration) { mu.Lock(); defer mu.Unlock(); slept = append(slept, d) }
+	if err := s.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if len(slept) != 0 {
+		t.Errorf("with no writer on its way the round waited %v; want no wait", slept)
+	}
+	mu.Unlock()
+	done := s.Writing()
+	if err := s.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	done() // a second call is harmless
+	if err := s.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(slept) != 1 || slept[0] != s.Delay {
+		t.Errorf("slept %v; want the delay once, while a writer was on its way", slept)
+	}
+	if w := s.writers.Load(); w != 0 {
+		t.Errorf("%d writers announced after every done, want 0", w)
+	}
+}
+
+// A lazy caller alone waits LazyDelay for an urgent one to start a round.
+func TestSyncerLazyWaitsLazyDelay(t *testing.T) {
+	var slept []time.Duration
+	s := NewSyncer(func() error { return nil })
+	s.Delay, s.LazyDelay = time.Millisecond, 7*time.Millisecond
+	s.now = func() time.Time { return time.Unix(1e9, 0) }
+	s.sleep = func(d time.Duration) { slept = append(slept, d) } // only the loop sleeps
+	if err := s.SyncLazy(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(slept) != 1 || slept[0] != s.LazyDelay {
+		t.Errorf("slept %v; want LazyDelay once", slept)
+	}
+}
+
+// An urgent caller starts the round a lazy one waits in: both are
+// served by one sync, long before LazyDelay.
+func TestSyncerLazyRidesOnUrgent(t *testing.T) {
+	var calls atomic.Int32
+	s := NewSyncer(func() error { calls.Add(1); return nil })
+	s.LazyDelay = time.Hour
+	lazy := make(chan error, 1)
+	go func() { lazy <- s.SyncLazy(context.Background()) }()
+	testutil.WaitFor(t, 5*time.Second, "the lazy caller to wait", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.next != nil && s.next.n == 1
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Sync(ctx); err != nil {
+		t.Fatalf("urgent Sync behind a lazy caller: %v (the round waited out LazyDelay)", err)
+	}
+	if err := <-lazy; err != nil {
+		t.Fatal(err)
+	}
+	if c := calls.Load(); c != 1 {
+		t.Errorf("%d syncs for a lazy and an urgent caller, want 1", c)
+	}
+}
+
 // Sync returns only after a sync that started after it was called has
 // completed, whatever the interleaving.
 func TestSyncerStartsAfterCall(t *testing.T) {
@@ -168,7 +245,11 @@ func syncedRoom(t *testing.T, fail func(k int) error) (*Room, *testutil.Events, 
 	ev := &testutil.Events{}
 	var k atomic.Int64
 	s := NewSyncer(ev.Sync(func(i int) error { k.Add(1); return fail(i) }))
-	return &Room{JS: testutil.AckRecorder{JetStream: js, Events: ev, Header: "Test-Id"}, Reserve: config.Default().NATS.Reserve, Sync: s.Sync}, ev, &k
+	// As the node wires it: intake announces its writes, the pipeline
+	// syncs lazily.
+	s.Delay, s.OnlyForWriters, s.LazyDelay = time.Millisecond, true, PipelineSyncWait
+	return &Room{JS: testutil.AckRecorder{JetStream: js, Events: ev, Header: "Test-Id"}, Reserve: config.Default().NATS.Reserve,
+		Sync: s.Sync, SyncLazy: s.SyncLazy, Writing: s.Writing}, ev, &k
 }
 
 // Room.Publish (intake: the 250) and Room.Forward (the pipeline: the ack
@@ -255,6 +336,26 @@ func TestRemoteSync(t *testing.T) {
 	}
 	if calls.Load() <= before {
 		t.Error("the remote sync ran no sync")
+	}
+	// A lazy request waits in the server's syncer for LazyDelay (an
+	// hour here) or for an urgent request to start the round.
+	s.LazyDelay = time.Hour
+	lazy := make(chan error, 1)
+	before = calls.Load()
+	go func() { lazy <- RemoteSyncLazy(nc)(context.Background()) }()
+	testutil.WaitFor(t, 5*time.Second, "the lazy request to wait", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.next != nil && s.next.n == 1 && s.next.urgent == 0
+	})
+	if err := sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-lazy; err != nil {
+		t.Fatal(err)
+	}
+	if c := calls.Load() - before; c != 1 {
+		t.Errorf("%d syncs for a lazy and an urgent request, want 1", c)
 	}
 	fail.Store(true)
 	if err := sync(context.Background()); err == nil || !strings.Contains(err.Error(), "EIO") {
